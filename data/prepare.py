@@ -1,0 +1,67 @@
+"""
+Fetch Tiny Shakespeare (Karpathy's char-rnn corpus) into data/tiny_shakespeare.txt.
+
+    python data/prepare.py                 # download from the canonical char-rnn URL
+    python data/prepare.py --from FILE     # use a local copy instead (checked the same way)
+
+The file is verified against its sha256 before it is written. train.py uses the first 90%
+of it for training and the last 10% for validation.
+"""
+
+import argparse
+import hashlib
+import os
+import sys
+import urllib.request
+
+URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+NUM_CHARS = 1_115_394
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_shakespeare.txt")
+
+
+def verify(data, source):
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != SHA256:
+        raise ValueError(f"{source}: sha256 {digest[:16]}... does not match Tiny Shakespeare "
+                         f"({SHA256[:16]}...); get the original file from {URL}")
+
+
+def fetch(url, timeout=60):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.read()
+    except OSError as e:
+        raise ValueError(f"cannot download {url} ({getattr(e, 'reason', e)}); if you are offline, "
+                         f"copy the file here and run: python data/prepare.py --from PATH") from None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--from", dest="src", metavar="PATH", help="local copy of input.txt instead of downloading")
+    p.add_argument("--out", default=DEFAULT_OUT, help="where to write (default: %(default)s)")
+    args = p.parse_args(argv)
+    try:
+        if args.src:
+            try:
+                with open(args.src, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                raise ValueError(f"cannot read {args.src}: {e.strerror}") from None
+        else:
+            print(f"downloading {URL}", file=sys.stderr)
+            data = fetch(URL)
+        verify(data, args.src or URL)
+        tmp = args.out + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, args.out)
+    except ValueError as e:
+        sys.exit(f"prepare.py: error: {e}")
+    n = len(data.decode("utf-8"))
+    print(f"wrote {args.out}: {n:,} characters, sha256 verified; "
+          f"train = first {int(0.9 * n):,}, val = last {n - int(0.9 * n):,}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""
+Generate text with a trained tiny-diffusion checkpoint (default: the shipped weights/model.pt).
+
+    python sample.py                                   # 256 new characters
+    python sample.py --prompt "ROMEO:" --length 500 --num-samples 3 --seed 1
+    python sample.py --prompt "ROMEO:\\nBut soft, what light through yonder ______ breaks?"
+    python sample.py --threshold 0.9 --stats           # adaptive number of forward passes
+
+stdout carries only the text: each sample in full, prompt included; several samples are
+separated by a blank line and a line holding `---`. --stats reports to stderr.
+In --prompt, `_` marks a character to generate (infilling) and `\\n` is a newline.
+"""
+
+import argparse
+import os
+import random
+import sys
+import time
+
+import torch
+
+from model import (MASK_GLYPH, ArgumentParser, UserError, decode, encode, generate, generate_steps,
+                   load_model, pick_device)
+
+DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "model.pt")
+MAX_LENGTH = 100_000
+SAMPLE_SEPARATOR = "\n---\n"  # printed between samples, after the blank line that ends a sample
+
+
+def add_sampling_args(p):
+    """The flags sample.py and diffusion_process.py share."""
+    p.add_argument("--ckpt", default=DEFAULT_CKPT, help="checkpoint (default: weights/model.pt)")
+    p.add_argument("--prompt", default="", help="text to start from; `_` marks characters to fill in")
+    p.add_argument("--length", type=int, default=None,
+                   help="total characters, prompt included (default: 256 after the prompt, or the "
+                        "prompt's length when it contains `_`); beyond the context the text is "
+                        "written window by window")
+    p.add_argument("--steps", type=int, default=None,
+                   help="forward passes to unmask everything (default 64; at most one per character)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="instead of --steps: each pass commits every character with confidence >= "
+                        "this (in (0, 1]), at least one")
+    p.add_argument("--schedule", choices=["linear", "cosine"], default="linear",
+                   help="characters committed per step with --steps (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default %(default)s)")
+    p.add_argument("--top-k", type=int, default=None, help="draw only from the k most likely characters")
+    p.add_argument("--seed", type=int, default=None, help="same seed, same text (default: random)")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; pays off for long runs)")
+
+
+def check_sampling_args(args):
+    if args.steps is not None and args.threshold is not None:
+        raise UserError("give --steps or --threshold, not both")
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps must be >= 1, got {args.steps}")
+    if args.threshold is not None and not 0 < args.threshold <= 1:
+        raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.length is not None and not 1 <= args.length <= MAX_LENGTH:
+        raise UserError(f"--length must be in 1..{MAX_LENGTH}, got {args.length}")
+    if args.seed is None:
+        args.seed = random.randrange(2**31)
+    if args.steps is None and args.threshold is None:
+        args.steps = 64
+
+
+def build_canvas(args, chars, num_samples, device):
+    """The starting state: prompt characters, `_` and the continuation as masks."""
+    prompt = args.prompt.replace("\\n", "\n")
+    ids = encode(prompt, chars, allow_mask=True)
+    length = args.length
+    if length is None:
+        length = len(ids) if MASK_GLYPH in prompt else len(ids) + 256
+    if length < len(ids):
+        raise UserError(f"--length {length} is shorter than the prompt ({len(ids)} characters)")
+    mask_id = len(chars)
+    ids = ids + [mask_id] * (length - len(ids))
+    if mask_id not in ids:
+        raise UserError("nothing to generate: the prompt has no `_` and --length adds no characters")
+    return torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
+
+
+def load_for_sampling(args):
+    """Device, model (compiled if asked) and vocabulary for the sampling CLIs."""
+    device = pick_device(args.device)
+    model, chars, _ = load_model(args.ckpt, device)
+    if model.config.causal:
+        raise UserError(f"{args.ckpt} is an autoregressive baseline, not a diffusion model")
+    if args.compile:
+        model = torch.compile(model)
+    return device, model, chars
+
+
+def sampler_kwargs(args):
+    return dict(steps=args.steps, threshold=args.threshold, temperature=args.temperature,
+                top_k=args.top_k, schedule=args.schedule, seed=args.seed)
+
+
+def main(argv=None):
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_sampling_args(p)
+    p.add_argument("--num-samples", type=int, default=1, help="samples, generated as one batch")
+    p.add_argument("--stats", action="store_true", help="print forward passes, chars/s and device to stderr")
+    args = p.parse_args(argv)
+    try:
+        check_sampling_args(args)
+        if not 1 <= args.num_samples <= 4096:
+            raise UserError(f"--num-samples must be in 1..4096, got {args.num_samples}")
+        device, model, chars = load_for_sampling(args)
+        canvas = build_canvas(args, chars, args.num_samples, device)
+        n_new = int((canvas[0] == len(chars)).sum())
+        t0 = time.time()
+        out, nfe = generate(model, canvas, **sampler_kwargs(args))
+        texts = [decode(row, chars) for row in out.tolist()]  # .tolist() waits for the device
+        dt = time.time() - t0
+    except UserError as e:
+        sys.exit(f"sample.py: error: {e}")
+    print(SAMPLE_SEPARATOR.join(t + "\n" for t in texts), end="")
+    if args.stats:
+        total = n_new * args.num_samples
+        print(f"[stats] {nfe} forward passes (NFE) for {n_new} new chars x {args.num_samples} samples "
+              f"in {dt:.3f}s = {total / dt:,.0f} chars/s | device {device} | seed {args.seed}",
+              file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

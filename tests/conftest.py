@@ -1,0 +1,60 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# the tiny model every sampling and CLI test uses: 2 layers, width 64, context 32
+TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--block_size", "32", "--batch_size", "32",
+        "--lr", "5e-3", "--warmup_steps", "20", "--eval_mc", "1", "--device", "cpu", "--seed", "0"]
+
+
+def find_data():
+    """The shared copy beside the checkout (CI), else data/ after prepare.py."""
+    for path in (os.environ.get("TINY_SHAKESPEARE", ""),
+                 os.path.join(ROOT, "..", "shared", "data", "tiny_shakespeare.txt"),
+                 os.path.join(ROOT, "data", "tiny_shakespeare.txt")):
+        if path and os.path.isfile(path):
+            return os.path.abspath(path)
+    raise RuntimeError("Tiny Shakespeare not found: set TINY_SHAKESPEARE or run data/prepare.py")
+
+
+@pytest.fixture(scope="session")
+def data_path():
+    return find_data()
+
+
+def run_script(script, *args, timeout=300, **kwargs):
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def read_log(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, data_path):
+    """Train the tiny model for 800 steps (~15 s) once; tests read its checkpoints and log."""
+    import train
+    out = str(tmp_path_factory.mktemp("tiny"))
+    train.main(TINY + ["--data", data_path, "--out_dir", out, "--max_steps", "800",
+                       "--eval_interval", "400", "--log_interval", "100"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_run):
+    return os.path.join(tiny_run, "best.pt")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_ckpt):
+    from model import load_model
+    model, chars, _ = load_model(tiny_ckpt)
+    return model, chars

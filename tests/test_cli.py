@@ -1,0 +1,131 @@
+"""Every CLI: the happy path prints what the README says; bad input is one line, exit != 0."""
+
+import os
+
+import pytest
+from PIL import Image
+
+from conftest import run_script
+
+
+def assert_one_line_error(r, *needles):
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert r.stdout == ""
+
+
+def test_sample_prints_only_text_with_separators(tiny_ckpt):
+    r = run_script("sample.py", "--ckpt", tiny_ckpt, "--prompt", "ROMEO:", "--length", "40",
+                   "--num-samples", "3", "--seed", "7", "--steps", "10", "--stats")
+    assert r.returncode == 0, r.stderr
+    samples = r.stdout.split("\n---\n")
+    assert len(samples) == 3
+    assert all(s.startswith("ROMEO:") and len(s) == 41 and s.endswith("\n") for s in samples)
+    assert "10 forward passes (NFE)" in r.stderr and "chars/s" in r.stderr and "seed 7" in r.stderr
+
+
+def test_sample_same_seed_same_text(tiny_ckpt):
+    runs = [run_script("sample.py", "--ckpt", tiny_ckpt, "--length", "30", "--seed", "5").stdout for _ in range(2)]
+    assert runs[0] == runs[1] and len(runs[0]) == 31
+
+
+def test_sample_infills_underscores(tiny_ckpt):
+    prompt = "ROMEO:\\nBut soft, what light through yonder ______ breaks?"
+    r = run_script("sample.py", "--ckpt", tiny_ckpt, "--prompt", prompt, "--seed", "1", "--threshold", "0.5")
+    assert r.returncode == 0, r.stderr
+    text = r.stdout[:-1]
+    expected = prompt.replace("\\n", "\n")
+    assert len(text) == len(expected) and "_" not in text
+    assert text.startswith("ROMEO:\nBut soft, what light through yonder ") and text.endswith(" breaks?")
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--prompt", "héllo"], ["not in the model's vocabulary", "'é'"]),
+    (["--prompt", "ROMEO: hello", "--length", "5"], ["shorter than the prompt"]),
+    (["--length", "10000000"], ["--length must be"]),
+    (["--length", "0"], ["--length must be"]),
+    (["--threshold", "1.5"], ["--threshold must be in (0, 1]"]),
+    (["--threshold", "0"], ["--threshold must be in (0, 1]"]),
+    (["--temperature", "-1"], ["--temperature must be >= 0"]),
+    (["--steps", "0"], ["--steps must be >= 1"]),
+    (["--steps", "4", "--threshold", "0.9"], ["not both"]),
+    (["--device", "cuda"], ["not available"]),
+    (["--device", "tpu"], ["device"]),
+    (["--num-samples", "0"], ["--num-samples"]),
+    (["--bogus"], ["unrecognized arguments"]),
+])
+def test_sample_bad_input_is_one_line(tiny_ckpt, args, needles):
+    assert_one_line_error(run_script("sample.py", "--ckpt", tiny_ckpt, *args), *needles)
+
+
+def test_bad_checkpoints_are_one_line(tmp_path, tiny_ckpt):
+    missing = tmp_path / "missing.pt"
+    assert_one_line_error(run_script("sample.py", "--ckpt", missing), "not found", str(missing))
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(open(tiny_ckpt, "rb").read()[:5000])
+    assert_one_line_error(run_script("sample.py", "--ckpt", truncated), "cannot read", str(truncated))
+    import torch
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    assert_one_line_error(run_script("sample.py", "--ckpt", foreign), "not a tiny-diffusion checkpoint")
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    ckpt["config"]["n_embd"] = 128
+    mismatched = tmp_path / "mismatched.pt"
+    torch.save(ckpt, mismatched)
+    assert_one_line_error(run_script("sample.py", "--ckpt", mismatched), "do not match", str(mismatched))
+
+
+def test_train_bad_input_is_one_line(tmp_path):
+    assert_one_line_error(run_script("train.py", "--data", tmp_path / "nope.txt"), "data file not found", "prepare.py")
+    assert_one_line_error(run_script("train.py", "--objective", "gan"), "--objective")
+    assert_one_line_error(run_script("train.py", "--n_embd", "100", "--n_head", "3"), "n_head")
+    assert_one_line_error(run_script("train.py", "--eval-only"), "--ckpt")
+    assert_one_line_error(run_script("train.py", "--resume", "--out_dir", tmp_path), "not found", "last.pt")
+    assert_one_line_error(run_script("train.py", "--device", "cuda:3"), "not available")
+
+
+def test_prepare_verifies_the_checksum(tmp_path, data_path):
+    out = tmp_path / "ts.txt"
+    r = run_script("data/prepare.py", "--from", data_path, "--out", out)
+    assert r.returncode == 0 and out.read_text() == open(data_path).read()
+    bad = tmp_path / "bad.txt"
+    bad.write_text("To be or not to be\n")
+    assert_one_line_error(run_script("data/prepare.py", "--from", bad, "--out", tmp_path / "x.txt"), "sha256")
+    assert not (tmp_path / "x.txt").exists()
+    assert_one_line_error(run_script("data/prepare.py", "--from", tmp_path / "none.txt"), "cannot read")
+
+
+def test_diffusion_process_writes_a_gif_with_one_frame_per_step(tmp_path, tiny_ckpt):
+    gif = tmp_path / "d.gif"
+    r = run_script("diffusion_process.py", "--ckpt", tiny_ckpt, "--save", gif, "--steps", "6",
+                   "--length", "32", "--fps", "4", "--hold", "1", "--seed", "0", env={**os.environ, "DISPLAY": ""})
+    assert r.returncode == 0, r.stderr
+    image = Image.open(gif)
+    assert image.n_frames == 1 + 6  # the start and one per step
+    # the 4 hold frames (1 s at 4 fps) repeat the last one: the GIF stores them as one long frame
+    image.seek(image.n_frames - 1)
+    assert image.info["duration"] == (1 + 4) * 250
+
+
+def test_diffusion_process_terminal_mode_through_a_pipe(tiny_ckpt):
+    r = run_script("diffusion_process.py", "--ckpt", tiny_ckpt, "--terminal", "--threshold", "0.8",
+                   "--length", "32", "--fps", "100", "--hold", "0", "--seed", "0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("\x1b[H\x1b[2J") >= 2 and "step 1/" in r.stdout
+    assert r.stdout.startswith("\x1b[?25l") and r.stdout.rstrip("\n").endswith("\x1b[?25h")
+
+
+def test_diffusion_process_without_display_says_what_to_do(tiny_ckpt):
+    r = run_script("diffusion_process.py", "--ckpt", tiny_ckpt, "--length", "32",
+                   env={**os.environ, "DISPLAY": "", "MPLBACKEND": "Agg"})
+    assert_one_line_error(r, "--save", "--terminal")
+
+
+def test_every_cli_has_help():
+    for script in ("train.py", "sample.py", "diffusion_process.py", "data/prepare.py"):
+        r = run_script(script, "--help")
+        assert r.returncode == 0 and "usage" in r.stdout

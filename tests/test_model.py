@@ -1,0 +1,76 @@
+import torch
+
+from model import ModelConfig, Transformer, draw_masks, training_masks
+
+
+def test_default_config_is_the_full_10_7M_model():
+    model = Transformer(ModelConfig())
+    cfg = model.config
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size) == (6, 6, 384, 256)
+    assert 10.6e6 < model.num_params() < 10.8e6
+
+
+def test_no_biases_and_no_norm_parameters():
+    model = Transformer(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16))
+    names = [n for n, _ in model.named_parameters()]
+    assert all(n.endswith("weight") for n in names)
+    assert not any("norm" in n or "bias" in n for n in names)
+
+
+def _perturbed_logits(causal):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, causal=causal))
+    for p in model.parameters():  # output projections start at zero; make them matter
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randint(0, 65, (1, 16))
+    y = x.clone()
+    y[0, -1] = (x[0, -1] + 1) % 65
+    return model(x)[0, 0], model(y)[0, 0]
+
+
+def test_attention_is_bidirectional():
+    a, b = _perturbed_logits(causal=False)
+    assert not torch.allclose(a, b), "the first position must see the last one"
+
+
+def test_ar_baseline_attention_is_causal():
+    a, b = _perturbed_logits(causal=True)
+    assert torch.allclose(a, b)
+
+
+def test_head_never_predicts_the_mask_symbol():
+    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=32, block_size=8)
+    logits = Transformer(cfg)(torch.zeros(2, 8, dtype=torch.long))
+    assert logits.shape == (2, 8, cfg.vocab_size - 1)
+
+
+def test_draw_masks_masks_exactly_k_positions_outside_the_clean_prefix():
+    B, T = 500, 40
+    g = torch.Generator().manual_seed(0)
+    num_clean = torch.randint(0, T, (B,), generator=g)
+    u = torch.rand(B, generator=g)
+    masked, k = draw_masks(B, T, num_clean, u, generator=g)
+    assert torch.equal(masked.sum(1), k)
+    assert torch.equal(k, 1 + (u * (T - num_clean)).long())
+    prefix = torch.arange(T)[None, :] < num_clean[:, None]
+    assert not (masked & prefix).any()
+
+
+def test_training_masks_fraction_is_uniform_on_average():
+    # k ~ Uniform{1..L}: mean masked fraction (L + 1) / (2L), and every row has a mask
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(4096, 64, dtype=torch.long)
+    masked, k = training_masks(x, prefix_prob=0.0, generator=g)
+    assert (k >= 1).all() and (k <= 64).all()
+    assert abs(masked.float().mean().item() - 65 / 128) < 0.01
+    # stratified over the batch: with 4096 rows, every k in 1..64 occurs exactly 64 times
+    assert torch.equal(torch.bincount(k - 1, minlength=64), torch.full((64,), 64))
+
+
+def test_training_masks_keep_a_clean_prefix_when_asked():
+    g = torch.Generator().manual_seed(1)
+    x = torch.zeros(2000, 32, dtype=torch.long)
+    masked, _ = training_masks(x, prefix_prob=0.5, generator=g)
+    first_masked_at_0 = masked[:, 0].float().mean().item()
+    # without prefixes position 0 is masked half the time on average; with them far less
+    assert first_masked_at_0 < 0.35

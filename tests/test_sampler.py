@@ -1,0 +1,145 @@
+import pytest
+import torch
+
+from model import commit_schedule, decode, encode, generate, generate_steps
+
+
+def canvas_for(chars, prompt, length, batch=1):
+    ids = encode(prompt, chars, allow_mask=True)
+    ids += [len(chars)] * (length - len(ids))
+    return torch.tensor([ids] * batch)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("n,steps", [(256, 64), (100, 7), (10, 10), (5, 1), (33, 32)])
+def test_commit_schedule_sums_to_n_with_at_least_one_per_step(schedule, n, steps):
+    counts = commit_schedule(n, steps, schedule)
+    assert len(counts) == steps and sum(counts) == n and min(counts) >= 1
+
+
+def test_cosine_schedule_commits_few_first_and_many_last():
+    counts = commit_schedule(256, 16, "cosine")
+    assert counts[0] < counts[-1]
+    assert 2 * sum(counts[:8]) < sum(counts[8:])
+
+
+def test_sampler_is_deterministic_under_a_seed(tiny_model):
+    model, chars = tiny_model
+    c = canvas_for(chars, "ROMEO:", 32)
+    a, _ = generate(model, c, steps=8, temperature=1.0, seed=3)
+    b, _ = generate(model, c, steps=8, temperature=1.0, seed=3)
+    d, _ = generate(model, c, steps=8, temperature=1.0, seed=4)
+    assert torch.equal(a, b) and not torch.equal(a, d)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_steps_unmask_everything_following_the_schedule(tiny_model, schedule):
+    model, chars = tiny_model
+    c = canvas_for(chars, "KING:", 32, batch=3)
+    mask_id = len(chars)
+    before = c.clone()
+    per_step = []
+    for state in generate_steps(model, c, steps=9, temperature=1.0, schedule=schedule, seed=0):
+        assert not (state["committed"] & (before != mask_id)).any(), "only masked positions are committed"
+        per_step.append(state["committed"].sum(1).tolist())
+        before = state["canvas"].clone()
+    assert len(per_step) == 9
+    assert [row[0] for row in per_step] == commit_schedule(27, 9, schedule)
+    assert all(len(set(row)) == 1 for row in per_step), "every sample commits the same count"
+    assert (before != mask_id).all()
+    assert decode(before[0, :5].tolist(), chars) == "KING:"
+
+
+def test_temperature_zero_commits_the_argmax(tiny_model):
+    model, chars = tiny_model
+    c = canvas_for(chars, "", 32)
+    for state in generate_steps(model, c, steps=32, temperature=0, seed=0):
+        with torch.no_grad():
+            probs = model(c).softmax(-1)
+        greedy = probs.argmax(-1)
+        assert torch.equal(state["canvas"][state["committed"]], greedy[state["committed"]])
+        # one per step, and at a position the model is most sure of (ties are possible)
+        confidence = probs.max(-1).values.masked_fill(c != len(chars), -1)
+        assert state["committed"].sum() == 1
+        assert confidence[state["committed"]].item() == pytest.approx(confidence.max().item(), abs=1e-6)
+        c = state["canvas"].clone()
+
+
+def test_threshold_commits_every_confident_position_and_at_least_one(tiny_model, monkeypatch):
+    import model as model_module
+    model, chars = tiny_model
+    seen = []
+    real = model_module.draw_characters
+
+    def spy(logits, temperature, top_k, generators):
+        chars_, conf = real(logits, temperature, top_k, generators)
+        seen.append(conf.clone())
+        return chars_, conf
+    monkeypatch.setattr(model_module, "draw_characters", spy)
+    c = canvas_for(chars, "", 32, batch=2)
+    tau = 0.1
+    for state in generate_steps(model, c, threshold=tau, temperature=0.7, seed=1):
+        masked_before = c == len(chars)
+        conf = seen[-1]
+        expected = masked_before & (conf >= tau)
+        for row in range(2):
+            if masked_before[row].any() and not expected[row].any():
+                expected[row, conf[row].masked_fill(~masked_before[row], -1).argmax()] = True
+        assert torch.equal(state["committed"], expected)
+        c = state["canvas"].clone()
+    assert (c != len(chars)).all()
+    assert state["nfe"] == len(seen) < 32, "confident steps commit several characters"
+
+
+def test_infilling_keeps_known_characters_and_fills_every_gap(tiny_model):
+    model, chars = tiny_model
+    prompt = "ROMEO:\nBut soft, what ____ thro_gh"
+    c = canvas_for(chars, prompt, len(prompt))
+    out, nfe = generate(model, c, steps=5, temperature=1.0, seed=0)
+    text = decode(out[0].tolist(), chars)
+    assert len(text) == len(prompt) and nfe == 5
+    assert all(a == b for a, b in zip(text, prompt) if b != "_")
+    assert "_" not in text
+
+
+def test_long_generation_slides_a_window_and_keeps_context(tiny_model):
+    model, chars = tiny_model
+    c = canvas_for(chars, "First Citizen:\n", 100)  # context is 32
+    windows, last = [], None
+    for state in generate_steps(model, c, steps=40, temperature=1.0, seed=0):
+        windows.append(state["window"])
+        last = state
+    text = decode(last["canvas"][0].tolist(), chars)
+    assert len(text) == 100 and text.startswith("First Citizen:\n") and "_" not in text
+    assert last["nfe"] == 40
+    starts = sorted(set(w[0] for w in windows))
+    assert len(starts) > 1 and all(e - s == 32 for s, e in set(windows))
+    # every later window starts 16 characters (half the context) before its first gap
+    assert starts[1] == 32 - 16
+
+
+def test_batched_and_single_sampling_agree_under_a_seed(tiny_model):
+    model, chars = tiny_model
+    batch, _ = generate(model, canvas_for(chars, "A", 32, batch=3), steps=8, temperature=1.0, seed=10)
+    for i in range(3):
+        single, _ = generate(model, canvas_for(chars, "A", 32), steps=8, temperature=1.0, seed=10 + i)
+        assert torch.equal(batch[i], single[0])
+
+
+def test_top_k_limits_the_draw_to_the_k_most_likely(tiny_model):
+    model, chars = tiny_model
+    c = canvas_for(chars, "", 32, batch=4)
+    for state in generate_steps(model, c, steps=8, temperature=2.0, top_k=2, seed=0):
+        with torch.no_grad():
+            top2 = model(c).topk(2, dim=-1).indices
+        drawn = state["canvas"][..., None].expand_as(top2)
+        assert (drawn == top2).any(-1)[state["committed"]].all()
+        c = state["canvas"].clone()
+
+
+def test_rows_with_different_masks_are_rejected(tiny_model):
+    model, chars = tiny_model
+    c = canvas_for(chars, "", 32, batch=2)
+    c[1, 0] = 0
+    with pytest.raises(ValueError):
+        generate(model, c, steps=4)
