@@ -46,7 +46,9 @@ def add_sampling_args(p):
     p.add_argument("--top-k", type=int, default=None, help="draw only from the k most likely characters")
     p.add_argument("--seed", type=int, default=None, help="same seed, same text (default: random)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; pays off for long runs)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on CUDA)")
+    p.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
+                   help="torch.compile mode; reduce-overhead uses CUDA graphs (default %(default)s)")
 
 
 def check_sampling_args(args):
@@ -91,7 +93,7 @@ def load_for_sampling(args):
     if model.config.causal:
         raise UserError(f"{args.ckpt} is an autoregressive baseline, not a diffusion model")
     if args.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=args.compile_mode)
     return device, model, chars
 
 
@@ -105,6 +107,8 @@ def main(argv=None):
     add_sampling_args(p)
     p.add_argument("--num-samples", type=int, default=1, help="samples, generated as one batch")
     p.add_argument("--stats", action="store_true", help="print forward passes, chars/s and device to stderr")
+    p.add_argument("--warmup", type=int, default=0, metavar="N",
+                   help="run N untimed generations first (compilation, caches) so --stats times steady state")
     args = p.parse_args(argv)
     try:
         check_sampling_args(args)
@@ -113,6 +117,10 @@ def main(argv=None):
         device, model, chars = load_for_sampling(args)
         canvas = build_canvas(args, chars, args.num_samples, device)
         n_new = int((canvas[0] == len(chars)).sum())
+        for _ in range(args.warmup):
+            generate(model, canvas, **sampler_kwargs(args))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         t0 = time.time()
         out, nfe = generate(model, canvas, **sampler_kwargs(args))
         texts = [decode(row, chars) for row in out.tolist()]  # .tolist() waits for the device

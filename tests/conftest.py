@@ -14,13 +14,16 @@ TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--block_size", "32
 
 
 def find_data():
-    """The shared copy beside the checkout (CI), else data/ after prepare.py."""
+    """The shared copy beside the checkout (CI), else data/ (downloaded by prepare.py if absent)."""
+    local = os.path.join(ROOT, "data", "tiny_shakespeare.txt")
     for path in (os.environ.get("TINY_SHAKESPEARE", ""),
-                 os.path.join(ROOT, "..", "shared", "data", "tiny_shakespeare.txt"),
-                 os.path.join(ROOT, "data", "tiny_shakespeare.txt")):
+                 os.path.join(ROOT, "..", "shared", "data", "tiny_shakespeare.txt"), local):
         if path and os.path.isfile(path):
             return os.path.abspath(path)
-    raise RuntimeError("Tiny Shakespeare not found: set TINY_SHAKESPEARE or run data/prepare.py")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "data", "prepare.py")], capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"Tiny Shakespeare not found and not downloadable: {r.stderr.strip()}")
+    return local
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,129 @@
+"""
+Score generated text against real held-out text, for several sampler settings at once.
+
+    python quality.py                                  # the default grid, 32 prompts
+    python quality.py --prompts 64 --settings steps=256 steps=64 threshold=0.9,temperature=1.0
+
+Every prompt is the first --prompt-chars characters of a window of the validation split
+(never seen in training); the model writes the rest of the window. Each row reports:
+  AR NLL     mean -log p of the generated characters under the autoregressive baseline
+             (weights/ar_baseline.pt), given the prompt and what precedes them: lower reads
+             more like Shakespeare to a second model, but very low often means repetitive
+  words      % of generated words that occur in the training text
+  distinct   distinct word bigrams / all word bigrams (repetition: lower = more repeats)
+  entropy    entropy of the character distribution of the output, bits
+  NFE        forward passes; chars/s for the whole batch on this device
+The first row scores the real continuation the same way.
+"""
+
+import argparse
+import math
+import re
+import sys
+import time
+from collections import Counter
+
+import torch
+import torch.nn.functional as F
+
+from model import ArgumentParser, UserError, autocast, decode, generate, load_model, pick_device
+from train import DATA_DEFAULT, load_text
+
+DEFAULT_SETTINGS = ["steps=256", "steps=128", "steps=64", "steps=32", "steps=64,schedule=cosine",
+                    "threshold=0.9", "threshold=0.7", "steps=64,temperature=1.0", "steps=64,temperature=0.5",
+                    "steps=64,temperature=0"]
+
+
+def parse_setting(text):
+    """'steps=64,temperature=0.8' -> sampler kwargs (temperature 0.8 unless given)."""
+    kwargs = {"temperature": 0.8}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        if key not in ("steps", "threshold", "temperature", "top_k", "schedule"):
+            raise UserError(f"unknown setting {key!r} in {text!r}")
+        kwargs[key] = value if key == "schedule" else (int(value) if key in ("steps", "top_k") else float(value))
+    return kwargs
+
+
+@torch.no_grad()
+def ar_nll(ar_model, ids, start):
+    """Mean NLL (nats/char) of ids[:, start:] under the autoregressive model."""
+    with autocast(ids.device):
+        logits = ar_model(ids[:, :-1])
+    nll = F.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], reduction="none")
+    return nll[:, start - 1:].mean().item()
+
+
+def text_stats(texts, vocabulary):
+    words = [w for t in texts for w in re.findall(r"[A-Za-z']+", t)]
+    known = sum(w.lower() in vocabulary for w in words) / max(len(words), 1)
+    bigrams = [tuple(ws[i:i + 2]) for t in texts for ws in [re.findall(r"[A-Za-z']+", t)] for i in range(len(ws) - 1)]
+    distinct = len(set(bigrams)) / max(len(bigrams), 1)
+    counts = Counter("".join(texts))
+    total = sum(counts.values())
+    entropy = -sum(c / total * math.log2(c / total) for c in counts.values())
+    return known, distinct, entropy
+
+
+def main(argv=None):
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", default="weights/model.pt")
+    p.add_argument("--ar", default="weights/ar_baseline.pt", help="autoregressive scorer")
+    p.add_argument("--data", default=DATA_DEFAULT)
+    p.add_argument("--prompts", type=int, default=32, help="number of prompts (one batch)")
+    p.add_argument("--prompt-chars", type=int, default=32)
+    p.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    try:
+        device = pick_device(args.device)
+        model, chars, _ = load_model(args.ckpt, device)
+        ar_model, ar_chars, _ = load_model(args.ar, device)
+        if ar_chars != chars or not ar_model.config.causal:
+            raise UserError(f"{args.ar} is not an autoregressive model with the same vocabulary")
+        settings = [(s, parse_setting(s)) for s in args.settings]
+        T = model.config.block_size
+        if not 0 < args.prompt_chars < T or args.prompts < 1:
+            raise UserError(f"--prompt-chars must be in 1..{T - 1} and --prompts >= 1")
+        text = load_text(args.data)
+        split = int(0.9 * len(text))
+        vocabulary = {w.lower() for w in re.findall(r"[A-Za-z']+", text[:split])}
+        val = text[split:]
+        index = {c: i for i, c in enumerate(chars)}
+        stride = (len(val) - T) // args.prompts
+        real = torch.tensor([[index[c] for c in val[i * stride:i * stride + T]] for i in range(args.prompts)],
+                            device=device)
+    except UserError as e:
+        sys.exit(f"quality.py: error: {e}")
+
+    P = args.prompt_chars
+    print(f"{args.prompts} prompts of {P} chars from the validation split, {T - P} chars generated each; "
+          f"device {device}")
+    print("| setting | AR NLL (nats/char) | words in train % | distinct bigrams % | char entropy (bits) | NFE | chars/s |")
+    print("|---|---|---|---|---|---|---|")
+
+    def row(name, ids, nfe, seconds):
+        texts = [decode(r[P:], chars) for r in ids.tolist()]
+        known, distinct, entropy = text_stats(texts, vocabulary)
+        speed = f"{args.prompts * (T - P) / seconds:,.0f}" if seconds else "-"
+        print(f"| {name} | {ar_nll(ar_model, ids, P):.3f} | {100 * known:.1f} | {100 * distinct:.1f} | "
+              f"{entropy:.3f} | {nfe if nfe else '-'} | {speed} |", flush=True)
+
+    row("real validation text", real, 0, 0)
+    for name, kwargs in settings:
+        canvas = real.clone()
+        canvas[:, P:] = len(chars)
+        generate(model, canvas[:1], **kwargs, seed=args.seed)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.time()
+        out, nfe = generate(model, canvas, **kwargs, seed=args.seed)
+        out = out.clone()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        row(name, out, nfe, time.time() - t0)
+
+
+if __name__ == "__main__":
+    main()
