@@ -261,7 +261,7 @@ def draw_characters(logits, temperature, top_k, generators):
 
 @torch.inference_mode()
 def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, top_k=None,
-                   schedule="linear", seed=0, context_keep=None):
+                   schedule="linear", seed=0, context_keep=None, order="confidence"):
     """Denoise `canvas` and yield after every forward pass.
 
     canvas: (B, N) ids; positions equal to the mask id are generated, all others are kept
@@ -272,7 +272,8 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
     moving on.
 
     Each step predicts every masked position in the window, draws a character for each
-    (temperature 0 = argmax), and commits the most confident ones:
+    (temperature 0 = argmax), and commits the most confident ones (order="random": a random
+    choice of them instead, MDLM's ancestral order):
       - steps=S: a schedule (`commit_schedule`) so that exactly S forward passes unmask the
         whole text (S is spread over the windows in proportion to their masked count)
       - threshold=tau: all with confidence >= tau, and at least one per row.
@@ -280,6 +281,8 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
     """
     if (steps is None) == (threshold is None):
         raise ValueError("give exactly one of steps or threshold")
+    if order not in ("confidence", "random") or (order == "random" and threshold is not None):
+        raise ValueError("order is 'confidence' or 'random' (random only with steps)")
     cfg = model.config
     mask_id, T = cfg.mask_id, cfg.block_size
     keep = T // 2 if context_keep is None else context_keep
@@ -316,6 +319,8 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
                 logits = model(window)
             chars, conf = draw_characters(logits, temperature, top_k, generators)
             nfe += 1
+            if order == "random":  # MDLM's ancestral order: which positions to commit is chance
+                conf = torch.stack([torch.rand(conf.shape[1:], generator=g, device=dev) for g in generators])
             conf = conf.masked_fill(~still_masked, -1.0)
             if steps is not None:
                 top = conf.topk(counts[step], dim=1).indices

@@ -31,7 +31,7 @@ from train import DATA_DEFAULT, load_text
 
 DEFAULT_SETTINGS = ["steps=256", "steps=128", "steps=64", "steps=32", "steps=64,schedule=cosine",
                     "threshold=0.9", "threshold=0.7", "steps=64,temperature=1.0", "steps=64,temperature=0.5",
-                    "steps=64,temperature=0"]
+                    "steps=64,temperature=0", "steps=256,order=random", "steps=64,order=random"]
 
 
 def parse_setting(text):
@@ -39,9 +39,12 @@ def parse_setting(text):
     kwargs = {"temperature": 0.8}
     for part in text.split(","):
         key, _, value = part.partition("=")
-        if key not in ("steps", "threshold", "temperature", "top_k", "schedule"):
+        if key not in ("steps", "threshold", "temperature", "top_k", "schedule", "order"):
             raise UserError(f"unknown setting {key!r} in {text!r}")
-        kwargs[key] = value if key == "schedule" else (int(value) if key in ("steps", "top_k") else float(value))
+        try:
+            kwargs[key] = value if key in ("schedule", "order") else (int(value) if key in ("steps", "top_k") else float(value))
+        except ValueError:
+            raise UserError(f"bad value {value!r} for {key} in {text!r}") from None
     return kwargs
 
 
@@ -83,6 +86,9 @@ def main(argv=None):
         if ar_chars != chars or not ar_model.config.causal:
             raise UserError(f"{args.ar} is not an autoregressive model with the same vocabulary")
         settings = [(s, parse_setting(s)) for s in args.settings]
+        for name, kwargs in settings:
+            if ("steps" in kwargs) == ("threshold" in kwargs):
+                raise UserError(f"setting {name!r} needs exactly one of steps= or threshold=")
         T = model.config.block_size
         if not 0 < args.prompt_chars < T or args.prompts < 1:
             raise UserError(f"--prompt-chars must be in 1..{T - 1} and --prompts >= 1")

@@ -53,6 +53,7 @@ def test_sample_infills_underscores(tiny_ckpt):
     (["--temperature", "-1"], ["--temperature must be >= 0"]),
     (["--steps", "0"], ["--steps must be >= 1"]),
     (["--steps", "4", "--threshold", "0.9"], ["not both"]),
+    (["--threshold", "0.9", "--order", "random"], ["--order confidence"]),
     (["--device", "cuda"], ["not available"]),
     (["--device", "tpu"], ["device"]),
     (["--num-samples", "0"], ["--num-samples"]),

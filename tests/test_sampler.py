@@ -137,6 +137,19 @@ def test_top_k_limits_the_draw_to_the_k_most_likely(tiny_model):
         c = state["canvas"].clone()
 
 
+def test_random_order_follows_the_schedule_and_unmasks_everything(tiny_model):
+    model, chars = tiny_model
+    c = canvas_for(chars, "KING:", 32, batch=2)
+    counts, last = [], None
+    for state in generate_steps(model, c, steps=9, temperature=1.0, seed=0, order="random"):
+        counts.append(state["committed"].sum(1).tolist())
+        last = state
+    assert [row[0] for row in counts] == commit_schedule(27, 9) and all(a == b for a, b in counts)
+    assert (last["canvas"] != len(chars)).all() and decode(last["canvas"][0, :5].tolist(), chars) == "KING:"
+    confident, _ = generate(model, c, steps=9, temperature=1.0, seed=0)
+    assert not torch.equal(confident, last["canvas"]), "a different order gives different text"
+
+
 def test_rows_with_different_masks_are_rejected(tiny_model):
     model, chars = tiny_model
     c = canvas_for(chars, "", 32, batch=2)
