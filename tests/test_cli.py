@@ -80,13 +80,14 @@ def test_bad_checkpoints_are_one_line(tmp_path, tiny_ckpt):
     assert_one_line_error(run_script("sample.py", "--ckpt", mismatched), "do not match", str(mismatched))
 
 
-def test_train_bad_input_is_one_line(tmp_path):
+def test_train_bad_input_is_one_line(tmp_path, data_path):
     assert_one_line_error(run_script("train.py", "--data", tmp_path / "nope.txt"), "data file not found", "prepare.py")
     assert_one_line_error(run_script("train.py", "--objective", "gan"), "--objective")
     assert_one_line_error(run_script("train.py", "--n_embd", "100", "--n_head", "3"), "n_head")
     assert_one_line_error(run_script("train.py", "--eval-only"), "--ckpt")
-    assert_one_line_error(run_script("train.py", "--resume", "--out_dir", tmp_path), "not found", "last.pt")
-    assert_one_line_error(run_script("train.py", "--device", "cuda:3"), "not available")
+    assert_one_line_error(run_script("train.py", "--resume", "--out_dir", tmp_path, "--data", data_path),
+                          "not found", "last.pt")
+    assert_one_line_error(run_script("train.py", "--device", "cuda:3", "--data", data_path), "not available")
 
 
 def test_prepare_verifies_the_checksum(tmp_path, data_path):
