@@ -261,7 +261,7 @@ def draw_characters(logits, temperature, top_k, generators):
 
 @torch.inference_mode()
 def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, top_k=None,
-                   schedule="linear", seed=0, context_keep=None, order="confidence"):
+                   schedule="linear", seed=0, context_keep=None, order="confidence", precision="auto"):
     """Denoise `canvas` and yield after every forward pass.
 
     canvas: (B, N) ids; positions equal to the mask id are generated, all others are kept
@@ -277,6 +277,7 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
       - steps=S: a schedule (`commit_schedule`) so that exactly S forward passes unmask the
         whole text (S is spread over the windows in proportion to their masked count)
       - threshold=tau: all with confidence >= tau, and at least one per row.
+    precision: "auto" (bf16 on CUDA, fp32 elsewhere), "bf16" or "fp32" for the forward passes.
     Yields dicts: canvas (B, N) after the step, committed (B, N) bool, nfe, window (start, end).
     """
     if (steps is None) == (threshold is None):
@@ -315,7 +316,7 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
                 break
             if threshold is not None and not still_masked.any():
                 break
-            with autocast(dev):
+            with autocast(dev, precision):
                 logits = model(window)
             chars, conf = draw_characters(logits, temperature, top_k, generators)
             nfe += 1
@@ -390,11 +391,11 @@ def pick_device(name="auto"):
     return dev
 
 
-def autocast(device, enabled=True):
-    """bf16 autocast on CUDA; full precision elsewhere (or when not enabled)."""
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
+def autocast(device, precision="auto"):
+    """bf16 autocast for precision "bf16", and for "auto" on CUDA; "fp32" is full precision.
+    (On CPUs with bf16 instructions, "bf16" makes a forward pass almost twice as fast.)"""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16 and device.type in ("cuda", "cpu"))
 
 
 # -----------------------------------------------------------------------------

@@ -39,10 +39,10 @@ def parse_setting(text):
     kwargs = {"temperature": 0.8}
     for part in text.split(","):
         key, _, value = part.partition("=")
-        if key not in ("steps", "threshold", "temperature", "top_k", "schedule", "order"):
+        if key not in ("steps", "threshold", "temperature", "top_k", "schedule", "order", "precision"):
             raise UserError(f"unknown setting {key!r} in {text!r}")
         try:
-            kwargs[key] = value if key in ("schedule", "order") else (int(value) if key in ("steps", "top_k") else float(value))
+            kwargs[key] = value if key in ("schedule", "order", "precision") else (int(value) if key in ("steps", "top_k") else float(value))
         except ValueError:
             raise UserError(f"bad value {value!r} for {key} in {text!r}") from None
     return kwargs

@@ -375,7 +375,7 @@ def train(mc, tc, bench_steps=0):
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x = get_batch(train_ids, local_batch, seq_len, gen)
-            with autocast(device, bf16):
+            with autocast(device, "bf16" if bf16 else "fp32"):
                 loss = loss_fn(x)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -445,7 +445,7 @@ def bench(fwd_model, optimizer, loss_fn, train_ids, batch, seq_len, gen, device,
     """Time `steps` optimizer steps after warm-up. Returns tokens/s (and prints MFU on CUDA)."""
     def one_step():
         x = get_batch(train_ids, batch, seq_len, gen)
-        with autocast(device, bf16):
+        with autocast(device, "bf16" if bf16 else "fp32"):
             loss = loss_fn(x)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(fwd_model.parameters(), 1.0)

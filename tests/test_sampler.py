@@ -150,6 +150,16 @@ def test_random_order_follows_the_schedule_and_unmasks_everything(tiny_model):
     assert not torch.equal(confident, last["canvas"]), "a different order gives different text"
 
 
+def test_bf16_forward_passes_on_cpu_still_unmask_everything(tiny_model):
+    model, chars = tiny_model
+    c = canvas_for(chars, "A", 32)
+    fp32, _ = generate(model, c, steps=8, seed=0, precision="fp32")
+    auto, _ = generate(model, c, steps=8, seed=0)
+    bf16, nfe = generate(model, c, steps=8, seed=0, precision="bf16")
+    assert torch.equal(fp32, auto), "auto is fp32 on the CPU"
+    assert nfe == 8 and (bf16 != len(chars)).all() and bf16[0, 0] == c[0, 0]
+
+
 def test_rows_with_different_masks_are_rejected(tiny_model):
     model, chars = tiny_model
     c = canvas_for(chars, "", 32, batch=2)
