@@ -63,6 +63,19 @@ def test_ctrl_c_then_resume_continues_the_same_run(tmp_path, data_path, monkeypa
         assert torch.allclose(a["model"][name], b["model"][name], atol=1e-6), name
 
 
+def test_resume_keeps_the_runs_settings_unless_overridden(tmp_path, data_path, monkeypatch):
+    args = TINY + ["--data", data_path, "--out_dir", str(tmp_path), "--log_interval", "5", "--eval_interval", "5"]
+    _interrupt_at(monkeypatch, 5)
+    with pytest.raises(SystemExit):
+        train.main(args + ["--max_steps", "12", "--lr", "1e-3"])
+    monkeypatch.undo()
+    train.main(["--resume", "--out_dir", str(tmp_path), "--data", data_path, "--device", "cpu"])
+    ckpt = read_checkpoint(str(tmp_path / "last.pt"))
+    assert ckpt["step"] == 12 and ckpt["train_config"]["lr"] == 1e-3
+    train.main(["--resume", "--out_dir", str(tmp_path), "--data", data_path, "--device", "cpu", "--max_steps", "15"])
+    assert read_checkpoint(str(tmp_path / "last.pt"))["step"] == 15
+
+
 def test_sigint_leaves_a_usable_checkpoint(tmp_path, data_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-u", os.path.join(ROOT, "train.py"), *TINY, "--data", data_path,
