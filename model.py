@@ -410,10 +410,15 @@ def save_checkpoint(path, model, chars, **extra):
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
+    write_atomically(ckpt, path)
+
+
+def write_atomically(obj, path):
+    """torch.save to a temp file, then rename: a crash never leaves a half-written checkpoint."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 def read_checkpoint(path):

@@ -477,7 +477,8 @@ def main(argv=None):
         result = train(mc, tc, bench_steps)
         if bench_steps and int(os.environ.get("RANK", 0)) == 0:
             tok_s, mfu = result
-            print(f"bench: {tok_s:,.0f} tokens/s, MFU {mfu:.1%} (per GPU, of 989 TFLOP/s bf16)")
+            mfu_text = f", MFU {mfu:.1%} (per GPU, of 989 TFLOP/s bf16)" if mfu == mfu else ""
+            print(f"bench: {tok_s:,.0f} tokens/s{mfu_text}")
     except UserError as e:
         sys.exit(f"train.py: error: {e}")
 

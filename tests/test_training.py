@@ -173,3 +173,15 @@ def test_ddp_two_gloo_processes(tmp_path, data_path):
     assert r.stdout.count("done: 20 steps") == 1, "only rank 0 prints"
     assert len([row for row in read_log(str(out)) if "val" in row]) == 1, "only rank 0 writes"
     assert read_checkpoint(str(out / "best.pt"))["world"] == 2
+
+
+def test_export_keeps_what_sampling_needs_in_bf16(tiny_run, tmp_path):
+    out = tmp_path / "shipped.pt"
+    r = run_script("tools/export_weights.py", os.path.join(tiny_run, "last.pt"), out)
+    assert r.returncode == 0, r.stderr
+    ckpt = read_checkpoint(str(out))
+    assert "optimizer" not in ckpt and "generator" not in ckpt
+    assert all(v.dtype == torch.bfloat16 for v in ckpt["model"].values())
+    model, chars, _ = load_model(str(out))
+    assert len(chars) == 65 and next(model.parameters()).dtype == torch.float32
+    assert os.path.getsize(out) < os.path.getsize(os.path.join(tiny_run, "last.pt")) / 3

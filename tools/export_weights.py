@@ -1,24 +1,35 @@
-"""Strip a training checkpoint down to what sampling needs, weights in bf16 (half the size).
+"""
+Strip a training checkpoint down to what sampling needs, with bf16 weights (half the size).
 
     python tools/export_weights.py out/gpu/best.pt weights/model.pt
 """
+
+import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch
+import torch  # noqa: E402
 
-from model import read_checkpoint
+from model import UserError, read_checkpoint, write_atomically  # noqa: E402
 
-src, dst = sys.argv[1], sys.argv[2]
-ckpt = read_checkpoint(src)
-ckpt.pop("optimizer", None)
-ckpt.pop("generator", None)
-ckpt["model"] = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
-tmp = dst + ".tmp"
-torch.save(ckpt, tmp)
 
-import os
-os.replace(tmp, dst)
-print(f"{src} -> {dst}: step {ckpt.get('step')}, val {ckpt.get('val')}")
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", help="training checkpoint (best.pt or last.pt)")
+    p.add_argument("dst", help="where to write the sampling checkpoint")
+    args = p.parse_args()
+    try:
+        ckpt = read_checkpoint(args.src)
+    except UserError as e:
+        sys.exit(f"export_weights.py: error: {e}")
+    for training_only in ("optimizer", "generator", "elapsed"):
+        ckpt.pop(training_only, None)
+    ckpt["model"] = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    write_atomically(ckpt, args.dst)
+    print(f"{args.src} -> {args.dst}: step {ckpt.get('step')}, val {ckpt.get('val')}")
+
+
+if __name__ == "__main__":
+    main()
