@@ -272,8 +272,10 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
     moving on.
 
     Each step predicts every masked position in the window, draws a character for each
-    (temperature 0 = argmax), and commits the most confident ones (order="random": a random
-    choice of them instead, MDLM's ancestral order):
+    (temperature 0 = argmax), and commits the most confident ones. order="random" commits a
+    random choice instead (MDLM's ancestral order); order="noisy" ranks by log-confidence plus
+    Gumbel noise whose scale falls linearly from 1 to 0 over the steps (MaskGIT), which keeps
+    confident commits but breaks the "the the the" runs of pure confidence order:
       - steps=S: a schedule (`commit_schedule`) so that exactly S forward passes unmask the
         whole text (S is spread over the windows in proportion to their masked count)
       - threshold=tau: all with confidence >= tau, and at least one per row.
@@ -282,8 +284,8 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
     """
     if (steps is None) == (threshold is None):
         raise ValueError("give exactly one of steps or threshold")
-    if order not in ("confidence", "random") or (order == "random" and threshold is not None):
-        raise ValueError("order is 'confidence' or 'random' (random only with steps)")
+    if order not in ("confidence", "random", "noisy") or (order != "confidence" and threshold is not None):
+        raise ValueError("order is 'confidence', 'random' or 'noisy' (the last two only with steps)")
     cfg = model.config
     mask_id, T = cfg.mask_id, cfg.block_size
     keep = T // 2 if context_keep is None else context_keep
@@ -322,7 +324,11 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
             nfe += 1
             if order == "random":  # MDLM's ancestral order: which positions to commit is chance
                 conf = torch.stack([torch.rand(conf.shape[1:], generator=g, device=dev) for g in generators])
-            conf = conf.masked_fill(~still_masked, -1.0)
+            elif order == "noisy":  # MaskGIT: Gumbel noise on log-confidence, annealed to zero
+                u = torch.stack([torch.rand(conf.shape[1:], generator=g, device=dev) for g in generators])
+                noise_scale = 1.0 - step / len(counts)
+                conf = conf.clamp_min(1e-9).log() - noise_scale * torch.log(-torch.log(u.clamp_min(1e-20)))
+            conf = conf.masked_fill(~still_masked, float("-inf"))  # never re-commit
             if steps is not None:
                 top = conf.topk(counts[step], dim=1).indices
                 commit = torch.zeros_like(still_masked).scatter_(1, top, True)

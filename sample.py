@@ -42,9 +42,10 @@ def add_sampling_args(p):
                         "this (in (0, 1]), at least one")
     p.add_argument("--schedule", choices=["linear", "cosine"], default="linear",
                    help="characters committed per step with --steps (default %(default)s)")
-    p.add_argument("--order", choices=["confidence", "random"], default="confidence",
-                   help="which masked characters to commit each step: the most confident (default) or a "
-                        "random choice (MDLM's ancestral order; better for small, weakly trained models)")
+    p.add_argument("--order", choices=["confidence", "random", "noisy"], default="confidence",
+                   help="which masked characters to commit each step: the most confident (default); a "
+                        "random choice (MDLM's ancestral order; better for small, weakly trained models); "
+                        "or noisy: confidence plus annealed Gumbel noise (MaskGIT; less repetition)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default %(default)s)")
     p.add_argument("--top-k", type=int, default=None, help="draw only from the k most likely characters")
     p.add_argument("--seed", type=int, default=None, help="same seed, same text (default: random)")
@@ -60,7 +61,7 @@ def add_sampling_args(p):
 def check_sampling_args(args):
     if args.steps is not None and args.threshold is not None:
         raise UserError("give --steps or --threshold, not both")
-    if args.threshold is not None and args.order == "random":
+    if args.threshold is not None and args.order != "confidence":
         raise UserError("--threshold needs confidences: use it with --order confidence")
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")

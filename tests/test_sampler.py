@@ -137,11 +137,12 @@ def test_top_k_limits_the_draw_to_the_k_most_likely(tiny_model):
         c = state["canvas"].clone()
 
 
-def test_random_order_follows_the_schedule_and_unmasks_everything(tiny_model):
+@pytest.mark.parametrize("order", ["random", "noisy"])
+def test_other_orders_follow_the_schedule_and_unmask_everything(tiny_model, order):
     model, chars = tiny_model
     c = canvas_for(chars, "KING:", 32, batch=2)
     counts, last = [], None
-    for state in generate_steps(model, c, steps=9, temperature=1.0, seed=0, order="random"):
+    for state in generate_steps(model, c, steps=9, temperature=1.0, seed=0, order=order):
         counts.append(state["committed"].sum(1).tolist())
         last = state
     assert [row[0] for row in counts] == commit_schedule(27, 9) and all(a == b for a, b in counts)
