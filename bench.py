@@ -31,7 +31,7 @@ def main(argv=None):
         rows = []
         for name, extra in (("fast: bf16 + compile + fused AdamW", ["--precision", "auto", "--compile", "auto"]),
                             ("plain: fp32 eager", ["--precision", "fp32", "--compile", "off"])):
-            mc, tc, _ = train.parse_args(["--preset", "gpu"] + argv + extra)
+            mc, tc, _, _ = train.parse_args(["--preset", "gpu"] + argv + extra)
             train.check_config(mc, tc)
             print(f"timing {name} ...", flush=True)
             tok_s, mfu = train.train(mc, tc, bench_steps=steps)
@@ -44,7 +44,7 @@ def main(argv=None):
     if not torch.cuda.is_available():
         print("(no CUDA: the 'fast' path falls back to fp32 eager here, so the two rows time the same code)")
     for name, tok_s, mfu in rows:
-        print(f"{name:<36} {tok_s:>12,.0f} tokens/s" + (f"   MFU {mfu:6.1%}" if mfu == mfu else ""))
+        print(f"{name:<36} {tok_s:>12,.0f} tokens/s" + (f"   MFU {mfu:6.1%}" if mfu is not None else ""))
     print(f"speed-up of the fast path: {rows[0][1] / rows[1][1]:.2f}x")
 
 

@@ -236,6 +236,16 @@ def commit_schedule(n, steps, schedule="linear"):
     return [b - a for a, b in zip([0] + done[:-1], done)]
 
 
+def uniform_per_sample(shape, generators, device):
+    """(B, *shape) uniforms, row i from generators[i]: sample i of a batch equals a batch of
+    one run with seed + i."""
+    return torch.stack([torch.rand(shape, generator=g, device=device) for g in generators])
+
+
+def gumbel_noise(shape, generators, device):
+    return -torch.log(-torch.log(uniform_per_sample(shape, generators, device).clamp_min(1e-20)))
+
+
 def draw_characters(logits, temperature, top_k, generators):
     """Draw one character per position and return (chars, confidence).
 
@@ -251,11 +261,8 @@ def draw_characters(logits, temperature, top_k, generators):
         kth = logits.topk(top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = logits.softmax(-1)
-    # Gumbel-max with one generator per sample, so sample i of a batch equals a batch of one
-    # run with seed + i
-    u = torch.stack([torch.rand(logits.shape[1:], generator=g, device=logits.device) for g in generators])
-    gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)))
-    chars = (probs.log() + gumbel).argmax(-1)
+    # Gumbel-max, one generator per sample
+    chars = (probs.log() + gumbel_noise(logits.shape[1:], generators, logits.device)).argmax(-1)
     return chars, probs.gather(-1, chars[..., None]).squeeze(-1)
 
 
@@ -323,11 +330,10 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
             chars, conf = draw_characters(logits, temperature, top_k, generators)
             nfe += 1
             if order == "random":  # MDLM's ancestral order: which positions to commit is chance
-                conf = torch.stack([torch.rand(conf.shape[1:], generator=g, device=dev) for g in generators])
+                conf = uniform_per_sample(conf.shape[1:], generators, dev)
             elif order == "noisy":  # MaskGIT: Gumbel noise on log-confidence, annealed to zero
-                u = torch.stack([torch.rand(conf.shape[1:], generator=g, device=dev) for g in generators])
                 noise_scale = 1.0 - step / len(counts)
-                conf = conf.clamp_min(1e-9).log() - noise_scale * torch.log(-torch.log(u.clamp_min(1e-20)))
+                conf = conf.clamp_min(1e-9).log() + noise_scale * gumbel_noise(conf.shape[1:], generators, dev)
             conf = conf.masked_fill(~still_masked, float("-inf"))  # never re-commit
             if steps is not None:
                 top = conf.topk(counts[step], dim=1).indices

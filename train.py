@@ -98,8 +98,8 @@ def parse_args(argv=None):
                                for f in fields(ModelConfig)})
     train_cfg = TrainConfig(**{f.name: chosen.get(f.name, preset.get(f.name, f.default))
                                for f in fields(TrainConfig)})
-    train_cfg.explicit = sorted(k for k in chosen if k in {f.name for f in fields(TrainConfig)})
-    return model_cfg, train_cfg, args.bench
+    explicit = {k for k in chosen if k in {f.name for f in fields(TrainConfig)}}
+    return model_cfg, train_cfg, args.bench, explicit
 
 
 def check_config(mc, tc):
@@ -287,12 +287,14 @@ def format_time(seconds):
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def train(mc, tc, bench_steps=0):
+def train(mc, tc, bench_steps=0, explicit=()):
+    """explicit: the TrainConfig fields set on the command line (they override a resumed run's)."""
     rank, world, device = setup_distributed(tc)
     master = rank == 0
     log = print if master else (lambda *a, **k: None)
     torch.manual_seed(tc.seed + rank)
     bf16 = tc.precision == "bf16" or (tc.precision == "auto" and device.type == "cuda")
+    precision = "bf16" if bf16 else "fp32"
     torch.backends.cuda.matmul.allow_tf32 = bf16  # the plain fp32 path stays plain
     torch.backends.cudnn.allow_tf32 = bf16
 
@@ -304,7 +306,7 @@ def train(mc, tc, bench_steps=0):
         chars = resume_ckpt["chars"]
         mc = ModelConfig(**resume_ckpt["config"])
         # the run's own settings, except what this command line sets (e.g. a new --max_steps)
-        given = {k: getattr(tc, k) for k in getattr(tc, "explicit", [])}
+        given = {k: getattr(tc, k) for k in explicit}
         given.update(resume=True, out_dir=tc.out_dir, data=tc.data, device=tc.device)
         tc = replace(TrainConfig(**resume_ckpt["train_config"]), **given)
         log(f"resuming {resume_path} at step {resume_ckpt['step']}")
@@ -336,7 +338,7 @@ def train(mc, tc, bench_steps=0):
     tokens_per_step = tc.batch_size * mc.block_size
     log(f"{tc.objective} model: {model.num_params() / 1e6:.2f}M parameters, {mc.n_layer} layers, width "
         f"{mc.n_embd}, context {mc.block_size} | device {device} x{world}, compile {use_compile}, "
-        f"{'bf16' if bf16 else 'fp32'} | "
+        f"{precision} | "
         f"batch {tc.batch_size} x {mc.block_size} = {tokens_per_step:,} tokens/step | "
         f"train {len(train_ids):,} chars, val {len(val_ids):,} chars")
 
@@ -355,7 +357,7 @@ def train(mc, tc, bench_steps=0):
              elapsed=time.time() - t_start)
 
     if bench_steps:
-        return bench(fwd_model, optimizer, loss_fn, train_ids, local_batch, seq_len, gen, device, bf16,
+        return bench(fwd_model, optimizer, loss_fn, train_ids, local_batch, seq_len, gen, device, precision,
                      tokens_per_step, bench_steps, model.num_params(), mc)
 
     if master:
@@ -375,7 +377,7 @@ def train(mc, tc, bench_steps=0):
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x = get_batch(train_ids, local_batch, seq_len, gen)
-            with autocast(device, "bf16" if bf16 else "fp32"):
+            with autocast(device, precision):
                 loss = loss_fn(x)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -440,12 +442,12 @@ def train(mc, tc, bench_steps=0):
         dist.destroy_process_group()
 
 
-def bench(fwd_model, optimizer, loss_fn, train_ids, batch, seq_len, gen, device, bf16, tokens_per_step,
+def bench(fwd_model, optimizer, loss_fn, train_ids, batch, seq_len, gen, device, precision, tokens_per_step,
           steps, n_params, mc):
-    """Time `steps` optimizer steps after warm-up. Returns tokens/s (and prints MFU on CUDA)."""
+    """Time `steps` optimizer steps after warm-up. Returns (tokens/s, MFU per GPU or None off CUDA)."""
     def one_step():
         x = get_batch(train_ids, batch, seq_len, gen)
-        with autocast(device, "bf16" if bf16 else "fp32"):
+        with autocast(device, precision):
             loss = loss_fn(x)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(fwd_model.parameters(), 1.0)
@@ -464,20 +466,20 @@ def bench(fwd_model, optimizer, loss_fn, train_ids, batch, seq_len, gen, device,
     # 6 N per token for the matmuls plus 12 L T d for attention (PaLM appendix B)
     flops_per_token = 6 * n_params + 12 * mc.n_layer * mc.block_size * mc.n_embd
     world = dist.get_world_size() if dist.is_initialized() else 1
-    mfu = tok_s * flops_per_token / (989e12 * world) if device.type == "cuda" else float("nan")
+    mfu = tok_s * flops_per_token / (989e12 * world) if device.type == "cuda" else None
     return tok_s, mfu
 
 
 def main(argv=None):
     try:
-        mc, tc, bench_steps = parse_args(argv)
+        mc, tc, bench_steps, explicit = parse_args(argv)
         check_config(mc, tc)
         if tc.eval_only:
             return eval_only(tc)
-        result = train(mc, tc, bench_steps)
+        result = train(mc, tc, bench_steps, explicit)
         if bench_steps and int(os.environ.get("RANK", 0)) == 0:
             tok_s, mfu = result
-            mfu_text = f", MFU {mfu:.1%} (per GPU, of 989 TFLOP/s bf16)" if mfu == mfu else ""
+            mfu_text = f", MFU {mfu:.1%} (per GPU, of 989 TFLOP/s bf16)" if mfu is not None else ""
             print(f"bench: {tok_s:,.0f} tokens/s{mfu_text}")
     except UserError as e:
         sys.exit(f"train.py: error: {e}")
