@@ -124,6 +124,8 @@ def main(argv=None):
         check_sampling_args(args)
         if not 1 <= args.num_samples <= 4096:
             raise UserError(f"--num-samples must be in 1..4096, got {args.num_samples}")
+        if args.warmup < 0:
+            raise UserError(f"--warmup must be >= 0, got {args.warmup}")
         device, model, chars = load_for_sampling(args)
         canvas = build_canvas(args, chars, args.num_samples, device)
         n_new = int((canvas[0] == len(chars)).sum())

@@ -57,6 +57,8 @@ def test_sample_infills_underscores(tiny_ckpt):
     (["--device", "cuda"], ["not available"]),
     (["--device", "tpu"], ["device"]),
     (["--num-samples", "0"], ["--num-samples"]),
+    (["--warmup", "-1"], ["--warmup must be >= 0"]),
+    (["--order", "noisy", "--threshold", "0.5"], ["--order confidence"]),
     (["--bogus"], ["unrecognized arguments"]),
 ])
 def test_sample_bad_input_is_one_line(tiny_ckpt, args, needles):
