@@ -16,6 +16,7 @@ Every field of ModelConfig and TrainConfig can be set on the command line (--n_l
 """
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -437,8 +438,15 @@ def train(mc, tc, bench_steps=0, explicit=()):
     name = "NLL" if mc.causal else "NELBO"
     log(f"done: {step} steps in {format_time(time.time() - t_start)}; best val {name} {best_val:.4f} "
         f"nats/char -> {tc.out_dir}/best.pt")
-    if world > 1:
-        dist.barrier()  # rank 0 may still be writing; a rank leaving early aborts gloo
+
+
+def shutdown_distributed():
+    """Called after train() has returned, so its DDP wrapper is freed first: a process group that
+    DDP still holds outlives destroy_process_group() until interpreter exit, where gloo's worker
+    threads can abort the process (seen as a rare SIGABRT of one rank on CPU)."""
+    if dist.is_initialized():
+        gc.collect()  # module reference cycles
+        dist.barrier()  # rank 0 may still be writing a checkpoint
         dist.destroy_process_group()
 
 
@@ -477,6 +485,7 @@ def main(argv=None):
         if tc.eval_only:
             return eval_only(tc)
         result = train(mc, tc, bench_steps, explicit)
+        shutdown_distributed()
         if bench_steps and int(os.environ.get("RANK", 0)) == 0:
             tok_s, mfu = result
             mfu_text = f", MFU {mfu:.1%} (per GPU, of 989 TFLOP/s bf16)" if mfu is not None else ""
