@@ -12,7 +12,8 @@ This file owns everything the other scripts share:
   - no time/noise-level input: the mask ratio is visible in the input (MDLM, Sahoo et al. 2024)
 - the forward (masking) process used in training and evaluation
 - the one sampler: confidence-ordered parallel unmasking (fixed steps or a threshold),
-  with prompts, infilling and windowed generation of texts longer than the context
+  with prompts, infilling, optional remasking and windowed generation of texts longer
+  than the context
 - the vocabulary, the checkpoint format, and device selection
 """
 
@@ -268,7 +269,8 @@ def draw_characters(logits, temperature, top_k, generators):
 
 @torch.inference_mode()
 def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, top_k=None,
-                   schedule="linear", seed=0, context_keep=None, order="confidence", precision="auto"):
+                   schedule="linear", seed=0, context_keep=None, order="confidence", precision="auto",
+                   remask=0.0):
     """Denoise `canvas` and yield after every forward pass.
 
     canvas: (B, N) ids; positions equal to the mask id are generated, all others are kept
@@ -286,13 +288,22 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
       - steps=S: a schedule (`commit_schedule`) so that exactly S forward passes unmask the
         whole text (S is spread over the windows in proportion to their masked count)
       - threshold=tau: all with confidence >= tau, and at least one per row.
-    precision: "auto" (bf16 on CUDA, fp32 elsewhere), "bf16" or "fp32" for the forward passes.
-    Yields dicts: canvas (B, N) after the step, committed (B, N) bool, nfe, window (start, end).
+    remask=rho (with steps): each step also re-opens round(rho * that step's count) of the
+    window's already written characters, those drawn with the lowest probability, and commits
+    as many more, so the net progress per step and the number of passes stay as scheduled
+    (ReMDM's confidence remasking; the last step re-opens nothing). A character written early
+    from little context gets redrawn once more of its surroundings are known.
+    precision: "bf16" or "fp32" for the forward passes; "auto" is bf16 where it is native
+    (`native_bf16`: CUDA, CPUs with AVX-512 BF16 or AMX), else fp32.
+    Yields dicts: canvas (B, N) after the step, committed (B, N) bool (written this step),
+    reopened (B, N) bool (masked again this step), nfe, window (start, end).
     """
     if (steps is None) == (threshold is None):
         raise ValueError("give exactly one of steps or threshold")
     if order not in ("confidence", "random", "noisy") or (order != "confidence" and threshold is not None):
         raise ValueError("order is 'confidence', 'random' or 'noisy' (the last two only with steps)")
+    if remask < 0 or (remask and threshold is not None):
+        raise ValueError("remask is >= 0 and needs steps")
     cfg = model.config
     mask_id, T = cfg.mask_id, cfg.block_size
     keep = T // 2 if context_keep is None else context_keep
@@ -303,6 +314,8 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
     if not torch.equal(is_masked, is_masked[:1].expand_as(is_masked)):
         raise ValueError("every row of the canvas must have the same masked positions")
     generators = [torch.Generator(device=dev).manual_seed(seed + i) for i in range(B)]
+    if precision == "auto":
+        precision = "bf16" if native_bf16(dev) else "fp32"
     masked_cols = is_masked[0].nonzero().flatten().tolist()  # one host sync up front
     steps_left, masked_left = steps, len(masked_cols)
     nfe = 0
@@ -318,6 +331,8 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
             counts = commit_schedule(n_window, window_steps, schedule)
             steps_left, masked_left = max(steps_left - window_steps, 1), masked_left - n_window
         step = 0
+        generated = canvas[:, start:end] == mask_id  # this window's positions to write
+        commit_prob = torch.zeros(generated.shape, device=dev)  # p(drawn character) when written
         while True:
             window = canvas[:, start:end]
             still_masked = window == mask_id
@@ -329,25 +344,39 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
                 logits = model(window)
             chars, conf = draw_characters(logits, temperature, top_k, generators)
             nfe += 1
+            prob = conf
             if order == "random":  # MDLM's ancestral order: which positions to commit is chance
                 conf = uniform_per_sample(conf.shape[1:], generators, dev)
             elif order == "noisy":  # MaskGIT: Gumbel noise on log-confidence, annealed to zero
                 noise_scale = 1.0 - step / len(counts)
                 conf = conf.clamp_min(1e-9).log() + noise_scale * gumbel_noise(conf.shape[1:], generators, dev)
             conf = conf.masked_fill(~still_masked, float("-inf"))  # never re-commit
+            n_remask = 0
             if steps is not None:
-                top = conf.topk(counts[step], dim=1).indices
+                if remask:
+                    done = sum(counts[:step])
+                    n_remask = min(round(remask * counts[step]), done, n_window - done - counts[step])
+                top = conf.topk(counts[step] + n_remask, dim=1).indices
                 commit = torch.zeros_like(still_masked).scatter_(1, top, True)
             else:
                 commit = conf >= threshold
                 best = F.one_hot(conf.argmax(1), end - start).bool()
                 commit |= best & still_masked.any(1, keepdim=True)
             commit &= still_masked
-            canvas[:, start:end] = torch.where(commit, chars, window)
+            reopen = torch.zeros_like(commit)
+            if n_remask:  # the written characters drawn with the lowest probability
+                written = generated & ~still_masked
+                low = commit_prob.masked_fill(~written, float("inf")).topk(n_remask, dim=1, largest=False)
+                reopen.scatter_(1, low.indices, True)
+            canvas[:, start:end] = torch.where(commit, chars, window).masked_fill(reopen, mask_id)
+            commit_prob = torch.where(commit, prob, commit_prob)
             committed = torch.zeros_like(canvas, dtype=torch.bool)
             committed[:, start:end] = commit
+            reopened = torch.zeros_like(committed)
+            reopened[:, start:end] = reopen
             step += 1
-            yield {"canvas": canvas, "committed": committed, "nfe": nfe, "window": (start, end)}
+            yield {"canvas": canvas, "committed": committed, "reopened": reopened, "nfe": nfe,
+                   "window": (start, end)}
 
 
 def generate(model, canvas, **kwargs):
@@ -401,6 +430,17 @@ def pick_device(name="auto"):
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise UserError(f"unsupported device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
     return dev
+
+
+def native_bf16(device):
+    """True where bf16 matmuls run natively: CUDA, and CPUs with AVX-512 BF16 or AMX. Elsewhere
+    bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":  # torch.cpu's probes are private: a missing one counts as no
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
 
 
 def autocast(device, precision="auto"):

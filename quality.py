@@ -31,7 +31,8 @@ from train import DATA_DEFAULT, load_text
 
 DEFAULT_SETTINGS = ["steps=256", "steps=128", "steps=64", "steps=32", "steps=64,schedule=cosine",
                     "threshold=0.9", "threshold=0.7", "steps=64,temperature=1.0", "steps=64,temperature=0.5",
-                    "steps=64,temperature=0", "steps=256,order=random", "steps=64,order=random"]
+                    "steps=64,temperature=0", "steps=256,order=random", "steps=64,order=random",
+                    "steps=64,order=noisy", "steps=64,remask=1.0", "steps=64,remask=2.0", "steps=32,remask=1.0"]
 
 
 def parse_setting(text):
@@ -39,7 +40,7 @@ def parse_setting(text):
     kwargs = {"temperature": 0.8}
     for part in text.split(","):
         key, _, value = part.partition("=")
-        if key not in ("steps", "threshold", "temperature", "top_k", "schedule", "order", "precision"):
+        if key not in ("steps", "threshold", "temperature", "top_k", "schedule", "order", "precision", "remask"):
             raise UserError(f"unknown setting {key!r} in {text!r}")
         try:
             kwargs[key] = value if key in ("schedule", "order", "precision") else (int(value) if key in ("steps", "top_k") else float(value))
@@ -89,6 +90,8 @@ def main(argv=None):
         for name, kwargs in settings:
             if ("steps" in kwargs) == ("threshold" in kwargs):
                 raise UserError(f"setting {name!r} needs exactly one of steps= or threshold=")
+            if "threshold" in kwargs and (kwargs.get("order", "confidence") != "confidence" or kwargs.get("remask")):
+                raise UserError(f"setting {name!r}: order= and remask= need steps=, not threshold=")
         T = model.config.block_size
         if not 0 < args.prompt_chars < T or args.prompts < 1:
             raise UserError(f"--prompt-chars must be in 1..{T - 1} and --prompts >= 1")

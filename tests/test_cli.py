@@ -59,6 +59,8 @@ def test_sample_infills_underscores(tiny_ckpt):
     (["--num-samples", "0"], ["--num-samples"]),
     (["--warmup", "-1"], ["--warmup must be >= 0"]),
     (["--order", "noisy", "--threshold", "0.5"], ["--order confidence"]),
+    (["--remask", "-0.5"], ["--remask must be >= 0"]),
+    (["--remask", "1", "--threshold", "0.9"], ["--remask needs --steps"]),
     (["--bogus"], ["unrecognized arguments"]),
 ])
 def test_sample_bad_input_is_one_line(tiny_ckpt, args, needles):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model import commit_schedule, decode, encode, generate, generate_steps
+from model import commit_schedule, decode, encode, generate, generate_steps, native_bf16
 
 
 def canvas_for(chars, prompt, length, batch=1):
@@ -53,7 +53,7 @@ def test_steps_unmask_everything_following_the_schedule(tiny_model, schedule):
 def test_temperature_zero_commits_the_argmax(tiny_model):
     model, chars = tiny_model
     c = canvas_for(chars, "", 32)
-    for state in generate_steps(model, c, steps=32, temperature=0, seed=0):
+    for state in generate_steps(model, c, steps=32, temperature=0, seed=0, precision="fp32"):
         with torch.no_grad():
             probs = model(c).softmax(-1)
         greedy = probs.argmax(-1)
@@ -65,17 +65,24 @@ def test_temperature_zero_commits_the_argmax(tiny_model):
         c = state["canvas"].clone()
 
 
-def test_threshold_commits_every_confident_position_and_at_least_one(tiny_model, monkeypatch):
+@pytest.fixture
+def drawn_confidences(monkeypatch):
+    """A list that receives the confidences of every draw the sampler makes."""
     import model as model_module
-    model, chars = tiny_model
     seen = []
     real = model_module.draw_characters
 
     def spy(logits, temperature, top_k, generators):
-        chars_, conf = real(logits, temperature, top_k, generators)
+        drawn, conf = real(logits, temperature, top_k, generators)
         seen.append(conf.clone())
-        return chars_, conf
+        return drawn, conf
     monkeypatch.setattr(model_module, "draw_characters", spy)
+    return seen
+
+
+def test_threshold_commits_every_confident_position_and_at_least_one(tiny_model, drawn_confidences):
+    model, chars = tiny_model
+    seen = drawn_confidences
     c = canvas_for(chars, "", 32, batch=2)
     tau = 0.1
     for state in generate_steps(model, c, threshold=tau, temperature=0.7, seed=1):
@@ -129,7 +136,7 @@ def test_batched_and_single_sampling_agree_under_a_seed(tiny_model):
 def test_top_k_limits_the_draw_to_the_k_most_likely(tiny_model):
     model, chars = tiny_model
     c = canvas_for(chars, "", 32, batch=4)
-    for state in generate_steps(model, c, steps=8, temperature=2.0, top_k=2, seed=0):
+    for state in generate_steps(model, c, steps=8, temperature=2.0, top_k=2, seed=0, precision="fp32"):
         with torch.no_grad():
             top2 = model(c).topk(2, dim=-1).indices
         drawn = state["canvas"][..., None].expand_as(top2)
@@ -157,7 +164,7 @@ def test_bf16_forward_passes_on_cpu_still_unmask_everything(tiny_model):
     fp32, _ = generate(model, c, steps=8, seed=0, precision="fp32")
     auto, _ = generate(model, c, steps=8, seed=0)
     bf16, nfe = generate(model, c, steps=8, seed=0, precision="bf16")
-    assert torch.equal(fp32, auto), "auto is fp32 on the CPU"
+    assert torch.equal(auto, bf16 if native_bf16(torch.device("cpu")) else fp32)
     assert nfe == 8 and (bf16 != len(chars)).all() and bf16[0, 0] == c[0, 0]
 
 
@@ -167,3 +174,33 @@ def test_rows_with_different_masks_are_rejected(tiny_model):
     c[1, 0] = 0
     with pytest.raises(ValueError):
         generate(model, c, steps=4)
+
+
+def test_remasking_reopens_the_least_likely_and_keeps_the_schedule(tiny_model, drawn_confidences):
+    model, chars = tiny_model
+    mask_id = len(chars)
+    seen = drawn_confidences
+    c = canvas_for(chars, "KING:", 32, batch=2)
+    counts = commit_schedule(27, 9)
+    written_prob = torch.zeros(c.shape)  # probability each written character was drawn with
+    before, n_reopened = c.clone(), 0
+    for step, state in enumerate(generate_steps(model, c, steps=9, temperature=1.0, seed=0, remask=1.0)):
+        canvas, reopened = state["canvas"], state["reopened"]
+        assert torch.equal(reopened, (before != mask_id) & (canvas == mask_id))
+        # net progress follows the schedule; each step re-opens what the rule allows
+        done = sum(counts[:step])
+        expected = min(counts[step], done, 27 - done - counts[step])
+        assert ((before == mask_id).sum(1) - (canvas == mask_id).sum(1)).tolist() == [counts[step]] * 2
+        assert reopened.sum(1).tolist() == [expected] * 2
+        for row in range(2):  # the re-opened are the written characters drawn least likely
+            written = (before[row] != mask_id) & (c[row] == mask_id)
+            if expected:
+                lowest = written_prob[row].masked_fill(~written, float("inf")).topk(expected, largest=False)
+                assert set(lowest.indices.tolist()) == set(reopened[row].nonzero().flatten().tolist())
+        written_prob = torch.where(state["committed"], seen[-1], written_prob)
+        n_reopened += int(reopened.sum())
+        before = canvas.clone()
+    assert step == 8 and n_reopened > 0
+    assert (before != mask_id).all() and decode(before[0, :5].tolist(), chars) == "KING:"
+    plain, _ = generate(model, c, steps=9, temperature=1.0, seed=0)
+    assert not torch.equal(plain, before), "remasking changes the text"
