@@ -7,7 +7,7 @@ Watch tiny-diffusion denoise: every frame is one step of the same sampler sample
     python diffusion_process.py --prompt "JULIET:" --threshold 0.9 --seed 3
 
 Masked positions are drawn as a shaded block; characters committed in the current step are
-highlighted. A GIF holds the starting canvas, one frame per step, and --hold seconds of the
+highlighted, and so are characters re-opened this step by --remask. A GIF holds the starting canvas, one frame per step, and --hold seconds of the
 final text. Takes the prompt/length/steps/threshold/seed flags of sample.py.
 """
 
@@ -23,17 +23,25 @@ WRAP = 80          # columns before a long line wraps
 
 
 def collect_frames(model, canvas, chars, kwargs):
-    """[(text, is_masked, is_new, step, nfe)] for the start and every step; one sample."""
+    """[(text, is_masked, is_new, is_reopened, step, nfe)] for the start and every step; one sample.
+    is_reopened: written before, masked again this step (--remask)."""
     mask_id = len(chars)
 
-    def frame(ids, new, step, nfe):
+    def frame(ids, new, reopened, step, nfe):
         text = "".join(chars[i] if i != mask_id else SCREEN_MASK for i in ids)
-        return text, [i == mask_id for i in ids], new, step, nfe
+        return text, [i == mask_id for i in ids], new, reopened, step, nfe
 
-    frames = [frame(canvas[0].tolist(), [False] * canvas.size(1), 0, 0)]
+    none = [False] * canvas.size(1)
+    frames = [frame(canvas[0].tolist(), none, none, 0, 0)]
     for step, state in enumerate(generate_steps(model, canvas, **kwargs), start=1):
-        frames.append(frame(state["canvas"][0].tolist(), state["committed"][0].tolist(), step, state["nfe"]))
+        frames.append(frame(state["canvas"][0].tolist(), state["committed"][0].tolist(),
+                            state["reopened"][0].tolist(), step, state["nfe"]))
     return frames
+
+
+def reopened_note(is_reopened):
+    n = sum(is_reopened)
+    return f" | re-opened {n}" if n else ""
 
 
 def layout(text):
@@ -48,16 +56,17 @@ def layout(text):
     return pos
 
 
-def layers(text, is_masked, is_new):
-    """Three equally shaped monospace strings: plain text, masks, newly committed characters."""
+def layers(text, is_masked, is_new, is_reopened):
+    """Four equally shaped monospace strings: plain text, masks, newly committed characters,
+    re-opened masks."""
     pos = layout(text)
     rows = (pos[-1][0] + 1) if pos else 1
-    grids = [[[" "] * WRAP for _ in range(rows)] for _ in range(3)]
-    for (r, c), ch, m, n in zip(pos, text, is_masked, is_new):
+    grids = [[[" "] * WRAP for _ in range(rows)] for _ in range(4)]
+    for (r, c), ch, m, n, o in zip(pos, text, is_masked, is_new, is_reopened):
         shown = "↵" if ch == "\n" and (m or n) else ("" if ch == "\n" else ch)
         if not shown:
             continue
-        grids[2 if n else 1 if m else 0][r][c] = shown
+        grids[3 if o else 2 if n else 1 if m else 0][r][c] = shown
     return ["\n".join("".join(line) for line in g) for g in grids]
 
 
@@ -73,19 +82,19 @@ def make_animation(frames, fps, hold):
     fig.patch.set_facecolor("white")
     kw = dict(family="DejaVu Sans Mono", fontsize=10, va="top", ha="left", transform=fig.transFigure)
     top = 1 - 0.55 / fig.get_figheight()
-    texts = [fig.text(0.02, top, "", color=color, **kw) for color in ("#111111", "#9aa5b1", "#d62728")]
+    colors = ("#111111", "#9aa5b1", "#d62728", "#ff9f1c")  # text, mask, new, re-opened
+    texts = [fig.text(0.02, top, "", color=color, **kw) for color in colors]
     texts[2].set_fontweight("bold")
     title = fig.text(0.02, 1 - 0.12 / fig.get_figheight(), "", fontsize=11, va="top", ha="left")
     n_hold = int(round(hold * fps))
     order = list(range(len(frames))) + [len(frames) - 1] * n_hold
 
     def draw(i):
-        text, masked, new, step, nfe = frames[order[i]]
-        for artist, s in zip(texts, layers(text, masked, new)):
+        text, masked, new, reopened, step, nfe = frames[order[i]]
+        for artist, s in zip(texts, layers(text, masked, new, reopened)):
             artist.set_text(s)
-        left = sum(masked)
         title.set_text(f"tiny-diffusion | step {step}/{len(frames) - 1} | NFE {nfe} | "
-                       f"committed now {sum(new)} | still masked {left}")
+                       f"committed now {sum(new)}{reopened_note(reopened)} | still masked {sum(masked)}")
         return texts + [title]
 
     anim = FuncAnimation(fig, draw, frames=len(order), interval=1000 / fps, blit=False, repeat=True)
@@ -114,19 +123,21 @@ def show_window(frames, fps, hold):
 # -----------------------------------------------------------------------------
 # Terminal: ANSI escape codes, redrawn in place; works over ssh and in a pipe
 
-DIM, NEW, RESET = "\x1b[2m", "\x1b[1;32m", "\x1b[0m"
+DIM, NEW, REOPENED, RESET = "\x1b[2m", "\x1b[1;32m", "\x1b[33m", "\x1b[0m"
 
 
-def ansi_frame(text, is_masked, is_new, step, total, nfe):
-    out = [f"tiny-diffusion | step {step}/{total} | NFE {nfe} | still masked {sum(is_masked)}\n\n"]
+def ansi_frame(text, is_masked, is_new, is_reopened, step, total, nfe):
+    out = [f"tiny-diffusion | step {step}/{total} | NFE {nfe}{reopened_note(is_reopened)} | "
+           f"still masked {sum(is_masked)}\n\n"]
     col = 0
-    for ch, m, n in zip(text, is_masked, is_new):
+    for ch, m, n, o in zip(text, is_masked, is_new, is_reopened):
         if ch == "\n" and not (m or n):
             out.append("\n")
             col = 0
             continue
         shown = "↵" if ch == "\n" else ch
-        out.append(f"{DIM}{shown}{RESET}" if m else f"{NEW}{shown}{RESET}" if n else shown)
+        out.append(f"{REOPENED}{shown}{RESET}" if o else f"{DIM}{shown}{RESET}" if m
+                   else f"{NEW}{shown}{RESET}" if n else shown)
         col += 1
         if ch == "\n" or col == WRAP:
             out.append("\n")
@@ -137,8 +148,8 @@ def ansi_frame(text, is_masked, is_new, step, total, nfe):
 def play_terminal(frames, fps, hold, stream=sys.stdout):
     stream.write("\x1b[?25l")  # hide the cursor
     try:
-        for text, masked, new, step, nfe in frames:
-            stream.write("\x1b[H\x1b[2J" + ansi_frame(text, masked, new, step, len(frames) - 1, nfe))
+        for text, masked, new, reopened, step, nfe in frames:
+            stream.write("\x1b[H\x1b[2J" + ansi_frame(text, masked, new, reopened, step, len(frames) - 1, nfe))
             stream.flush()
             time.sleep(1 / fps)
         time.sleep(hold)
@@ -169,7 +180,7 @@ def main(argv=None):
         frames = collect_frames(model, canvas, chars, sampler_kwargs(args))
         if args.save:
             n = save_gif(frames, args.save, args.fps, args.hold)
-            print(f"wrote {args.save}: {n} frames ({len(frames) - 1} steps, NFE {frames[-1][4]})", file=sys.stderr)
+            print(f"wrote {args.save}: {n} frames ({len(frames) - 1} steps, NFE {frames[-1][5]})", file=sys.stderr)
         elif args.terminal:
             play_terminal(frames, args.fps, args.hold)
         else:

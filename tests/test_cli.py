@@ -1,6 +1,7 @@
 """Every CLI: the happy path prints what the README says; bad input is one line, exit != 0."""
 
 import os
+import re
 
 import pytest
 from PIL import Image
@@ -123,6 +124,16 @@ def test_diffusion_process_terminal_mode_through_a_pipe(tiny_ckpt):
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("\x1b[H\x1b[2J") >= 2 and "step 1/" in r.stdout
     assert r.stdout.startswith("\x1b[?25l") and r.stdout.rstrip("\n").endswith("\x1b[?25h")
+
+
+def test_diffusion_process_shows_remasked_characters(tiny_ckpt):
+    r = run_script("diffusion_process.py", "--ckpt", tiny_ckpt, "--terminal", "--steps", "8", "--remask", "1",
+                   "--length", "32", "--fps", "100", "--hold", "0", "--seed", "0")
+    assert r.returncode == 0, r.stderr
+    headers = re.findall(r"step (\d+)/8 \| NFE \d+(?: \| re-opened (\d+))? \| still masked (\d+)", r.stdout)
+    assert len(headers) == 9 and headers[-1] == ("8", "", "0")
+    reopened = [int(n or 0) for _, n, _ in headers]
+    assert sum(reopened) > 0 and r.stdout.count("\x1b[33m") == sum(reopened), "each re-opened mask is coloured"
 
 
 def test_diffusion_process_without_display_says_what_to_do(tiny_ckpt):
