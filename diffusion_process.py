@@ -7,8 +7,9 @@ Watch tiny-diffusion denoise: every frame is one step of the same sampler sample
     python diffusion_process.py --prompt "JULIET:" --threshold 0.9 --seed 3
 
 Masked positions are drawn as a shaded block; characters committed in the current step are
-highlighted, and so are characters re-opened this step by --remask. A GIF holds the starting canvas, one frame per step, and --hold seconds of the
-final text. Takes the prompt/length/steps/threshold/seed flags of sample.py.
+highlighted, and so are characters re-opened this step by --remask. A GIF holds the starting
+canvas, one frame per step, and --hold seconds of the final text. Takes the
+prompt/length/steps/threshold/seed flags of sample.py.
 """
 
 import argparse

@@ -267,6 +267,16 @@ def draw_characters(logits, temperature, top_k, generators):
     return chars, probs.gather(-1, chars[..., None]).squeeze(-1)
 
 
+def check_sampler_options(steps=None, threshold=None, order="confidence", remask=0.0):
+    """The rules generate_steps enforces (ValueError), callable up front by the CLIs."""
+    if (steps is None) == (threshold is None):
+        raise ValueError("give exactly one of steps or threshold")
+    if order not in ("confidence", "random", "noisy") or (order != "confidence" and threshold is not None):
+        raise ValueError("order is 'confidence', 'random' or 'noisy' (the last two only with steps)")
+    if remask < 0 or (remask and threshold is not None):
+        raise ValueError("remask is >= 0 and needs steps")
+
+
 @torch.inference_mode()
 def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, top_k=None,
                    schedule="linear", seed=0, context_keep=None, order="confidence", precision="auto",
@@ -298,12 +308,7 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
     Yields dicts: canvas (B, N) after the step, committed (B, N) bool (written this step),
     reopened (B, N) bool (masked again this step), nfe, window (start, end).
     """
-    if (steps is None) == (threshold is None):
-        raise ValueError("give exactly one of steps or threshold")
-    if order not in ("confidence", "random", "noisy") or (order != "confidence" and threshold is not None):
-        raise ValueError("order is 'confidence', 'random' or 'noisy' (the last two only with steps)")
-    if remask < 0 or (remask and threshold is not None):
-        raise ValueError("remask is >= 0 and needs steps")
+    check_sampler_options(steps, threshold, order, remask)
     cfg = model.config
     mask_id, T = cfg.mask_id, cfg.block_size
     keep = T // 2 if context_keep is None else context_keep
@@ -363,17 +368,17 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
                 best = F.one_hot(conf.argmax(1), end - start).bool()
                 commit |= best & still_masked.any(1, keepdim=True)
             commit &= still_masked
-            reopen = torch.zeros_like(commit)
-            if n_remask:  # the written characters drawn with the lowest probability
-                written = generated & ~still_masked
-                low = commit_prob.masked_fill(~written, float("inf")).topk(n_remask, dim=1, largest=False)
-                reopen.scatter_(1, low.indices, True)
-            canvas[:, start:end] = torch.where(commit, chars, window).masked_fill(reopen, mask_id)
-            commit_prob = torch.where(commit, prob, commit_prob)
+            canvas[:, start:end] = torch.where(commit, chars, window)
             committed = torch.zeros_like(canvas, dtype=torch.bool)
             committed[:, start:end] = commit
             reopened = torch.zeros_like(committed)
-            reopened[:, start:end] = reopen
+            if n_remask:  # the written characters drawn with the lowest probability
+                written = generated & ~still_masked
+                low = commit_prob.masked_fill(~written, float("inf")).topk(n_remask, dim=1, largest=False)
+                reopened[:, start:end].scatter_(1, low.indices, True)
+                canvas.masked_fill_(reopened, mask_id)
+            if remask:
+                commit_prob = torch.where(commit, prob, commit_prob)
             step += 1
             yield {"canvas": canvas, "committed": committed, "reopened": reopened, "nfe": nfe,
                    "window": (start, end)}

@@ -26,7 +26,8 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
-from model import ArgumentParser, UserError, autocast, decode, generate, load_model, pick_device
+from model import (ArgumentParser, UserError, autocast, check_sampler_options, decode, generate, load_model,
+                   pick_device)
 from train import DATA_DEFAULT, load_text
 
 DEFAULT_SETTINGS = ["steps=256", "steps=128", "steps=64", "steps=32", "steps=64,schedule=cosine",
@@ -88,10 +89,11 @@ def main(argv=None):
             raise UserError(f"{args.ar} is not an autoregressive model with the same vocabulary")
         settings = [(s, parse_setting(s)) for s in args.settings]
         for name, kwargs in settings:
-            if ("steps" in kwargs) == ("threshold" in kwargs):
-                raise UserError(f"setting {name!r} needs exactly one of steps= or threshold=")
-            if "threshold" in kwargs and (kwargs.get("order", "confidence") != "confidence" or kwargs.get("remask")):
-                raise UserError(f"setting {name!r}: order= and remask= need steps=, not threshold=")
+            try:
+                check_sampler_options(kwargs.get("steps"), kwargs.get("threshold"),
+                                      kwargs.get("order", "confidence"), kwargs.get("remask", 0.0))
+            except ValueError as e:
+                raise UserError(f"setting {name!r}: {e}") from None
         T = model.config.block_size
         if not 0 < args.prompt_chars < T or args.prompts < 1:
             raise UserError(f"--prompt-chars must be in 1..{T - 1} and --prompts >= 1")
@@ -128,7 +130,6 @@ def main(argv=None):
             torch.cuda.synchronize()
         t0 = time.time()
         out, nfe = generate(model, canvas, **kwargs, seed=args.seed)
-        out = out.clone()
         if device.type == "cuda":
             torch.cuda.synchronize()
         row(name, out, nfe, time.time() - t0)

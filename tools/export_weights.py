@@ -12,11 +12,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from model import UserError, read_checkpoint, write_atomically  # noqa: E402
+from model import ArgumentParser, UserError, read_checkpoint, write_atomically  # noqa: E402
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="training checkpoint (best.pt or last.pt)")
     p.add_argument("dst", help="where to write the sampling checkpoint")
     args = p.parse_args()
