@@ -1,51 +1,156 @@
 """
-Time the training step of the full model: the fast path (bf16 autocast, torch.compile,
-fused AdamW, TF32) against the plain path (fp32, eager) of the same model, in one run.
+Speed, measured the same way every time.
 
-    python bench.py                      # full config, 30 timed steps per path (CUDA)
-    python bench.py --steps 3 --batch_size 8     # quick look on a CPU
+Training: the fast path (bf16 autocast, torch.compile, fused AdamW, TF32) against the plain
+path (fp32, eager) of the full model, in one run; the step timed is Trainer.train_step, the
+one train.py runs. Prints tokens/s, MFU (model FLOPs over 989 TFLOP/s, an H100's dense bf16
+peak) and the speed-up. Any train.py flag (e.g. --optimizer muon) also works here.
 
-Prints tokens/s, MFU (model FLOPs over 989 TFLOP/s, an H100's dense bf16 peak) and the
-speed-up. Any train.py flag (e.g. --block_size, --n_layer) also works here.
+    python bench.py                                   # full config, 30 timed steps per path
+    python bench.py --steps 3 --batch_size 8          # quick look on a CPU
+    torchrun --nproc_per_node 2 bench.py --paths fast # DDP: global batch split over 2 GPUs
+
+Sampling (--sample): 256 new characters from the shipped weights with sample.py's sampler
+flags, at each batch size: --warmup untimed runs (compilation, CUDA-graph capture), then the
+median of --runs timed runs; and, for scale, the same number of full forward passes of the
+model alone. Prints chars/s and the device.
+
+    python bench.py --sample                          # the default sampler, batch 1 and 64
+    python bench.py --sample --device cpu --precision fp32 --batch-sizes 1
+    python bench.py --sample --compile --compile-mode reduce-overhead
 """
 
+import argparse
+import os
 import sys
+import time
 
 import torch
 
 import train
-from model import UserError
+from model import ArgumentParser, UserError
+
+PATHS = {"fast": ("fast: bf16 + compile + fused AdamW", ["--precision", "auto", "--compile", "auto"]),
+         "plain": ("plain: fp32 eager", ["--precision", "fp32", "--compile", "off"])}
+
+
+def time_training(trainer, steps, warmup=3):
+    """(tokens/s, MFU per GPU or None off CUDA) over `steps` train_step calls after a warm-up."""
+    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        trainer.train_step(1.0)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step(1.0)
+    sync()
+    tok_s = steps * trainer.tokens_per_step / (time.perf_counter() - t0)
+    mc = trainer.mc
+    # 6 N per token for the matmuls plus 12 L T d for attention (PaLM appendix B)
+    flops_per_token = 6 * trainer.model.num_params() + 12 * mc.n_layer * mc.block_size * mc.n_embd
+    mfu = tok_s * flops_per_token / (989e12 * trainer.world) if trainer.device.type == "cuda" else None
+    return tok_s, mfu
+
+
+def sample_benchmark(argv):
+    import statistics
+
+    import sample
+    from model import autocast, generate, native_bf16
+    p = ArgumentParser(prog="bench.py --sample", description="sampling speed (see bench.py's docstring)")
+    sample.add_sampling_args(p)
+    p.add_argument("--sample", action="store_true", help="time sampling (this mode)")
+    p.add_argument("--batch-sizes", default="1,64", help="comma list (default %(default)s)")
+    p.add_argument("--runs", type=int, default=5, help="timed runs; the median is reported (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default %(default)s)")
+    args = p.parse_args(argv)
+    try:
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+        if args.runs < 1 or args.warmup < 0 or min(batch_sizes) < 1:
+            raise UserError("--runs must be >= 1, --warmup >= 0 and every batch size >= 1")
+        args.seed = 0 if args.seed is None else args.seed
+        sample.check_sampling_args(args)
+        device, model, chars = sample.load_for_sampling(args)
+    except (UserError, ValueError) as e:
+        sys.exit(f"bench.py: error: {e}")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def median_time(fn):
+        for _ in range(args.warmup):
+            fn()
+        times = []
+        for _ in range(args.runs):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    kwargs = sample.sampler_kwargs(args)
+    shown = " ".join(f"{k}={v}" for k, v in kwargs.items() if v not in (None, "none", 0.0) and k != "seed")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"sampling {shown} | device {device} ({name}) | median of {args.runs} runs after {args.warmup} warm-up")
+    for batch in batch_sizes:
+        canvas = sample.build_canvas(args, chars, batch, device)
+        n_new = int((canvas[0] == len(chars)).sum())
+        nfe = generate(model, canvas, **kwargs)[1]
+        seconds = median_time(lambda: generate(model, canvas, **kwargs))
+        full = canvas.masked_fill(canvas == len(chars), 0)[:, :model.config.block_size]
+        precision = kwargs["precision"]
+        if precision == "auto":  # as the sampler resolves it
+            precision = "bf16" if native_bf16(device) else "fp32"
+
+        def passes():
+            with torch.inference_mode(), autocast(device, precision):
+                for _ in range(nfe):
+                    model(full)
+        reference = median_time(passes)
+        print(f"batch {batch:>4}: {n_new * batch / seconds:>12,.0f} chars/s | {seconds * 1e3:9.1f} ms for {n_new} "
+              f"new chars x {batch}, NFE {nfe} | {nfe} full forward passes alone: {reference * 1e3:9.1f} ms "
+              f"({seconds / reference:.2f}x)", flush=True)
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    steps = 30
-    if "--steps" in argv:
-        i = argv.index("--steps")
-        steps = int(argv[i + 1])
-        del argv[i:i + 2]
-    if "-h" in argv or "--help" in argv:
-        print(__doc__)
-        return
+    if "--sample" in argv:
+        return sample_benchmark(argv)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="Other flags go to train.py's parser (python train.py --help); "
+                              "python bench.py --sample --help lists the sampling flags.")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per path (default %(default)s)")
+    p.add_argument("--paths", default="fast,plain", help="which paths to time: fast, plain or both")
+    args, rest = p.parse_known_args(argv)
+    paths = args.paths.split(",")
+    rank = int(os.environ.get("RANK", 0))
     try:
+        if args.steps < 1 or not paths or set(paths) - set(PATHS):
+            raise UserError("--steps must be >= 1 and --paths a comma list of fast, plain")
         rows = []
-        for name, extra in (("fast: bf16 + compile + fused AdamW", ["--precision", "auto", "--compile", "auto"]),
-                            ("plain: fp32 eager", ["--precision", "fp32", "--compile", "off"])):
-            mc, tc, _, _ = train.parse_args(["--preset", "gpu"] + argv + extra)
+        for path in paths:
+            name, flags = PATHS[path]
+            mc, tc, explicit = train.parse_args(["--preset", "gpu"] + rest + flags)
             train.check_config(mc, tc)
-            print(f"timing {name} ...", flush=True)
-            tok_s, mfu = train.train(mc, tc, bench_steps=steps)
-            rows.append((name, tok_s, mfu))
+            if rank == 0:
+                print(f"timing {name} ...", flush=True)
+            trainer = train.Trainer(mc, tc, explicit)
+            rows.append((name, *time_training(trainer, args.steps)))
+            del trainer
             torch._dynamo.reset()
+        train.shutdown_distributed()
     except UserError as e:
         sys.exit(f"bench.py: error: {e}")
+    if rank:
+        return
     device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"\n{steps} steps of batch {tc.batch_size} x {mc.block_size}, device {device}")
-    if not torch.cuda.is_available():
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    print(f"\n{args.steps} steps of global batch {tc.batch_size} x {mc.block_size}, {world} process(es), device {device}")
+    if not torch.cuda.is_available() and len(rows) == 2:
         print("(no CUDA: the 'fast' path falls back to fp32 eager here, so the two rows time the same code)")
     for name, tok_s, mfu in rows:
         print(f"{name:<36} {tok_s:>12,.0f} tokens/s" + (f"   MFU {mfu:6.1%}" if mfu is not None else ""))
-    print(f"speed-up of the fast path: {rows[0][1] / rows[1][1]:.2f}x")
+    if len(rows) == 2:
+        print(f"speed-up of the fast path: {rows[0][1] / rows[1][1]:.2f}x")
 
 
 if __name__ == "__main__":

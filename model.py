@@ -18,6 +18,8 @@ This file owns everything the other scripts share:
 """
 
 import argparse
+import glob
+import hashlib
 import math
 import os
 from dataclasses import dataclass, asdict, fields
@@ -51,8 +53,11 @@ class ModelConfig:
     n_layer: int = 6
     n_head: int = 6
     n_embd: int = 384
-    dropout: float = 0.0
-    causal: bool = False    # True only for the autoregressive baseline
+    dropout: float = 0.0        # on the output of every attention and MLP branch
+    attn_dropout: float = 0.0   # on the attention probabilities (nanoGPT has all three)
+    embd_dropout: float = 0.0   # on the normalised input embedding
+    logit_softcap: float = 0.0  # if > 0, logits = cap * tanh(logits / cap) (nanochat uses 15)
+    causal: bool = False        # True only for the autoregressive baseline
 
     @property
     def mask_id(self):
@@ -70,22 +75,51 @@ def apply_rotary_emb(x, cos, sin):
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
 
 
+class KVCache:
+    """Keys and values of every layer for one window (Fast-dLLM's cache). The first forward pass
+    with an empty cache runs on the whole window and stores them; later passes run only on the
+    positions [start, start + n) and attend to their own fresh keys/values there and to the
+    stored ones everywhere else. The stored ones go stale as the fresh positions change (the
+    attention is bidirectional): rebuild the cache once per block."""
+
+    def __init__(self):
+        self.layers = {}
+
+    def __bool__(self):
+        return bool(self.layers)
+
+    def own(self):
+        """Copy the stored tensors into memory of our own: under CUDA graphs (torch.compile's
+        reduce-overhead mode) a pass's outputs are overwritten by the next replay."""
+        self.layers = {i: (k.clone(), v.clone()) for i, (k, v) in self.layers.items()}
+
+
 class Attention(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, layer_idx=0):
         super().__init__()
+        self.layer_idx = layer_idx
         self.n_head = config.n_head
         self.head_dim = config.n_embd // config.n_head
         self.causal = config.causal
+        self.attn_dropout = config.attn_dropout
         self.c_qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, cache=None, start=0):
         B, T, C = x.shape
         q, k, v = self.c_qkv(x).view(B, T, 3, self.n_head, self.head_dim).unbind(2)
         q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
         q, k = norm(q), norm(k)  # QK-norm keeps attention logits bounded without a softcap
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        if cache is not None:
+            stored = cache.layers.get(self.layer_idx)
+            if stored is None:  # a full pass: remember the window's keys and values
+                cache.layers[self.layer_idx] = (k, v)
+            else:  # fresh keys/values for our positions, the stored ones elsewhere
+                k, v = (torch.cat([old[:, :, :start], new, old[:, :, start + T:]], dim=2)
+                        for old, new in zip(stored, (k, v)))
+        p = self.attn_dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -100,14 +134,14 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, layer_idx=0):
         super().__init__()
-        self.attn = Attention(config)
+        self.attn = Attention(config, layer_idx)
         self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, cos, sin):
-        x = x + self.dropout(self.attn(norm(x), cos, sin))
+    def forward(self, x, cos, sin, cache=None, start=0):
+        x = x + self.dropout(self.attn(norm(x), cos, sin, cache, start))
         x = x + self.dropout(self.mlp(norm(x)))
         return x
 
@@ -118,7 +152,8 @@ class Transformer(nn.Module):
         assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.embd_dropout = nn.Dropout(config.embd_dropout)
+        self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
         # the head never predicts the mask symbol: it is not a character
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size - 1, bias=False)
         head_dim = config.n_embd // config.n_head
@@ -143,16 +178,24 @@ class Transformer(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx):
-        """idx: (B, T) token ids, T <= block_size. Returns logits (B, T, vocab_size - 1)."""
+    def forward(self, idx, cache=None, start=0):
+        """idx: (B, T) token ids, T <= block_size. Returns logits (B, T, vocab_size - 1).
+        cache (a KVCache, sampling only): empty, this pass fills it from the whole window; filled,
+        idx holds only the window's positions start .. start + T - 1 (see KVCache)."""
         T = idx.size(1)
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of {T} exceeds block_size {self.config.block_size}")
-        cos, sin = self.cos[:, :T], self.sin[:, :T]
-        x = norm(self.wte(idx))
+        if start + T > self.config.block_size:
+            raise ValueError(f"positions up to {start + T} exceed block_size {self.config.block_size}")
+        if start and not cache:
+            raise ValueError("start > 0 needs a filled KVCache")
+        cos, sin = self.cos[:, start:start + T], self.sin[:, start:start + T]
+        x = self.embd_dropout(norm(self.wte(idx)))
         for block in self.blocks:
-            x = block(x, cos, sin)
-        return self.lm_head(norm(x))
+            x = block(x, cos, sin, cache, start)
+        logits = self.lm_head(norm(x))
+        if self.config.logit_softcap > 0:  # bounds the logits: no overconfident characters
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits.float() / cap)
+        return logits
 
 
 # -----------------------------------------------------------------------------
@@ -247,11 +290,13 @@ def gumbel_noise(shape, generators, device):
     return -torch.log(-torch.log(uniform_per_sample(shape, generators, device).clamp_min(1e-20)))
 
 
-def draw_characters(logits, temperature, top_k, generators):
+def draw_characters(logits, temperature, top_k, top_p, generators):
     """Draw one character per position and return (chars, confidence).
 
     The confidence is the probability of the drawn character under the distribution it was
-    drawn from (at temperature 0: the largest probability of the model's distribution)."""
+    drawn from (at temperature 0: the largest probability of the model's distribution).
+    top_k keeps the k most likely characters, top_p the smallest set whose probability
+    reaches p (nucleus sampling)."""
     logits = logits.float()
     if temperature == 0:
         probs = logits.softmax(-1)
@@ -261,57 +306,153 @@ def draw_characters(logits, temperature, top_k, generators):
     if top_k is not None and top_k < logits.size(-1):
         kth = logits.topk(top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_probs, order = logits.softmax(-1).sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # the most likely is always kept
+        logits = logits.masked_fill(outside.scatter(-1, order, outside), float("-inf"))
     probs = logits.softmax(-1)
     # Gumbel-max, one generator per sample
     chars = (probs.log() + gumbel_noise(logits.shape[1:], generators, logits.device)).argmax(-1)
     return chars, probs.gather(-1, chars[..., None]).squeeze(-1)
 
 
-def check_sampler_options(steps=None, threshold=None, order="confidence", remask=0.0):
-    """The rules generate_steps enforces (ValueError), callable up front by the CLIs."""
-    if (steps is None) == (threshold is None):
-        raise ValueError("give exactly one of steps or threshold")
-    if order not in ("confidence", "random", "noisy") or (order != "confidence" and threshold is not None):
-        raise ValueError("order is 'confidence', 'random' or 'noisy' (the last two only with steps)")
-    if remask < 0 or (remask and threshold is not None):
-        raise ValueError("remask is >= 0 and needs steps")
+ORDERS = ("confidence", "random", "noisy")
+CACHES = ("none", "prefix", "dual")
+
+
+def check_sampler_options(steps=None, threshold=None, order="confidence", remask=0.0, temperature=1.0,
+                          top_k=None, top_p=None, block=None, cache="none", schedule="linear"):
+    """Every rule of the sampler's options, in one place: generate_steps and the CLIs call it.
+    Raises ValueError with a message that names the option as the CLIs spell it."""
+    finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)
+    if steps is not None and threshold is not None:
+        raise ValueError("give --steps or --threshold, not both")
+    if steps is None and threshold is None:
+        raise ValueError("give --steps or --threshold")
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
+    if threshold is not None and not (finite(threshold) and 0 < threshold <= 1):
+        raise ValueError(f"--threshold must be in (0, 1], got {threshold}")
+    if order not in ORDERS:
+        raise ValueError(f"--order must be one of {', '.join(ORDERS)}, got {order!r}")
+    if order != "confidence" and threshold is not None:
+        raise ValueError("--threshold needs confidences: use it with --order confidence")
+    if not (finite(remask) and remask >= 0):
+        raise ValueError(f"--remask must be >= 0, got {remask}")
+    if remask and threshold is not None:
+        raise ValueError("--remask needs --steps, not --threshold")
+    if not (finite(temperature) and temperature >= 0):
+        raise ValueError(f"--temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {top_k}")
+    if top_p is not None and not (finite(top_p) and 0 < top_p <= 1):
+        raise ValueError(f"--top-p must be in (0, 1], got {top_p}")
+    if block is not None and block < 1:
+        raise ValueError(f"--block must be >= 1, got {block}")
+    if cache not in CACHES:
+        raise ValueError(f"--cache must be one of {', '.join(CACHES)}, got {cache!r}")
+    if cache != "none" and block is None:
+        raise ValueError("--cache needs --block (the cache is rebuilt once per block)")
+    if schedule not in ("linear", "cosine"):
+        raise ValueError(f"--schedule must be linear or cosine, got {schedule!r}")
+
+
+def plan_blocks(masked_cols, N, T, block, keep):
+    """Split the masked columns (sorted) into blocks, decoded left to right, each filled before
+    the next: [(window start, window end, block start, block end, masked count)]. A block is the
+    next `block` columns from the first masked one (None: the rest of the window), cut at the
+    window's end; its window of T columns keeps `keep` columns before it where it can. Past
+    the context the window slides with the blocks: one mechanism for any length."""
+    plan, i = [], 0
+    while i < len(masked_cols):
+        first = masked_cols[i]
+        start = max(0, min(first - keep, N - T))
+        end = min(start + T, N)
+        block_end = end if block is None else min(first + block, end)
+        j = i
+        while j < len(masked_cols) and masked_cols[j] < block_end:
+            j += 1
+        plan.append((start, end, first, block_end, j - i))
+        i = j
+    return plan
+
+
+def split_steps(steps, sizes):
+    """Forward passes per block: proportional to its masked count, at least 1 and at most the
+    count each. They sum to `steps` exactly when len(sizes) <= steps <= sum(sizes); with more
+    blocks than steps every block still takes one pass."""
+    total = min(max(steps, len(sizes)), sum(sizes))
+    share = [total * s / sum(sizes) for s in sizes]
+    alloc = [min(max(1, math.floor(x)), s) for x, s in zip(share, sizes)]
+    while sum(alloc) < total:
+        i = max((i for i in range(len(sizes)) if alloc[i] < sizes[i]), key=lambda i: share[i] - alloc[i])
+        alloc[i] += 1
+    while sum(alloc) > total:
+        i = max((i for i in range(len(sizes)) if alloc[i] > 1), key=lambda i: alloc[i] - share[i])
+        alloc[i] -= 1
+    return alloc
+
+
+def commit_positions(conf, still_masked, count, threshold):
+    """Which still-masked positions to write: the `count` highest `conf`, or (threshold) all with
+    conf >= threshold and at least the best one in every row that has a mask left."""
+    conf = conf.masked_fill(~still_masked, float("-inf"))  # never re-commit
+    if threshold is None:
+        commit = torch.zeros_like(still_masked).scatter_(1, conf.topk(count, dim=1).indices, True)
+    else:
+        commit = conf >= threshold
+        best = F.one_hot(conf.argmax(1), conf.size(1)).bool()
+        commit |= best & still_masked.any(1, keepdim=True)
+    return commit & still_masked
+
+
+def rank_for_commit(conf, order, step, n_steps, generators):
+    """The score that decides which masked positions are written first."""
+    if order == "random":  # MDLM's ancestral order: which positions to commit is chance
+        return uniform_per_sample(conf.shape[1:], generators, conf.device)
+    if order == "noisy":  # MaskGIT: Gumbel noise on log-confidence, annealed to zero
+        noise_scale = 1.0 - step / n_steps
+        return conf.clamp_min(1e-9).log() + noise_scale * gumbel_noise(conf.shape[1:], generators, conf.device)
+    return conf
 
 
 @torch.inference_mode()
-def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, top_k=None,
+def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, top_k=None, top_p=None,
                    schedule="linear", seed=0, context_keep=None, order="confidence", precision="auto",
-                   remask=0.0):
+                   remask=0.0, block=None, cache="none"):
     """Denoise `canvas` and yield after every forward pass.
 
     canvas: (B, N) ids; positions equal to the mask id are generated, all others are kept
     verbatim (prompt, known text for infilling). Every row must have the same masked
-    positions. N may exceed the context: then a window of block_size characters slides
-    along the text, keeping the last `context_keep` (default block_size // 2) characters
-    before the first masked one as clean context, and fills the window completely before
-    moving on.
+    positions. Generation goes left to right in blocks (`plan_blocks`): block=B takes the next
+    B columns from the first masked one (semi-autoregressive, as LLaDA and Fast-dLLM);
+    block=None takes the whole window. The model sees a window of block_size columns around
+    the block, keeping `context_keep` columns before it (default block_size - B, or half the
+    context without blocks), so texts longer than the context need nothing else.
 
-    Each step predicts every masked position in the window, draws a character for each
-    (temperature 0 = argmax), and commits the most confident ones. order="random" commits a
-    random choice instead (MDLM's ancestral order); order="noisy" ranks by log-confidence plus
-    Gumbel noise whose scale falls linearly from 1 to 0 over the steps (MaskGIT), which keeps
-    confident commits but breaks the "the the the" runs of pure confidence order:
-      - steps=S: a schedule (`commit_schedule`) so that exactly S forward passes unmask the
-        whole text (S is spread over the windows in proportion to their masked count)
+    Each step predicts every masked position of the block, draws a character for each
+    (temperature 0 = argmax; top_k / top_p narrow the distribution), and commits some:
+      - steps=S: a schedule (`commit_schedule`) per block; S is spread over the blocks in
+        proportion to their masked count, so exactly S forward passes unmask the whole text
+        (or one per block, if there are more blocks than S: `split_steps`)
       - threshold=tau: all with confidence >= tau, and at least one per row.
+    order: which to commit: the most confident (default); "random" (MDLM's ancestral order);
+    "noisy": log-confidence plus Gumbel noise whose scale falls from 1 to 0 (MaskGIT).
     remask=rho (with steps): each step also re-opens round(rho * that step's count) of the
-    window's already written characters, those drawn with the lowest probability, and commits
-    as many more, so the net progress per step and the number of passes stay as scheduled
-    (ReMDM's confidence remasking; the last step re-opens nothing). A character written early
-    from little context gets redrawn once more of its surroundings are known.
+    block's written characters, those drawn with the lowest probability, and commits as many
+    more: the passes and the net progress stay as scheduled (ReMDM's confidence remasking).
+    cache (with block): "prefix" computes the keys/values left of the block once per block and
+    runs each later step on the block and what follows it; "dual" caches the right side too and
+    runs each step on the block alone (Fast-dLLM). Both rebuild the cache at each block start.
     precision: "bf16" or "fp32" for the forward passes; "auto" is bf16 where it is native
     (`native_bf16`: CUDA, CPUs with AVX-512 BF16 or AMX), else fp32.
     Yields dicts: canvas (B, N) after the step, committed (B, N) bool (written this step),
-    reopened (B, N) bool (masked again this step), nfe, window (start, end).
+    reopened (B, N) bool (masked again this step), nfe, window (start, end), block (start, end).
     """
-    check_sampler_options(steps, threshold, order, remask)
+    check_sampler_options(steps, threshold, order, remask, temperature, top_k, top_p, block, cache, schedule)
     cfg = model.config
     mask_id, T = cfg.mask_id, cfg.block_size
-    keep = T // 2 if context_keep is None else context_keep
+    keep = context_keep if context_keep is not None else (T - block if block is not None and block < T else T // 2)
     B, N = canvas.shape
     dev = canvas.device
     canvas = canvas.clone()
@@ -321,67 +462,94 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
     generators = [torch.Generator(device=dev).manual_seed(seed + i) for i in range(B)]
     if precision == "auto":
         precision = "bf16" if native_bf16(dev) else "fp32"
-    masked_cols = is_masked[0].nonzero().flatten().tolist()  # one host sync up front
-    steps_left, masked_left = steps, len(masked_cols)
+    plan = plan_blocks(is_masked[0].nonzero().flatten().tolist(), N, T, block, keep)  # one host sync
+    block_steps = split_steps(steps, [p[4] for p in plan]) if steps is not None else [None] * len(plan)
     nfe = 0
-    while masked_cols:
-        first = masked_cols[0]
-        start = max(0, min(first - keep, N - T))
-        end = min(start + T, N)
-        n_window = sum(1 for c in masked_cols if c < end)
-        masked_cols = [c for c in masked_cols if c >= end]
-        if steps is not None:
-            window_steps = round(steps_left * n_window / masked_left) if masked_cols else steps_left
-            window_steps = min(max(window_steps, 1), n_window)
-            counts = commit_schedule(n_window, window_steps, schedule)
-            steps_left, masked_left = max(steps_left - window_steps, 1), masked_left - n_window
-        step = 0
-        generated = canvas[:, start:end] == mask_id  # this window's positions to write
-        commit_prob = torch.zeros(generated.shape, device=dev)  # p(drawn character) when written
-        while True:
-            window = canvas[:, start:end]
-            still_masked = window == mask_id
-            if steps is not None and step == len(counts):
-                break
-            if threshold is not None and not still_masked.any():
-                break
-            with autocast(dev, precision):
-                logits = model(window)
-            chars, conf = draw_characters(logits, temperature, top_k, generators)
+    for (start, end, first, block_end, n_masked), n_steps in zip(plan, block_steps):
+        counts = commit_schedule(n_masked, n_steps, schedule) if n_steps is not None else None
+        for commit, reopened in denoise_block(model, canvas, start, end, first, block_end, counts, threshold,
+                                              temperature, top_k, top_p, order, remask, cache, precision,
+                                              generators):
             nfe += 1
-            prob = conf
-            if order == "random":  # MDLM's ancestral order: which positions to commit is chance
-                conf = uniform_per_sample(conf.shape[1:], generators, dev)
-            elif order == "noisy":  # MaskGIT: Gumbel noise on log-confidence, annealed to zero
-                noise_scale = 1.0 - step / len(counts)
-                conf = conf.clamp_min(1e-9).log() + noise_scale * gumbel_noise(conf.shape[1:], generators, dev)
-            conf = conf.masked_fill(~still_masked, float("-inf"))  # never re-commit
-            n_remask = 0
-            if steps is not None:
-                if remask:
-                    done = sum(counts[:step])
-                    n_remask = min(round(remask * counts[step]), done, n_window - done - counts[step])
-                top = conf.topk(counts[step] + n_remask, dim=1).indices
-                commit = torch.zeros_like(still_masked).scatter_(1, top, True)
-            else:
-                commit = conf >= threshold
-                best = F.one_hot(conf.argmax(1), end - start).bool()
-                commit |= best & still_masked.any(1, keepdim=True)
-            commit &= still_masked
-            canvas[:, start:end] = torch.where(commit, chars, window)
-            committed = torch.zeros_like(canvas, dtype=torch.bool)
-            committed[:, start:end] = commit
-            reopened = torch.zeros_like(committed)
-            if n_remask:  # the written characters drawn with the lowest probability
-                written = generated & ~still_masked
-                low = commit_prob.masked_fill(~written, float("inf")).topk(n_remask, dim=1, largest=False)
-                reopened[:, start:end].scatter_(1, low.indices, True)
-                canvas.masked_fill_(reopened, mask_id)
-            if remask:
-                commit_prob = torch.where(commit, prob, commit_prob)
-            step += 1
-            yield {"canvas": canvas, "committed": committed, "reopened": reopened, "nfe": nfe,
-                   "window": (start, end)}
+            committed = torch.zeros_like(is_masked)
+            committed[:, first:block_end] = commit
+            reopened_full = torch.zeros_like(is_masked)
+            if reopened is not None:
+                reopened_full[:, first:block_end] = reopened
+            yield {"canvas": canvas, "committed": committed, "reopened": reopened_full, "nfe": nfe,
+                   "window": (start, end), "block": (first, block_end)}
+
+
+def denoise_block(model, canvas, start, end, first, block_end, counts, threshold, temperature, top_k, top_p,
+                  order, remask, cache, precision, generators):
+    """Fill the masks of canvas[:, first:block_end] in place, the model seeing canvas[:, start:end].
+    Yields (written, re-opened) masks over the block after every forward pass."""
+    mask_id = model.config.mask_id
+    dev = canvas.device
+    lo, hi = first - start, block_end - start  # the block inside the window
+    kv = KVCache() if cache != "none" else None
+    run_to = hi if cache == "dual" else end - start  # cached passes run on [lo, run_to)
+    generated = canvas[:, first:block_end] == mask_id  # the block's positions to write
+    commit_prob = torch.zeros(generated.shape, device=dev)  # p(drawn character) when written
+    step = 0
+    while True:
+        region = canvas[:, first:block_end]
+        still_masked = region == mask_id
+        if (counts is not None and step == len(counts)) or (counts is None and not still_masked.any()):
+            return
+        with autocast(dev, precision):
+            if kv:  # the block (and, prefix cache, the right side) against the cached keys/values
+                logits = model(canvas[:, first:start + run_to], cache=kv, start=lo)[:, :hi - lo]
+            else:  # a full pass over the window (fills the cache at a block's first step)
+                logits = model(canvas[:, start:end], cache=kv)[:, lo:hi]
+                if kv is not None:
+                    kv.own()
+        chars, prob = draw_characters(logits, temperature, top_k, top_p, generators)
+        rank = rank_for_commit(prob, order, step, len(counts) if counts else 1, generators)
+        n_remask = 0
+        if counts is not None and remask:
+            done = sum(counts[:step])
+            n_remask = min(round(remask * counts[step]), done, sum(counts) - done - counts[step])
+        commit = commit_positions(rank, still_masked, counts[step] + n_remask if counts else None, threshold)
+        region.copy_(torch.where(commit, chars, region))
+        reopened = None
+        if n_remask:  # the written characters drawn with the lowest probability
+            written = generated & ~still_masked
+            low = commit_prob.masked_fill(~written, float("inf")).topk(n_remask, dim=1, largest=False)
+            reopened = torch.zeros_like(commit).scatter_(1, low.indices, True)
+            region.masked_fill_(reopened, mask_id)
+        if remask:
+            commit_prob = torch.where(commit, prob, commit_prob)
+        step += 1
+        yield commit, reopened
+
+
+@torch.inference_mode()
+def generate_ar_steps(model, canvas, temperature=1.0, top_k=None, top_p=None, seed=0, precision="auto"):
+    """The autoregressive baseline's sampler, for side-by-side comparisons: writes the masked
+    positions of canvas left to right, one character per forward pass, each given up to
+    block_size characters before it. Yields the same dicts as generate_steps."""
+    check_sampler_options(steps=1, temperature=temperature, top_k=top_k, top_p=top_p)
+    mask_id, T = model.config.mask_id, model.config.block_size
+    B, N = canvas.shape
+    dev = canvas.device
+    canvas = canvas.clone()
+    generators = [torch.Generator(device=dev).manual_seed(seed + i) for i in range(B)]
+    if precision == "auto":
+        precision = "bf16" if native_bf16(dev) else "fp32"
+    masked_cols = (canvas[0] == mask_id).nonzero().flatten().tolist()
+    if masked_cols and masked_cols[0] == 0:
+        raise ValueError("the autoregressive model needs at least one character before the first mask")
+    for nfe, i in enumerate(masked_cols, start=1):
+        start = max(0, i - T)
+        with autocast(dev, precision):
+            logits = model(canvas[:, start:i])[:, -1:]
+        chars, _ = draw_characters(logits, temperature, top_k, top_p, generators)
+        canvas[:, i] = chars[:, 0]
+        committed = torch.zeros_like(canvas, dtype=torch.bool)
+        committed[:, i] = True
+        yield {"canvas": canvas, "committed": committed, "reopened": torch.zeros_like(committed), "nfe": nfe,
+               "window": (start, i + 1), "block": (i, i + 1)}
 
 
 def generate(model, canvas, **kwargs):
@@ -393,7 +561,30 @@ def generate(model, canvas, **kwargs):
 
 
 # -----------------------------------------------------------------------------
-# Vocabulary
+# Data and vocabulary
+
+DATA_DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "tiny_shakespeare.txt")
+TRAIN_FRACTION = 0.9  # first 90% of the file trains, the last 10% is held out, always
+
+
+def load_text(path):
+    """The training text as a str; every problem is one UserError."""
+    if not os.path.isfile(path):
+        raise UserError(f"data file not found: {path} (run: python data/prepare.py)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text (binary or another encoding)") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+
+
+def split_text(text):
+    """(train, val): the first TRAIN_FRACTION of the text and the rest."""
+    n = int(TRAIN_FRACTION * len(text))
+    return text[:n], text[n:]
+
 
 def encode(text, chars, allow_mask=False):
     """Text -> list of ids. With allow_mask, MASK_GLYPH becomes the mask id (infilling)."""
@@ -406,8 +597,9 @@ def encode(text, chars, allow_mask=False):
     return [mask_id if c == MASK_GLYPH and allow_mask else index[c] for c in text]
 
 
-def decode(ids, chars, mask_glyph=MASK_GLYPH):
-    return "".join(chars[i] if i < len(chars) else mask_glyph for i in ids)
+def decode(ids, chars):
+    """Ids -> text; the mask id shows as MASK_GLYPH."""
+    return "".join(chars[i] if i < len(chars) else MASK_GLYPH for i in ids)
 
 
 # -----------------------------------------------------------------------------
@@ -467,15 +659,52 @@ def save_checkpoint(path, model, chars, **extra):
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
-    write_atomically(ckpt, path)
+    write_checkpoint(ckpt, path)
 
 
-def write_atomically(obj, path):
-    """torch.save to a temp file, then rename: a crash never leaves a half-written checkpoint."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def weights_checksum(state_dict):
+    """sha256 of every weight tensor's bytes, in name order: flipped bytes fail the load."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def write_checkpoint(ckpt, path):
+    """Stamp the weights' checksum and write the checkpoint atomically (a temp file, then a
+    rename): a crash never leaves a half-written checkpoint. Temp files that killed processes
+    left beside `path` are removed first."""
+    ckpt["checksum"] = weights_checksum(ckpt["model"])
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        remove_stale_temp_files(path)
+        tmp = f"{path}.tmp{os.getpid()}"
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save raises RuntimeError when it cannot open the file
+        reason = e.strerror if isinstance(e, OSError) else str(e).splitlines()[0][:120]
+        raise UserError(f"cannot write checkpoint {path}: {reason}") from None
+
+
+def remove_stale_temp_files(path):
+    for tmp in glob.glob(glob.escape(path) + ".tmp*"):
+        pid = tmp.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            os.remove(tmp)
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 def read_checkpoint(path):
@@ -493,6 +722,8 @@ def read_checkpoint(path):
     cfg = ckpt.get("config", {})
     if set(cfg) - known:
         raise UserError(f"{path}: unknown config fields {sorted(set(cfg) - known)}")
+    if "checksum" in ckpt and weights_checksum(ckpt.get("model", {})) != ckpt["checksum"]:
+        raise UserError(f"{path}: the weights do not match their stored checksum (the file is corrupt)")
     if len(ckpt.get("chars", "")) + 1 != cfg.get("vocab_size"):
         raise UserError(f"{path}: vocabulary of {len(ckpt.get('chars', ''))} characters does not match vocab_size")
     return ckpt

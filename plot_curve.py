@@ -2,6 +2,8 @@
 Plot training and validation curves from train.py's log.jsonl files.
 
     python plot_curve.py assets/train_log_gpu.jsonl assets/train_log_ar.jsonl --out assets/curve.png
+
+The y-range follows the data, so every curve given is fully visible.
 """
 
 import argparse
@@ -13,42 +15,72 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from model import ArgumentParser, UserError  # noqa: E402
+
 
 def read(path):
+    """([(minutes, train loss)], [(minutes, val)]) of one log; any problem is one UserError."""
     try:
         with open(path) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    except (OSError, json.JSONDecodeError) as e:
-        sys.exit(f"plot_curve.py: error: cannot read {path}: {e}")
-    train = [(r["time"] / 60, r["train_loss"]) for r in rows if "train_loss" in r]
-    val = [(r["time"] / 60, r["val"]) for r in rows if "val" in r]
+            lines = f.readlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    train, val = [], []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            minutes = row["time"] / 60
+            if "train_loss" in row:
+                train.append((minutes, float(row["train_loss"])))
+            if "val" in row:
+                val.append((minutes, float(row["val"])))
+        except (ValueError, KeyError, TypeError):  # not JSON, no time, not numbers
+            raise UserError(f"{path} line {n} is not a train.py log row: {line.strip()[:60]!r}") from None
     if not val:
-        sys.exit(f"plot_curve.py: error: {path} has no validation rows")
+        raise UserError(f"{path} has no validation rows")
     return train, val
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def plot(logs, labels=None, title=""):
+    """The figure and its axes; the y-range is matplotlib's autoscale over every curve drawn
+    (a fixed range cut off the AR baseline's rising validation curve)."""
+    labels = labels or logs
+    if len(labels) != len(logs):
+        raise UserError(f"--labels: {len(labels)} labels for {len(logs)} logs")
+    curves = [read(path) for path in logs]  # all read first: a bad file fails before any plotting
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    for i, ((train, val), label) in enumerate(zip(curves, labels)):
+        color = f"C{i}"
+        if train:
+            ax.plot(*zip(*train), color=color, alpha=0.35, lw=1, label=f"{label}: train")
+        best = min(v for _, v in val)
+        ax.plot(*zip(*val), "o-", color=color, ms=3, lw=1.5, label=f"{label}: val (best {best:.3f})")
+    ax.set_xlabel("wall-clock minutes (includes compile and evaluation)")
+    ax.set_ylabel("nats / char")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig, ax
+
+
+def main(argv=None):
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("logs", nargs="+", help="log.jsonl files (label = file name)")
     p.add_argument("--labels", nargs="*", help="one label per log")
     p.add_argument("--out", default="curve.png")
     p.add_argument("--title", default="tiny-diffusion on Tiny Shakespeare (val = last 10%)")
-    args = p.parse_args()
-    labels = args.labels or args.logs
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
-    for i, (path, label) in enumerate(zip(args.logs, labels)):
-        train, val = read(path)
-        color = f"C{i}"
-        ax.plot(*zip(*train), color=color, alpha=0.35, lw=1, label=f"{label}: train")
-        ax.plot(*zip(*val), "o-", color=color, ms=3, lw=1.5, label=f"{label}: val (best {min(v for _, v in val):.3f})")
-    ax.set_xlabel("wall-clock minutes (includes compile and evaluation)")
-    ax.set_ylabel("nats / char")
-    ax.set_ylim(0.8, 2.2)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(args.title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(args.out)
+    args = p.parse_args(argv)
+    try:
+        fig, _ = plot(args.logs, args.labels, args.title)
+        try:
+            fig.savefig(args.out)
+        except (OSError, ValueError) as e:  # ValueError: an unknown image format
+            raise UserError(f"cannot write {args.out}: {getattr(e, 'strerror', None) or e}") from None
+    except UserError as e:
+        sys.exit(f"plot_curve.py: error: {e}")
     print(f"wrote {args.out}")
 
 

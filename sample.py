@@ -20,12 +20,17 @@ import time
 
 import torch
 
-from model import (MASK_GLYPH, ArgumentParser, UserError, decode, encode, generate, generate_steps,
+from model import (MASK_GLYPH, ArgumentParser, UserError, check_sampler_options, decode, encode, generate,
                    load_model, pick_device)
 
 DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "model.pt")
 MAX_LENGTH = 100_000
-SAMPLE_SEPARATOR = "\n---\n"  # printed between samples, after the blank line that ends a sample
+MAX_SAMPLES = 10_000
+BATCH = 64  # samples per forward pass: bounds memory (a batch of 4096 took 18 GB)
+SAMPLE_SEPARATOR = "\n---\n"
+# the sampler's defaults, chosen with quality.py (README: "Choosing the default sampler")
+SAMPLER_DEFAULTS = dict(steps=64, threshold=None, temperature=0.8, top_k=None, top_p=None, schedule="linear",
+                        order="confidence", remask=0.0, block=None, cache="none", precision="auto")  # printed between samples, after the blank line that ends a sample
 
 
 def add_sampling_args(p):
@@ -37,25 +42,34 @@ def add_sampling_args(p):
                         "prompt's length when it contains `_`); beyond the context the text is "
                         "written window by window")
     p.add_argument("--steps", type=int, default=None,
-                   help="forward passes to unmask everything (default 64; at most one per character)")
+                   help=f"forward passes to unmask everything (default {SAMPLER_DEFAULTS['steps']}; at most one per "
+                        f"character, at least one per block)")
     p.add_argument("--threshold", type=float, default=None,
                    help="instead of --steps: each pass commits every character with confidence >= "
                         "this (in (0, 1]), at least one")
-    p.add_argument("--schedule", choices=["linear", "cosine"], default="linear",
+    p.add_argument("--schedule", choices=["linear", "cosine"], default=SAMPLER_DEFAULTS["schedule"],
                    help="characters committed per step with --steps (default %(default)s)")
-    p.add_argument("--order", choices=["confidence", "random", "noisy"], default="confidence",
+    p.add_argument("--order", choices=["confidence", "random", "noisy"], default=SAMPLER_DEFAULTS["order"],
                    help="which masked characters to commit each step: the most confident (default); a "
                         "random choice (MDLM's ancestral order; better for small, weakly trained models); "
                         "or noisy: confidence plus annealed Gumbel noise (MaskGIT; less repetition)")
-    p.add_argument("--remask", type=float, default=0.0, metavar="RHO",
+    p.add_argument("--remask", type=float, default=SAMPLER_DEFAULTS["remask"], metavar="RHO",
                    help="with --steps: each step also re-opens RHO x its count of written characters, "
                         "those drawn with the lowest probability, and writes as many more; same "
                         "number of passes (ReMDM; 1.0 gives more real words at NFE 64; default 0)")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default %(default)s)")
-    p.add_argument("--top-k", type=int, default=None, help="draw only from the k most likely characters")
+    p.add_argument("--temperature", type=float, default=SAMPLER_DEFAULTS["temperature"], help="0 = greedy (default %(default)s)")
+    p.add_argument("--top-k", type=int, default=SAMPLER_DEFAULTS["top_k"], help="draw only from the k most likely characters")
+    p.add_argument("--top-p", type=float, default=SAMPLER_DEFAULTS["top_p"],
+                   help="draw only from the most likely characters whose probabilities sum to p (nucleus)")
+    p.add_argument("--block", type=int, default=SAMPLER_DEFAULTS["block"], metavar="B",
+                   help="semi-autoregressive: write left to right in blocks of B characters, each "
+                        "unmasked in parallel over its share of the steps (default: the whole window)")
+    p.add_argument("--cache", choices=["none", "prefix", "dual"], default=SAMPLER_DEFAULTS["cache"],
+                   help="with --block: reuse the keys/values outside the block for all its steps "
+                        "(prefix: the left side; dual: both sides, each step runs on the block alone)")
     p.add_argument("--seed", type=int, default=None, help="same seed, same text (default: random)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=SAMPLER_DEFAULTS["precision"],
                    help="auto = bf16 where it is native (CUDA; CPUs with AVX-512 BF16 or AMX, where "
                         "it nearly halves the time), fp32 elsewhere (default %(default)s)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on CUDA)")
@@ -64,28 +78,18 @@ def add_sampling_args(p):
 
 
 def check_sampling_args(args):
-    if args.steps is not None and args.threshold is not None:
-        raise UserError("give --steps or --threshold, not both")
-    if args.threshold is not None and args.order != "confidence":
-        raise UserError("--threshold needs confidences: use it with --order confidence")
-    if args.remask < 0:
-        raise UserError(f"--remask must be >= 0, got {args.remask}")
-    if args.remask and args.threshold is not None:
-        raise UserError("--remask needs --steps, not --threshold")
-    if args.steps is not None and args.steps < 1:
-        raise UserError(f"--steps must be >= 1, got {args.steps}")
-    if args.threshold is not None and not 0 < args.threshold <= 1:
-        raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        raise UserError(f"--top-k must be >= 1, got {args.top_k}")
+    """The CLI's own limits, the defaults that depend on other flags, then the sampler's rules
+    (model.check_sampler_options, the one place they live)."""
     if args.length is not None and not 1 <= args.length <= MAX_LENGTH:
         raise UserError(f"--length must be in 1..{MAX_LENGTH}, got {args.length}")
     if args.seed is None:
         args.seed = random.randrange(2**31)
     if args.steps is None and args.threshold is None:
-        args.steps = 64
+        args.steps = SAMPLER_DEFAULTS["steps"]
+    try:
+        check_sampler_options(**{k: v for k, v in sampler_kwargs(args).items() if k not in ("seed", "precision")})
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def build_canvas(args, chars, num_samples, device):
@@ -97,7 +101,7 @@ def build_canvas(args, chars, num_samples, device):
         length = len(ids) if MASK_GLYPH in prompt else len(ids) + 256
     if length < len(ids):
         raise UserError(f"--length {length} is shorter than the prompt ({len(ids)} characters)")
-    mask_id = len(chars)
+    mask_id = len(chars)  # the vocabulary's last id (ModelConfig.mask_id), as encode() writes it
     ids = ids + [mask_id] * (length - len(ids))
     if mask_id not in ids:
         raise UserError("nothing to generate: the prompt has no `_` and --length adds no characters")
@@ -116,43 +120,51 @@ def load_for_sampling(args):
 
 
 def sampler_kwargs(args):
-    return dict(steps=args.steps, threshold=args.threshold, temperature=args.temperature,
-                top_k=args.top_k, schedule=args.schedule, seed=args.seed, order=args.order,
-                precision=args.precision, remask=args.remask)
+    return dict(steps=args.steps, threshold=args.threshold, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p, schedule=args.schedule, seed=args.seed, order=args.order,
+                precision=args.precision, remask=args.remask, block=args.block, cache=args.cache)
 
 
 def main(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sampling_args(p)
-    p.add_argument("--num-samples", type=int, default=1, help="samples, generated as one batch")
+    p.add_argument("--num-samples", type=int, default=1,
+                   help=f"samples (1..{MAX_SAMPLES}), generated in batches of up to {BATCH} and printed "
+                        f"as each batch ends; sample i uses seed + i")
     p.add_argument("--stats", action="store_true", help="print forward passes, chars/s and device to stderr")
     p.add_argument("--warmup", type=int, default=0, metavar="N",
                    help="run N untimed generations first (compilation, caches) so --stats times steady state")
     args = p.parse_args(argv)
     try:
         check_sampling_args(args)
-        if not 1 <= args.num_samples <= 4096:
-            raise UserError(f"--num-samples must be in 1..4096, got {args.num_samples}")
+        if not 1 <= args.num_samples <= MAX_SAMPLES:
+            raise UserError(f"--num-samples must be in 1..{MAX_SAMPLES}, got {args.num_samples}")
         if args.warmup < 0:
             raise UserError(f"--warmup must be >= 0, got {args.warmup}")
         device, model, chars = load_for_sampling(args)
-        canvas = build_canvas(args, chars, args.num_samples, device)
+        canvas = build_canvas(args, chars, min(args.num_samples, BATCH), device)
         n_new = int((canvas[0] == len(chars)).sum())
         for _ in range(args.warmup):
             generate(model, canvas, **sampler_kwargs(args))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.time()
-        out, nfe = generate(model, canvas, **sampler_kwargs(args))
-        texts = [decode(row, chars) for row in out.tolist()]  # .tolist() waits for the device
-        dt = time.time() - t0
+        seconds, nfe = 0.0, 0
+        for first in range(0, args.num_samples, BATCH):
+            n = min(BATCH, args.num_samples - first)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.time()
+            out, nfe = generate(model, canvas[:n], **{**sampler_kwargs(args), "seed": args.seed + first})
+            texts = [decode(row, chars) for row in out.tolist()]  # .tolist() waits for the device
+            seconds += time.time() - t0
+            separator = SAMPLE_SEPARATOR if first else ""
+            print(separator + SAMPLE_SEPARATOR.join(t + "\n" for t in texts), end="", flush=True)
     except UserError as e:
         sys.exit(f"sample.py: error: {e}")
-    print(SAMPLE_SEPARATOR.join(t + "\n" for t in texts), end="")
+    except KeyboardInterrupt:
+        sys.exit(130)
     if args.stats:
         total = n_new * args.num_samples
         print(f"[stats] {nfe} forward passes (NFE) for {n_new} new chars x {args.num_samples} samples "
-              f"in {dt:.3f}s = {total / dt:,.0f} chars/s | device {device} | seed {args.seed}",
+              f"in {seconds:.3f}s = {total / seconds:,.0f} chars/s | device {device} | seed {args.seed}",
               file=sys.stderr)
 
 

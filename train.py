@@ -5,8 +5,8 @@ Train tiny-diffusion on Tiny Shakespeare, or evaluate a checkpoint.
     python train.py --preset gpu                    # the full 10.7M model (CUDA: bf16 + compile)
     torchrun --nproc_per_node 2 train.py --preset gpu   # DDP on 2 GPUs (gloo on CPU)
     python train.py --preset cpu --resume           # continue from <out-dir>/last.pt
-    python train.py --eval-only --ckpt weights/model.pt   # val NELBO of a checkpoint
-    python train.py --preset gpu --objective ar     # the autoregressive baseline
+    python train.py --eval-only --ckpt weights/model.pt --eval-context 128   # val NELBO
+    python train.py --preset gpu-ar                 # the autoregressive baseline
 
 Data: first 90% of the file for training, last 10% held out for validation.
 Objective "diffusion": masked diffusion, loss = negative ELBO in nats/char (see model.py).
@@ -16,63 +16,117 @@ Every field of ModelConfig and TrainConfig can be set on the command line (--n_l
 """
 
 import argparse
+import copy
 import gc
 import json
 import math
 import os
+import signal
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, asdict, fields, replace
 
 import torch
 import torch.distributed as dist
 
-from model import (ArgumentParser, ModelConfig, Transformer, UserError, autocast, autoregressive_loss, diffusion_loss,
-                   draw_masks, load_model, masked_nll_per_sequence, pick_device, read_checkpoint,
-                   save_checkpoint)
-
-DATA_DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "tiny_shakespeare.txt")
-TRAIN_FRACTION = 0.9
+from model import (DATA_DEFAULT, ArgumentParser, ModelConfig, Transformer, UserError, autocast,
+                   autoregressive_loss, diffusion_loss, draw_masks, load_model, load_text,
+                   masked_nll_per_sequence, pick_device, read_checkpoint, save_checkpoint, split_text)
 
 
 @dataclass
 class TrainConfig:
     data: str = DATA_DEFAULT
-    out_dir: str = "out"          # best.pt (best by val), last.pt (for --resume), log.jsonl
-    objective: str = "diffusion"  # diffusion | ar
-    batch_size: int = 64          # sequences per optimizer step, over all processes
+    out_dir: str = "out"
+    objective: str = "diffusion"
+    batch_size: int = 64
     max_steps: int = 5000
-    time_budget: float = 0.0      # minutes; if set, training ends at whichever comes first
+    time_budget: float = 0.0
+    optimizer: str = "adamw"
     lr: float = 1e-3
-    min_lr_ratio: float = 0.1     # cosine decay ends at lr * min_lr_ratio
+    muon_lr: float = 0.02
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    cooldown: float = 0.3
     warmup_steps: int = 200
     weight_decay: float = 0.1
     beta2: float = 0.99
     grad_clip: float = 1.0
-    prefix_prob: float = 0.2      # fraction of sequences that keep a clean prefix (prompting)
+    ema: float = 0.0
+    prefix_prob: float = 0.2
     eval_interval: int = 500
-    eval_mc: int = 4              # Monte-Carlo mask draws per validation window
-    eval_seed: int = 1234         # fixed, so every evaluation sees the same masks
+    eval_mc: int = 4
+    eval_seed: int = 1234
+    eval_context: int = 0
     log_interval: int = 50
     seed: int = 1337
     device: str = "auto"
-    compile: str = "auto"         # auto | on | off; auto = on for CUDA
-    precision: str = "auto"       # auto | bf16 | fp32; auto = bf16 autocast on CUDA
+    compile: str = "auto"
+    precision: str = "auto"
     resume: bool = False
     eval_only: bool = False
-    ckpt: str = ""                # checkpoint for --eval-only
+    ckpt: str = ""
+    paired: str = ""
 
+
+# one line of --help per flag (nanochat style)
+HELP = {
+    "vocab_size": None, "causal": None,  # set from the data and --objective, not flags
+    "block_size": "context length in characters",
+    "n_layer": "transformer blocks", "n_head": "attention heads", "n_embd": "width",
+    "dropout": "dropout on the output of every attention and MLP branch",
+    "attn_dropout": "dropout on the attention probabilities",
+    "embd_dropout": "dropout on the input embedding",
+    "logit_softcap": "if > 0, logits = C * tanh(logits / C)",
+    "data": "training text (default: data/tiny_shakespeare.txt)",
+    "out_dir": "where best.pt (best by val), last.pt (for --resume) and log.jsonl go",
+    "objective": "diffusion (masked diffusion, NELBO) or ar (causal baseline, NLL)",
+    "batch_size": "sequences per optimizer step, over all processes",
+    "max_steps": "optimizer steps (the schedule's length unless --time_budget ends it first)",
+    "time_budget": "minutes; if > 0 the schedule runs on wall time and training ends at whichever comes first",
+    "optimizer": "adamw, or muon (Muon for the blocks' matrices, AdamW for embedding and head)",
+    "lr": "peak AdamW learning rate",
+    "muon_lr": "peak Muon learning rate (with --optimizer muon)",
+    "schedule": "cosine (decay all along) or wsd (constant, then linear decay over the last --cooldown)",
+    "min_lr_ratio": "the schedule ends at this fraction of the peak",
+    "cooldown": "fraction of the run spent decaying under --schedule wsd",
+    "warmup_steps": "linear warm-up steps",
+    "weight_decay": "decoupled weight decay on matrices (not the embedding)",
+    "beta2": "AdamW beta2",
+    "grad_clip": "clip the gradient norm to this",
+    "ema": "if > 0, keep an exponential moving average of the weights with this decay; "
+           "it is what gets evaluated and saved as best.pt",
+    "prefix_prob": "fraction of training sequences that keep a clean prefix (teaches prompting)",
+    "eval_interval": "steps between validation runs",
+    "eval_mc": "mask draws per validation block (diffusion)",
+    "eval_seed": "seed of the validation masks (the same masks at every evaluation)",
+    "eval_context": "C: score each block of block_size - C characters given the C before it "
+                    "(0 = isolated windows)",
+    "log_interval": "steps between progress lines",
+    "seed": "seed for initialisation, batches and masks",
+    "device": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps",
+    "compile": "torch.compile: auto (on for CUDA), on or off",
+    "precision": "auto (bf16 autocast on CUDA), bf16 or fp32",
+    "resume": "continue the run in --out_dir from its last.pt",
+    "eval_only": "evaluate --ckpt on the validation split and exit",
+    "ckpt": "checkpoint for --eval-only",
+    "paired": "with --eval-only: also evaluate this checkpoint on the same blocks and report "
+              "the paired difference",
+}
 
 PRESETS = {
-    # at most 9.5 minutes (2,200 steps if the machine is fast enough); see README
+    # at most 9.5 minutes on a laptop CPU (README: what it reaches)
     "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=128, dropout=0.0,
                 batch_size=32, max_steps=2200, time_budget=9.5, lr=4e-3, warmup_steps=100, eval_interval=500,
                 eval_mc=1, log_interval=25, out_dir="out/cpu"),
-    # the full 10.7M model; ~6.5 minutes on one H200 (README: what we tried)
+    # the full 10.7M model on one GPU (README: what we tried)
     "gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2,
                 batch_size=256, max_steps=21000, lr=2e-3, warmup_steps=500, eval_interval=1000,
                 eval_mc=4, log_interval=100, out_dir="out/gpu"),
+    # the autoregressive baseline of the same size
+    "gpu-ar": dict(objective="ar", n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2,
+                   attn_dropout=0.2, embd_dropout=0.2, batch_size=64, max_steps=5000, lr=1e-3,
+                   warmup_steps=100, eval_interval=250, log_interval=100, out_dir="out/ar"),
 }
 
 
@@ -80,33 +134,36 @@ PRESETS = {
 # Command line
 
 def parse_args(argv=None):
+    """Returns (ModelConfig, TrainConfig, bench steps, names of the flags given)."""
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), help="a set of defaults (flags still override)")
-    p.add_argument("--bench", type=int, default=0, metavar="STEPS",
-                   help="time STEPS training steps after a warm-up, print tokens/s, and exit")
     for cls in (ModelConfig, TrainConfig):
         for f in fields(cls):
+            if HELP.get(f.name, "") is None:
+                continue
             names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-            if f.type in (bool, "bool"):
-                p.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            text = f"{HELP.get(f.name, '')} (default {f.default!r})"
+            if f.type is bool:
+                p.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=HELP.get(f.name))
             else:
-                typ = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-                p.add_argument(*names, dest=f.name, type=typ, default=None, metavar=f.name.upper())
+                p.add_argument(*names, dest=f.name, type=f.type, default=None, metavar=f.name.upper(), help=text)
     args = p.parse_args(argv)
-    chosen = {k: v for k, v in vars(args).items() if v is not None}
+    chosen = {k: v for k, v in vars(args).items() if v is not None and k != "preset"}
     preset = PRESETS.get(args.preset, {})
     model_cfg = ModelConfig(**{f.name: chosen.get(f.name, preset.get(f.name, f.default))
                                for f in fields(ModelConfig)})
     train_cfg = TrainConfig(**{f.name: chosen.get(f.name, preset.get(f.name, f.default))
                                for f in fields(TrainConfig)})
-    explicit = {k for k in chosen if k in {f.name for f in fields(TrainConfig)}}
-    return model_cfg, train_cfg, args.bench, explicit
+    return model_cfg, train_cfg, set(chosen)
 
 
 def check_config(mc, tc):
     problems = []
     if tc.objective not in ("diffusion", "ar"):
         problems.append(f"--objective must be diffusion or ar, got {tc.objective!r}")
+    if tc.optimizer not in ("adamw", "muon") or tc.schedule not in ("cosine", "wsd"):
+        problems.append("--optimizer must be adamw or muon and --schedule cosine or wsd")
     if mc.n_embd % mc.n_head or (mc.n_embd // mc.n_head) % 2:
         problems.append("--n_embd / --n_head must be an even integer (rotary embeddings)")
     for name in ("batch_size", "max_steps", "block_size", "n_layer", "n_head", "eval_interval",
@@ -114,12 +171,19 @@ def check_config(mc, tc):
         value = getattr(tc, name, getattr(mc, name, None))
         if value < 1:
             problems.append(f"--{name} must be >= 1, got {value}")
-    if not 0 <= mc.dropout < 1 or not 0 <= tc.prefix_prob <= 1:
-        problems.append("--dropout must be in [0, 1) and --prefix_prob in [0, 1]")
+    for name in ("dropout", "attn_dropout", "embd_dropout"):
+        if not 0 <= getattr(mc, name) < 1:
+            problems.append(f"--{name} must be in [0, 1)")
+    if not 0 <= tc.prefix_prob <= 1 or not 0 <= tc.ema < 1 or not 0 <= tc.cooldown <= 1:
+        problems.append("--prefix_prob and --cooldown must be in [0, 1], --ema in [0, 1)")
+    if not 0 <= tc.eval_context < mc.block_size:
+        problems.append(f"--eval_context must be in 0..{mc.block_size - 1} (less than --block_size)")
     if tc.compile not in ("auto", "on", "off") or tc.precision not in ("auto", "bf16", "fp32"):
         problems.append("--compile must be auto, on or off and --precision auto, bf16 or fp32")
-    if tc.lr <= 0:
-        problems.append(f"--lr must be > 0, got {tc.lr}")
+    if not (tc.lr > 0 and tc.muon_lr > 0):  # also rejects nan
+        problems.append("--lr and --muon_lr must be > 0")
+    if not tc.time_budget >= 0 or mc.logit_softcap < 0 or tc.weight_decay < 0 or tc.warmup_steps < 0:
+        problems.append("--time_budget, --logit_softcap, --weight_decay and --warmup_steps must be >= 0")
     if problems:
         raise UserError("; ".join(problems))
 
@@ -127,25 +191,18 @@ def check_config(mc, tc):
 # -----------------------------------------------------------------------------
 # Data
 
-def load_text(path):
-    if not os.path.isfile(path):
-        raise UserError(f"data file not found: {path} (run: python data/prepare.py)")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if len(text) < 10_000:
-        raise UserError(f"{path} has only {len(text)} characters; expected Tiny Shakespeare")
-    return text
-
-
-def split_data(text, chars, device):
-    """Train = first 90%, val = last 10%, as int64 tensors of ids on `device`."""
+def encode_splits(text, chars, device, min_len):
+    """(train, val) int64 id tensors on `device`; both must hold at least min_len characters."""
     index = {c: i for i, c in enumerate(chars)}
     unknown = sorted(set(text) - set(index))
     if unknown:
         raise UserError(f"data has characters not in the checkpoint's vocabulary: {unknown[:10]}")
-    ids = torch.tensor([index[c] for c in text], dtype=torch.long)
-    n = int(TRAIN_FRACTION * len(ids))
-    return ids[:n].to(device), ids[n:].to(device)
+    train_text, val_text = split_text(text)
+    if len(val_text) < min_len or len(train_text) < min_len:
+        raise UserError(f"data too short: {len(train_text):,} training and {len(val_text):,} validation "
+                        f"characters, each split needs at least {min_len} (the context + 1)")
+    return tuple(torch.tensor([index[c] for c in t], dtype=torch.long, device=device)
+                 for t in (train_text, val_text))
 
 
 def get_batch(data, batch_size, length, generator):
@@ -154,117 +211,233 @@ def get_batch(data, batch_size, length, generator):
     return data[starts[:, None] + torch.arange(length, device=data.device)]
 
 
-def eval_windows(n, length):
-    """Window starts that cover all n characters: every `length`, the last one flush with the end."""
-    starts = list(range(0, n - length + 1, length))
-    if starts[-1] + length < n:
-        starts.append(n - length)
-    return starts
-
-
 # -----------------------------------------------------------------------------
-# Evaluation
+# Evaluation: the chain rule over blocks (DESIGN.md), the same blocks for both objectives
+
+def eval_blocks(n, T, context):
+    """Blocks that score each of n characters exactly once: [(end, length)]. Block b is the last
+    `length` characters of the window [end - T, end): the first window is scored whole, every
+    later block of T - context characters sees at least `context` clean characters before it
+    (the last block may be shorter, and then sees more)."""
+    blocks = [(T, T)]
+    while blocks[-1][0] < n:
+        end = min(blocks[-1][0] + T - context, n)
+        blocks.append((end, end - blocks[-1][0]))
+    return blocks
+
+
+def summarize(per_block, lengths):
+    """Per-character mean of per-block means, weighted by block length, and its standard error
+    over blocks (a ratio estimator: the spread of the per-block means is the estimator's error)."""
+    x, w = per_block.double().cpu(), lengths.double().cpu()
+    mean = (w * x).sum() / w.sum()
+    nb = len(x)
+    se = ((w * (x - mean)).square().sum() * nb / max(nb - 1, 1)).sqrt() / w.sum()
+    return mean.item(), se.item()
+
 
 @torch.no_grad()
-def evaluate_diffusion(model, val, block_size, mc=4, seed=1234, batch_size=64, rank=0, world=1):
-    """Negative ELBO per character on the whole validation split.
-
-    Every window of block_size characters is scored `mc` times; each draw takes k uniform on
-    {1..L} (stratified over all draws) and k positions uniformly at random, and scores the
-    mean -log p of the masked characters (model.py explains why this is the NELBO / L).
-    Masks come from a CPU generator with a fixed seed: same numbers on any device.
-    Returns (mean nats/char, standard error of the mean)."""
+def diffusion_block_nll(model, val, T, blocks, mc=4, seed=1234, batch_size=64, rank=0, world=1):
+    """Per block: the conditional NELBO per character, averaged over `mc` draws. A draw masks
+    k ~ U{1..length} of the block's positions (k stratified over all draws, a CPU generator with a
+    fixed seed: the same masks on any device) and scores their mean -log p given the window."""
     device = val.device
-    T = block_size
-    starts = torch.tensor(eval_windows(len(val), T)).repeat(mc)
+    ends = torch.tensor([e for e, _ in blocks]).repeat(mc)
+    lengths = torch.tensor([L for _, L in blocks]).repeat(mc)
+    n_draws = len(ends)
     g = torch.Generator().manual_seed(seed)
-    n_draws = len(starts)
     u = ((torch.arange(n_draws) + torch.rand(n_draws, generator=g)) / n_draws)[torch.randperm(n_draws, generator=g)]
-    masked, k = draw_masks(n_draws, T, torch.zeros(n_draws, dtype=torch.long), u, generator=g)
-    total = torch.zeros(3, dtype=torch.float64, device=device)  # sum, sum of squares, count
-    mine = range(rank * batch_size, n_draws, world * batch_size)
-    for i in mine:
+    masked, k = draw_masks(n_draws, T, T - lengths, u, generator=g)
+    per_draw = torch.zeros(n_draws, dtype=torch.float64, device=device)
+    for i in range(rank * batch_size, n_draws, world * batch_size):
         sl = slice(i, min(i + batch_size, n_draws))
-        x = val[starts[sl].to(device)[:, None] + torch.arange(T, device=device)]
+        x = val[(ends[sl].to(device) - T)[:, None] + torch.arange(T, device=device)]
         m, kk = masked[sl].to(device), k[sl].to(device)
         with autocast(device):
             logits = model(x.masked_fill(m, model.config.mask_id))
-        nll = masked_nll_per_sequence(logits, x, m, kk).double()
-        total += torch.stack([nll.sum(), nll.square().sum(), torch.tensor(float(len(nll)), device=device)])
+        per_draw[sl] = masked_nll_per_sequence(logits, x, m, kk).double()
     if world > 1:
-        dist.all_reduce(total)
-    s, s2, n = total.tolist()
-    mean = s / n
-    var = max(s2 / n - mean ** 2, 0.0)
-    return mean, math.sqrt(var / max(n - 1, 1))
+        dist.all_reduce(per_draw)
+    return per_draw.view(mc, len(blocks)).mean(0)
 
 
 @torch.no_grad()
-def evaluate_ar(model, val, block_size, batch_size=64, rank=0, world=1):
-    """Exact NLL per character of an autoregressive model on the validation split: windows
-    of block_size + 1 characters, each predicting its last block_size characters."""
+def ar_block_nll(model, val, T, blocks, batch_size=64, rank=0, world=1):
+    """Per block: the exact mean NLL of its characters, each given everything before it in a
+    window of T characters (sliding windows). The very first character has nothing to be
+    predicted from, so the first block scores its last T - 1 characters."""
     device = val.device
-    T = block_size
-    starts = eval_windows(len(val) - 1, T)
-    total = torch.zeros(2, dtype=torch.float64, device=device)
-    for i in range(rank * batch_size, len(starts), world * batch_size):
-        s = torch.tensor(starts[i:i + batch_size], device=device)
-        x = val[s[:, None] + torch.arange(T + 1, device=device)]
+    per_block = torch.zeros(len(blocks), dtype=torch.float64, device=device)
+
+    def score(inputs, targets, length):
         with autocast(device):
-            loss = autoregressive_loss(model, x)
-        total += torch.stack([loss.double() * len(s), torch.tensor(float(len(s)), device=device)])
+            logits = model(inputs)
+        ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+        keep = torch.arange(targets.size(1), device=device)[None, :] >= targets.size(1) - length[:, None]
+        return (ce * keep).sum(1).double() / length
+
+    if rank == 0:  # the first block on its own: T - 1 inputs
+        per_block[0] = score(val[None, :T - 1], val[None, 1:T], torch.tensor([T - 1], device=device))[0]
+    for i in range(1 + rank * batch_size, len(blocks), world * batch_size):
+        chunk = blocks[i:i + batch_size]
+        ends = torch.tensor([e for e, _ in chunk], device=device)
+        lengths = torch.tensor([L for _, L in chunk], device=device)
+        window = val[(ends - T - 1)[:, None] + torch.arange(T + 1, device=device)]
+        per_block[i:i + len(chunk)] = score(window[:, :-1], window[:, 1:], lengths)
     if world > 1:
-        dist.all_reduce(total)
-    return (total[0] / total[1]).item(), 0.0
+        dist.all_reduce(per_block)
+    return per_block
+
+
+def block_scores(model, val, context, mc=4, seed=1234, rank=0, world=1):
+    """(per-block mean NLL or NELBO, characters scored per block) on the whole split."""
+    T = model.config.block_size
+    blocks = eval_blocks(len(val), T, context)
+    lengths = torch.tensor([float(L) for _, L in blocks])
+    batch = 256 if val.device.type == "cuda" else 64
+    if model.config.causal:
+        lengths[0] = T - 1
+        return ar_block_nll(model, val, T, blocks, batch, rank, world), lengths
+    return diffusion_block_nll(model, val, T, blocks, mc, seed, batch, rank, world), lengths
 
 
 def evaluate(model, val, tc, rank=0, world=1):
+    """(val NLL or NELBO in nats/char, standard error) under tc.eval_context."""
+    was_training = model.training
     model.eval()
-    if model.config.causal:
-        result = evaluate_ar(model, val, model.config.block_size, rank=rank, world=world)
-    else:
-        result = evaluate_diffusion(model, val, model.config.block_size, tc.eval_mc, tc.eval_seed,
-                                    rank=rank, world=world)
-    model.train()
-    return result
+    per_block, lengths = block_scores(model, val, tc.eval_context, tc.eval_mc, tc.eval_seed, rank, world)
+    model.train(was_training)
+    return summarize(per_block, lengths)
 
 
 def format_eval(mean, se, causal):
     name = "NLL" if causal else "NELBO"
-    err = "" if causal else f" ± {se:.4f}"
-    return f"val {name} {mean:.4f}{err} nats/char ({mean / math.log(2):.4f} bits/char)"
+    return f"val {name} {mean:.4f} ± {se:.4f} nats/char ({mean / math.log(2):.4f} bits/char)"
 
 
 def eval_only(tc):
     if not tc.ckpt:
         raise UserError("--eval-only needs --ckpt PATH")
     device = pick_device(tc.device)
-    model, chars, _ = load_model(tc.ckpt, device)
-    _, val = split_data(load_text(tc.data), chars, device)
-    t0 = time.time()
-    mean, se = evaluate(model, val, tc)
-    what = "exact" if model.config.causal else f"{tc.eval_mc} mask draws per window, seed {tc.eval_seed}"
-    print(f"{tc.ckpt}: {format_eval(mean, se, model.config.causal)} "
-          f"on {len(val):,} held-out chars [{what}; {device}, {time.time() - t0:.1f}s]")
+    text = load_text(tc.data)
+    results = []
+    for path in [tc.ckpt] + ([tc.paired] if tc.paired else []):
+        model, chars, _ = load_model(path, device)
+        T = model.config.block_size
+        if not 0 <= tc.eval_context < T:
+            raise UserError(f"--eval_context must be in 0..{T - 1} for {path}")
+        _, val = encode_splits(text, chars, device, T + 1)
+        t0 = time.time()
+        per_block, lengths = block_scores(model, val, tc.eval_context, tc.eval_mc, tc.eval_seed)
+        mean, se = summarize(per_block, lengths)
+        how = "exact" if model.config.causal else f"{tc.eval_mc} mask draws per block, seed {tc.eval_seed}"
+        print(f"{path}: {format_eval(mean, se, model.config.causal)} on {len(val):,} held-out chars "
+              f"[context {tc.eval_context}: {len(lengths)} blocks; {how}; {device}, {time.time() - t0:.1f}s]")
+        results.append((path, T, per_block, lengths))
+    if tc.paired:
+        (a, Ta, xa, la), (b, Tb, xb, _) = results
+        if Ta != Tb:
+            raise UserError(f"--paired needs the same context length ({Ta} vs {Tb})")
+        diff, se = summarize(xa - xb, la)  # the same blocks, so the difference is paired
+        print(f"paired difference {a} - {b}: {diff:+.4f} ± {se:.4f} nats/char over {len(la)} blocks")
+
+
+# -----------------------------------------------------------------------------
+# Optimisers, schedule, EMA
+
+def zeropower_via_newtonschulz5(G, steps=5):
+    """Orthogonalise G (the nearest semi-orthogonal matrix, roughly) by a quintic Newton-Schulz
+    iteration, as in modded-nanogpt and nanochat. Works on batches of matrices."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G.to(torch.bfloat16 if G.is_cuda else torch.float32)
+    transpose = G.size(-2) > G.size(-1)
+    if transpose:
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    return (X.mT if transpose else X).to(G.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """MomentUm Orthogonalized by Newton-Schulz (Keller Jordan): SGD-Nesterov whose update of
+    each weight matrix is orthogonalised. For the hidden matrices only; a fused qkv matrix is
+    treated as three square ones."""
+
+    def __init__(self, params, lr=0.02, momentum=0.95, weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum" not in state:
+                    state["momentum"] = torch.zeros_like(p.grad)
+                buf = state["momentum"]
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                g = p.grad.lerp(buf, group["momentum"])  # Nesterov
+                rows, cols = g.shape
+                if rows == 3 * cols:  # c_qkv: q, k and v each get their own orthogonalisation
+                    g = zeropower_via_newtonschulz5(g.view(3, cols, cols)).view(rows, cols)
+                else:
+                    g = zeropower_via_newtonschulz5(g)
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(g, alpha=-group["lr"] * max(1, g.size(0) / g.size(1)) ** 0.5)
+
+
+def make_optimizers(model, tc, fused):
+    """AdamW for everything, or Muon for the blocks' matrices and AdamW for embedding and head.
+    Weight decay on matrices, not on the embedding. Each group remembers its peak rate."""
+    is_block_matrix = lambda n, p: p.dim() == 2 and n.startswith("blocks.")
+    named = list(model.named_parameters())
+    decay = [p for n, p in named if p.dim() >= 2 and not n.startswith("wte")]
+    no_decay = [p for n, p in named if not (p.dim() >= 2 and not n.startswith("wte"))]
+    optimizers = []
+    if tc.optimizer == "muon":
+        optimizers.append(Muon([p for n, p in named if is_block_matrix(n, p)], lr=tc.muon_lr,
+                               weight_decay=tc.weight_decay * tc.lr / tc.muon_lr))
+        muon_ids = {id(p) for p in optimizers[0].param_groups[0]["params"]}
+        decay = [p for p in decay if id(p) not in muon_ids]
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizers.append(torch.optim.AdamW(groups, lr=tc.lr, betas=(0.9, tc.beta2), fused=fused))
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["peak_lr"] = group["lr"]
+    return optimizers
+
+
+def lr_factor(step, progress, tc):
+    """Multiplier of every peak rate: linear warm-up over warmup_steps, then cosine decay over
+    progress in [0, 1], or (wsd) constant until the last `cooldown` of progress, then linear."""
+    if step < tc.warmup_steps:
+        return (step + 1) / tc.warmup_steps
+    if tc.schedule == "wsd":
+        decay = min(max((progress - (1 - tc.cooldown)) / max(tc.cooldown, 1e-9), 0.0), 1.0)
+        return 1 - (1 - tc.min_lr_ratio) * decay
+    return tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class EMA:
+    """An exponential moving average of the weights, in its own model (what gets evaluated and
+    shipped). The decay ramps up as (1 + step) / (10 + step) so early weights fade fast."""
+
+    def __init__(self, model, decay):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model, step):
+        d = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - d)
 
 
 # -----------------------------------------------------------------------------
 # Training
-
-def lr_at(step, progress, tc):
-    """Linear warm-up over warmup_steps, then cosine decay over progress in [0, 1]."""
-    if step < tc.warmup_steps:
-        return tc.lr * (step + 1) / tc.warmup_steps
-    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def make_optimizer(model, tc, fused):
-    # weight decay on the matrices of the blocks and the head, not on the embedding
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("wte")]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and not n.startswith("wte"))]
-    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=tc.lr, betas=(0.9, tc.beta2), fused=fused)
-
 
 def setup_distributed(tc):
     """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK: NCCL on CUDA, gloo on CPU."""
@@ -283,163 +456,6 @@ def setup_distributed(tc):
     return rank, world, device
 
 
-def format_time(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def train(mc, tc, bench_steps=0, explicit=()):
-    """explicit: the TrainConfig fields set on the command line (they override a resumed run's)."""
-    rank, world, device = setup_distributed(tc)
-    master = rank == 0
-    log = print if master else (lambda *a, **k: None)
-    torch.manual_seed(tc.seed + rank)
-    bf16 = tc.precision == "bf16" or (tc.precision == "auto" and device.type == "cuda")
-    precision = "bf16" if bf16 else "fp32"
-    torch.backends.cuda.matmul.allow_tf32 = bf16  # the plain fp32 path stays plain
-    torch.backends.cudnn.allow_tf32 = bf16
-
-    text = load_text(tc.data)
-    resume_ckpt = None
-    if tc.resume:
-        resume_path = os.path.join(tc.out_dir, "last.pt")
-        resume_ckpt = read_checkpoint(resume_path)
-        chars = resume_ckpt["chars"]
-        mc = ModelConfig(**resume_ckpt["config"])
-        # the run's own settings, except what this command line sets (e.g. a new --max_steps)
-        given = {k: getattr(tc, k) for k in explicit}
-        given.update(resume=True, out_dir=tc.out_dir, data=tc.data, device=tc.device)
-        tc = replace(TrainConfig(**resume_ckpt["train_config"]), **given)
-        log(f"resuming {resume_path} at step {resume_ckpt['step']}")
-    else:
-        chars = sorted(set(text))
-        mc = replace(mc, vocab_size=len(chars) + 1, causal=tc.objective == "ar")
-    train_ids, val_ids = split_data(text, chars, device)
-
-    model = Transformer(mc).to(device)
-    optimizer = make_optimizer(model, tc, fused=bf16 and device.type == "cuda")
-    step, best_val = 0, float("inf")
-    gen = torch.Generator(device=device).manual_seed(tc.seed + 1000 * rank)  # batches and masks
-    if resume_ckpt:
-        model.load_state_dict(resume_ckpt["model"])
-        optimizer.load_state_dict(resume_ckpt["optimizer"])
-        step, best_val = resume_ckpt["step"], resume_ckpt["best_val"]
-        if world == 1 and resume_ckpt["world"] == 1:
-            gen.set_state(resume_ckpt["generator"])
-        else:
-            gen.manual_seed(tc.seed + 1000 * rank + step)
-    use_compile = tc.compile == "on" or (tc.compile == "auto" and device.type == "cuda")
-    fwd_model = torch.compile(model) if use_compile else model
-    if world > 1:
-        fwd_model = torch.nn.parallel.DistributedDataParallel(
-            fwd_model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    seq_len = mc.block_size + (1 if mc.causal else 0)
-    local_batch = tc.batch_size // world
-    tokens_per_step = tc.batch_size * mc.block_size
-    log(f"{tc.objective} model: {model.num_params() / 1e6:.2f}M parameters, {mc.n_layer} layers, width "
-        f"{mc.n_embd}, context {mc.block_size} | device {device} x{world}, compile {use_compile}, "
-        f"{precision} | "
-        f"batch {tc.batch_size} x {mc.block_size} = {tokens_per_step:,} tokens/step | "
-        f"train {len(train_ids):,} chars, val {len(val_ids):,} chars")
-
-    def loss_fn(x):
-        if mc.causal:
-            return autoregressive_loss(fwd_model, x)
-        return diffusion_loss(fwd_model, x, mc.mask_id, tc.prefix_prob, gen)
-
-    def save(path, **extra):
-        if master:
-            save_checkpoint(path, model, chars, step=step, best_val=best_val, train_config=asdict(tc),
-                            world=world, **extra)
-
-    def save_last():
-        save(os.path.join(tc.out_dir, "last.pt"), optimizer=optimizer.state_dict(), generator=gen.get_state(),
-             elapsed=time.time() - t_start)
-
-    if bench_steps:
-        return bench(fwd_model, optimizer, loss_fn, train_ids, local_batch, seq_len, gen, device, precision,
-                     tokens_per_step, bench_steps, model.num_params(), mc)
-
-    if master:
-        os.makedirs(tc.out_dir, exist_ok=True)
-    log_file = open(os.path.join(tc.out_dir, "log.jsonl"), "a") if master else None
-    t_start = time.time() - (resume_ckpt.get("elapsed", 0.0) if resume_ckpt else 0.0)
-    t_last, step_last = time.time(), step
-    time_progress = 0.0  # fraction of --time_budget used, updated at every log line
-    loss_sum = torch.zeros((), device=device)
-    model.train()
-    try:
-        while True:
-            progress = max(step / tc.max_steps, time_progress)
-            if progress >= 1:
-                break
-            lr = lr_at(step, progress, tc)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x = get_batch(train_ids, local_batch, seq_len, gen)
-            with autocast(device, precision):
-                loss = loss_fn(x)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach()
-            step += 1
-
-            if step % tc.log_interval == 0 or step == tc.max_steps:
-                if world > 1:
-                    dist.all_reduce(loss_sum)
-                train_loss = loss_sum.item() / ((step - step_last) * world)  # the one host sync
-                now = time.time()
-                if tc.time_budget:
-                    elapsed = torch.tensor([now - t_start])
-                    if world > 1:
-                        dist.broadcast(elapsed, 0)  # every rank stops at the same step
-                    time_progress = elapsed.item() / (60 * tc.time_budget)
-                tok_s = (step - step_last) * tokens_per_step / (now - t_last)
-                eta = (tc.max_steps - step) * (now - t_last) / (step - step_last)
-                if tc.time_budget:
-                    eta = min(eta, max(60 * tc.time_budget - (now - t_start), 0))
-                log(f"step {step:>6}/{tc.max_steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
-                    f"{tok_s / 1e3:,.1f}k tok/s | ETA {format_time(eta)}", flush=True)
-                if log_file:
-                    log_file.write(json.dumps({"step": step, "train_loss": train_loss, "lr": lr,
-                                               "time": now - t_start}) + "\n")
-                loss_sum.zero_()
-                t_last, step_last = now, step
-
-            last_step = step == tc.max_steps or time_progress >= 1
-            if step % tc.eval_interval == 0 or last_step:
-                t_eval = time.time()
-                val, se = evaluate(model, val_ids, tc, rank, world)
-                improved = val < best_val
-                best_val = min(best_val, val)
-                if improved:
-                    save(os.path.join(tc.out_dir, "best.pt"), val=val, val_se=se)
-                save_last()
-                log(f"eval  {step:>6} | {format_eval(val, se, mc.causal)}"
-                    f"{' | new best, saved' if improved else ''} | {time.time() - t_eval:.1f}s", flush=True)
-                if log_file:
-                    log_file.write(json.dumps({"step": step, "val": val, "val_se": se,
-                                               "time": time.time() - t_start}) + "\n")
-                    log_file.flush()
-                t_last = time.time()  # keep evaluation out of tokens/s
-    except KeyboardInterrupt:
-        save_last()
-        if master and not os.path.exists(os.path.join(tc.out_dir, "best.pt")):
-            save(os.path.join(tc.out_dir, "best.pt"))
-        log(f"\ninterrupted at step {step}: saved {tc.out_dir}/last.pt "
-            f"(continue with --resume --out_dir {tc.out_dir})")
-        sys.exit(130)
-    finally:
-        if log_file:
-            log_file.close()
-    name = "NLL" if mc.causal else "NELBO"
-    log(f"done: {step} steps in {format_time(time.time() - t_start)}; best val {name} {best_val:.4f} "
-        f"nats/char -> {tc.out_dir}/best.pt")
-
-
 def shutdown_distributed():
     """Called after train() has returned, so its DDP wrapper is freed first: a process group that
     DDP still holds outlives destroy_process_group() until interpreter exit, where gloo's worker
@@ -450,46 +466,269 @@ def shutdown_distributed():
         dist.destroy_process_group()
 
 
-def bench(fwd_model, optimizer, loss_fn, train_ids, batch, seq_len, gen, device, precision, tokens_per_step,
-          steps, n_params, mc):
-    """Time `steps` optimizer steps after warm-up. Returns (tokens/s, MFU per GPU or None off CUDA)."""
-    def one_step():
-        x = get_batch(train_ids, batch, seq_len, gen)
-        with autocast(device, precision):
-            loss = loss_fn(x)
+def format_time(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def load_resume_state(mc, tc, explicit_flags):
+    """(checkpoint, TrainConfig) of the run in tc.out_dir: its own settings, except the training
+    flags this command line sets (e.g. a longer --max_steps)."""
+    path = os.path.join(tc.out_dir, "last.pt")
+    ckpt = read_checkpoint(path)
+    missing = [k for k in ("optimizer", "step", "train_config", "rng") if k not in ckpt]
+    if missing:
+        raise UserError(f"{path} has no training state ({', '.join(missing)} missing): it is a weights-only "
+                        f"checkpoint; --resume continues a run from the last.pt that train.py writes")
+    changed = sorted(f.name for f in fields(ModelConfig)
+                     if f.name in explicit_flags and getattr(mc, f.name) != ckpt["config"].get(f.name))
+    if changed:
+        raise UserError(f"--resume keeps the run's model: {', '.join('--' + f for f in changed)} differ from "
+                        f"the saved run's; drop them")
+    given = {k: getattr(tc, k) for k in explicit_flags if k in {f.name for f in fields(TrainConfig)}}
+    given.update(resume=True, out_dir=tc.out_dir, data=tc.data, device=tc.device)
+    known = {f.name for f in fields(TrainConfig)}
+    saved = {k: v for k, v in ckpt["train_config"].items() if k in known}
+    return ckpt, replace(TrainConfig(**saved), **given)
+
+
+class Trainer:
+    """The run's state and its pieces: one optimisation step (also what bench.py times),
+    evaluation with checkpointing, progress lines, and the loop that ties them together."""
+
+    def __init__(self, mc, tc, explicit_flags=frozenset()):
+        self.rank, self.world, self.device = setup_distributed(tc)
+        self.master = self.rank == 0
+        torch.manual_seed(tc.seed + self.rank)
+        self.bf16 = tc.precision == "bf16" or (tc.precision == "auto" and self.device.type == "cuda")
+        torch.backends.cuda.matmul.allow_tf32 = self.bf16  # the plain fp32 path stays plain
+        torch.backends.cudnn.allow_tf32 = self.bf16
+
+        text = load_text(tc.data)
+        ckpt = None
+        if tc.resume:
+            ckpt, tc = load_resume_state(mc, tc, explicit_flags)
+            chars, mc = ckpt["chars"], ModelConfig(**ckpt["config"])
+        else:
+            chars = sorted(set(text))
+            mc = replace(mc, vocab_size=len(chars) + 1, causal=tc.objective == "ar")
+        self.mc, self.tc, self.chars = mc, tc, chars
+        self.train_ids, self.val_ids = encode_splits(text, chars, self.device, mc.block_size + 2)
+
+        self.model = Transformer(mc).to(self.device)
+        self.optimizers = make_optimizers(self.model, tc, fused=self.bf16 and self.device.type == "cuda")
+        self.ema = EMA(self.model, tc.ema) if tc.ema else None
+        self.step, self.best_val, self.elapsed_before = 0, float("inf"), 0.0
+        self.gen = torch.Generator(device=self.device).manual_seed(tc.seed + 1000 * self.rank)  # batches, masks
+        if ckpt:
+            self.restore(ckpt)
+        self.use_compile = tc.compile == "on" or (tc.compile == "auto" and self.device.type == "cuda")
+        self.fwd_model = torch.compile(self.model) if self.use_compile else self.model
+        if self.world > 1:
+            self.fwd_model = torch.nn.parallel.DistributedDataParallel(
+                self.fwd_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.seq_len = mc.block_size + (1 if mc.causal else 0)
+        self.local_batch = tc.batch_size // self.world
+        self.tokens_per_step = tc.batch_size * mc.block_size
+
+    def log(self, *args, **kwargs):
+        if self.master:
+            print(*args, **kwargs, flush=True)
+
+    # --- state -----------------------------------------------------------------
+    def restore(self, ckpt):
+        self.model.load_state_dict(ckpt["model"])
+        for opt, state in zip(self.optimizers, ckpt["optimizer"]):
+            opt.load_state_dict(state)
+        if self.ema:
+            self.ema.model.load_state_dict(ckpt["ema"])
+        self.step, self.best_val = ckpt["step"], ckpt["best_val"]
+        self.elapsed_before = ckpt.get("elapsed", 0.0)
+        if self.world == 1 and ckpt["world"] == 1:  # bit-exact continuation
+            self.gen.set_state(ckpt["generator"])
+            torch.set_rng_state(ckpt["rng"]["cpu"])
+            if self.device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
+        else:
+            self.gen.manual_seed(self.tc.seed + 1000 * self.rank + self.step)
+
+    def save(self, name, **extra):
+        """best.pt holds the weights that were evaluated (the EMA copy if there is one)."""
+        if not self.master:
+            return
+        model = self.ema.model if (self.ema and name == "best.pt") else self.model
+        save_checkpoint(os.path.join(self.tc.out_dir, name), model, self.chars, step=self.step,
+                        best_val=self.best_val, train_config=portable(asdict(self.tc)), world=self.world,
+                        **extra)
+
+    def save_last(self):
+        rng = {"cpu": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+        extra = {"ema": {k: v.detach().cpu() for k, v in self.ema.model.state_dict().items()}} if self.ema else {}
+        self.save("last.pt", optimizer=[opt.state_dict() for opt in self.optimizers], generator=self.gen.get_state(),
+                  rng=rng, elapsed=self.elapsed(), **extra)
+
+    def elapsed(self):
+        return self.elapsed_before + time.time() - self.t_start
+
+    def progress(self):
+        """Fraction of the run done: steps, or wall time under --time_budget (refreshed at each
+        progress line, so no step waits for the clock), whichever is further."""
+        return max(self.step / self.tc.max_steps, self.time_progress)
+
+    def refresh_time_progress(self):
+        if self.tc.time_budget:
+            p = torch.tensor([self.elapsed() / (60 * self.tc.time_budget)])
+            if self.world > 1:  # every rank stops at the same step
+                p = p.to(self.device)
+                dist.broadcast(p, 0)
+            self.time_progress = p.item()
+
+    # --- one step --------------------------------------------------------------
+    def loss(self, x):
+        if self.mc.causal:
+            return autoregressive_loss(self.fwd_model, x)
+        return diffusion_loss(self.fwd_model, x, self.mc.mask_id, self.tc.prefix_prob, self.gen)
+
+    def train_step(self, lr_mult):
+        """One optimiser step on a fresh batch. Returns the loss as a device tensor (no sync)."""
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["peak_lr"] * lr_mult
+        x = get_batch(self.train_ids, self.local_batch, self.seq_len, self.gen)
+        with autocast(self.device, "bf16" if self.bf16 else "fp32"):
+            loss = self.loss(x)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(fwd_model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(3):
-        one_step()
-    sync()
-    t0 = time.time()
-    for _ in range(steps):
-        one_step()
-    sync()
-    dt = time.time() - t0
-    tok_s = steps * tokens_per_step / dt
-    # 6 N per token for the matmuls plus 12 L T d for attention (PaLM appendix B)
-    flops_per_token = 6 * n_params + 12 * mc.n_layer * mc.block_size * mc.n_embd
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    mfu = tok_s * flops_per_token / (989e12 * world) if device.type == "cuda" else None
-    return tok_s, mfu
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
+        for opt in self.optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.ema:
+            self.ema.update(self.model, self.step)
+        return loss.detach()
+
+    # --- evaluation and checkpoints ----------------------------------------------
+    def evaluate_and_save(self, log_file):
+        t0 = time.time()
+        row = {"step": self.step}
+        if self.ema:  # the raw weights too, so the EMA's effect is measured in every run
+            row["val_raw"], row["val_raw_se"] = evaluate(self.model, self.val_ids, self.tc, self.rank, self.world)
+        val, se = evaluate(self.ema.model if self.ema else self.model, self.val_ids, self.tc, self.rank, self.world)
+        improved = val < self.best_val
+        self.best_val = min(self.best_val, val)
+        if improved:
+            self.save("best.pt", val=val, val_se=se)
+        self.save_last()
+        raw = f" (raw weights {row['val_raw']:.4f})" if self.ema else ""
+        self.log(f"eval  {self.step:>6} | {format_eval(val, se, self.mc.causal)}{raw}"
+                 f"{' | new best, saved' if improved else ''} | {time.time() - t0:.1f}s")
+        if log_file:
+            row.update(val=val, val_se=se, time=self.elapsed())
+            log_file.write(json.dumps(row) + "\n")
+            log_file.flush()
+
+    def progress_line(self, loss, lr_mult, steps, seconds):
+        """Progress, with the run's length and ETA from whichever limit ends it."""
+        by_steps = self.step / self.tc.max_steps
+        if self.time_progress > by_steps:  # the time budget ends the run: ~ its step count
+            total = f"~{round(self.step / self.time_progress)}"
+            eta = 60 * self.tc.time_budget - self.elapsed()
+        else:
+            total, eta = f"{self.tc.max_steps}", (self.tc.max_steps - self.step) * seconds / steps
+        tok_s = steps * self.tokens_per_step / seconds
+        return (f"step {self.step:>6}/{total} | loss {loss:.4f} | lr {self.tc.lr * lr_mult:.2e} | "
+                f"{tok_s / 1e3:,.1f}k tok/s | ETA {format_time(max(eta, 0))}")
+
+    # --- the loop ----------------------------------------------------------------
+    def run(self):
+        tc, mc = self.tc, self.mc
+        self.t_start = time.time()
+        self.time_progress = 0.0
+        self.refresh_time_progress()  # a resumed run continues its schedule where it was
+        if self.progress() >= 1:
+            self.log(f"{tc.out_dir}/last.pt: this run already finished at step {self.step} "
+                     f"(raise --max_steps or --time_budget to train on)")
+            return
+        log_file = None
+        if self.master:
+            try:
+                os.makedirs(tc.out_dir, exist_ok=True)
+                log_file = open(os.path.join(tc.out_dir, "log.jsonl"), "a")
+            except OSError as e:
+                raise UserError(f"cannot write to --out_dir {tc.out_dir}: {e.strerror}") from None
+        self.log(f"{tc.objective} model: {self.model.num_params() / 1e6:.2f}M parameters, {mc.n_layer} layers, "
+                 f"width {mc.n_embd}, context {mc.block_size} | device {self.device} x{self.world}, compile "
+                 f"{self.use_compile}, {'bf16' if self.bf16 else 'fp32'}, {tc.optimizer}"
+                 f"{f', EMA {tc.ema}' if tc.ema else ''} | batch {tc.batch_size} x {mc.block_size} = "
+                 f"{self.tokens_per_step:,} tokens/step | train {len(self.train_ids):,} chars, "
+                 f"val {len(self.val_ids):,} chars" + (f" | resuming at step {self.step}" if tc.resume else ""))
+        t_last, step_last = time.time(), self.step
+        loss_sum = torch.zeros((), device=self.device)
+        self.model.train()
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # schedulers' kill saves like Ctrl-C
+        try:
+            while self.progress() < 1:
+                lr_mult = lr_factor(self.step, self.progress(), tc)
+                loss_sum += self.train_step(lr_mult)
+                if self.step % tc.log_interval == 0:
+                    if self.world > 1:
+                        dist.all_reduce(loss_sum)
+                    loss = loss_sum.item() / ((self.step - step_last) * self.world)  # the one host sync
+                    now = time.time()
+                    self.refresh_time_progress()
+                    self.log(self.progress_line(loss, lr_mult, self.step - step_last, now - t_last))
+                    if log_file:
+                        log_file.write(json.dumps({"step": self.step, "train_loss": loss, "lr": tc.lr * lr_mult,
+                                                   "time": self.elapsed()}) + "\n")
+                    loss_sum.zero_()
+                    t_last, step_last = now, self.step
+                if self.step % tc.eval_interval == 0 or self.progress() >= 1:
+                    self.evaluate_and_save(log_file)
+                    t_last = time.time()  # keep evaluation out of tokens/s
+        except KeyboardInterrupt:
+            self.save_last()
+            if not os.path.exists(os.path.join(tc.out_dir, "best.pt")):
+                self.save("best.pt")
+            self.log(f"\ninterrupted at step {self.step}: saved {tc.out_dir}/last.pt "
+                     f"(continue with --resume --out_dir {tc.out_dir})")
+            sys.exit(130)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if log_file:
+                log_file.close()
+        name = "NLL" if mc.causal else "NELBO"
+        self.log(f"done: {self.step} steps in {format_time(self.elapsed())}; best val {name} "
+                 f"{self.best_val:.4f} nats/char -> {tc.out_dir}/best.pt")
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def portable(train_config):
+    """The stored training config without this machine's absolute paths: paths inside the repo
+    become relative to it, others keep only their file name."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    out = dict(train_config)
+    for key in ("data", "out_dir", "ckpt", "paired"):
+        path = out.get(key)
+        if path and os.path.isabs(path):
+            rel = os.path.relpath(path, root)
+            out[key] = rel if not rel.startswith("..") else os.path.basename(path)
+    return out
 
 
 def main(argv=None):
     try:
-        mc, tc, bench_steps, explicit = parse_args(argv)
+        mc, tc, explicit = parse_args(argv)
         check_config(mc, tc)
         if tc.eval_only:
             return eval_only(tc)
-        result = train(mc, tc, bench_steps, explicit)
+        trainer = Trainer(mc, tc, explicit)
+        trainer.run()
+        del trainer
         shutdown_distributed()
-        if bench_steps and int(os.environ.get("RANK", 0)) == 0:
-            tok_s, mfu = result
-            mfu_text = f", MFU {mfu:.1%} (per GPU, of 989 TFLOP/s bf16)" if mfu is not None else ""
-            print(f"bench: {tok_s:,.0f} tokens/s{mfu_text}")
     except UserError as e:
         sys.exit(f"train.py: error: {e}")
 

@@ -4,8 +4,9 @@ Fetch Tiny Shakespeare (Karpathy's char-rnn corpus) into data/tiny_shakespeare.t
     python data/prepare.py                 # download from the canonical char-rnn URL
     python data/prepare.py --from FILE     # use a local copy instead (checked the same way)
 
-The file is verified against its sha256 before it is written. train.py uses the first 90%
-of it for training and the last 10% for validation.
+The file is verified against its sha256 before it is written (--out's folder is created if
+missing). train.py uses the first 90% of it for training and the last 10% for validation.
+Standard library only: it runs before torch is installed.
 """
 
 import argparse
@@ -16,8 +17,14 @@ import urllib.request
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-NUM_CHARS = 1_115_394
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_shakespeare.txt")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """model.py's one-line errors, without importing torch: a bad flag is one line, exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def verify(data, source):
@@ -36,8 +43,25 @@ def fetch(url, timeout=60):
                          f"copy the file here and run: python data/prepare.py --from PATH") from None
 
 
+def write(data, path):
+    """Through a temporary file, so a failed write never leaves a partial file at path."""
+    tmp, folder = path + ".tmp", os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except FileExistsError:  # makedirs: the folder's path is a file
+        raise ValueError(f"cannot write {path}: {folder} is a file, not a folder") from None
+    except OSError as e:  # read-only folder, a file where a folder should be, disk full
+        raise ValueError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--from", dest="src", metavar="PATH", help="local copy of input.txt instead of downloading")
     p.add_argument("--out", default=DEFAULT_OUT, help="where to write (default: %(default)s)")
     args = p.parse_args(argv)
@@ -52,10 +76,7 @@ def main(argv=None):
             print(f"downloading {URL}", file=sys.stderr)
             data = fetch(URL)
         verify(data, args.src or URL)
-        tmp = args.out + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, args.out)
+        write(data, args.out)
     except ValueError as e:
         sys.exit(f"prepare.py: error: {e}")
     n = len(data.decode("utf-8"))

@@ -6,7 +6,7 @@ import re
 import pytest
 from PIL import Image
 
-from conftest import run_script
+from conftest import TINY, run_script
 
 
 def assert_one_line_error(r, *needles):
@@ -63,6 +63,13 @@ def test_sample_infills_underscores(tiny_ckpt):
     (["--remask", "-0.5"], ["--remask must be >= 0"]),
     (["--remask", "1", "--threshold", "0.9"], ["--remask needs --steps"]),
     (["--bogus"], ["unrecognized arguments"]),
+    (["--temperature", "nan"], ["--temperature must be"]),
+    (["--remask", "nan"], ["--remask must be >= 0"]),
+    (["--top-p", "0"], ["--top-p must be in (0, 1]"]),
+    (["--block", "0"], ["--block must be >= 1"]),
+    (["--block", "-4", "--cache", "dual"], ["--block must be >= 1"]),
+    (["--cache", "dual"], ["--cache needs --block"]),
+    (["--num-samples", "100000"], ["--num-samples must be in 1..10000"]),
 ])
 def test_sample_bad_input_is_one_line(tiny_ckpt, args, needles):
     assert_one_line_error(run_script("sample.py", "--ckpt", tiny_ckpt, *args), *needles)
@@ -93,6 +100,20 @@ def test_train_bad_input_is_one_line(tmp_path, data_path):
     assert_one_line_error(run_script("train.py", "--resume", "--out_dir", tmp_path, "--data", data_path),
                           "not found", "last.pt")
     assert_one_line_error(run_script("train.py", "--device", "cuda:3", "--data", data_path), "not available")
+    assert_one_line_error(run_script("train.py", "--time_budget", "-1"), "--time_budget")
+    assert_one_line_error(run_script("train.py", "--lr", "nan"), "--lr")
+    assert_one_line_error(run_script("train.py", "--vocab_size", "70"), "unrecognized arguments")
+    assert_one_line_error(run_script("train.py", "--causal"), "unrecognized arguments")
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(bytes(range(256)) * 100)
+    assert_one_line_error(run_script("train.py", "--data", binary), "not UTF-8")
+    short = tmp_path / "short.txt"
+    short.write_text(open(data_path).read()[:1000])
+    assert_one_line_error(run_script("train.py", "--data", short, "--device", "cpu"), "data too short")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert_one_line_error(run_script("train.py", "--data", data_path, "--device", "cpu", "--out_dir", a_file / "run",
+                                     "--max_steps", "1", *TINY), "--out_dir")
 
 
 def test_prepare_verifies_the_checksum(tmp_path, data_path):

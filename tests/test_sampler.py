@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from model import commit_schedule, decode, encode, generate, generate_steps, native_bf16
+from model import (KVCache, commit_schedule, decode, encode, generate, generate_ar_steps, generate_steps, native_bf16,
+                   plan_blocks, split_steps)
 
 
 def canvas_for(chars, prompt, length, batch=1):
@@ -72,8 +73,8 @@ def drawn_confidences(monkeypatch):
     seen = []
     real = model_module.draw_characters
 
-    def spy(logits, temperature, top_k, generators):
-        drawn, conf = real(logits, temperature, top_k, generators)
+    def spy(logits, temperature, top_k, top_p, generators):
+        drawn, conf = real(logits, temperature, top_k, top_p, generators)
         seen.append(conf.clone())
         return drawn, conf
     monkeypatch.setattr(model_module, "draw_characters", spy)
@@ -197,10 +198,107 @@ def test_remasking_reopens_the_least_likely_and_keeps_the_schedule(tiny_model, d
             if expected:
                 lowest = written_prob[row].masked_fill(~written, float("inf")).topk(expected, largest=False)
                 assert set(lowest.indices.tolist()) == set(reopened[row].nonzero().flatten().tolist())
-        written_prob = torch.where(state["committed"], seen[-1], written_prob)
+        lo, hi = state["block"]  # the draws cover the block's columns
+        drawn = torch.zeros(c.shape)
+        drawn[:, lo:hi] = seen[-1]
+        written_prob = torch.where(state["committed"], drawn, written_prob)
         n_reopened += int(reopened.sum())
         before = canvas.clone()
     assert step == 8 and n_reopened > 0
     assert (before != mask_id).all() and decode(before[0, :5].tolist(), chars) == "KING:"
     plain, _ = generate(model, c, steps=9, temperature=1.0, seed=0)
     assert not torch.equal(plain, before), "remasking changes the text"
+
+
+@pytest.mark.parametrize("steps,sizes", [(64, [32] * 7), (64, [224]), (8, [30, 30, 40]), (3, [10, 1, 1]),
+                                         (2, [5, 5, 5]), (500, [3, 4])])
+def test_steps_split_over_blocks_sum_exactly_when_they_can(steps, sizes):
+    alloc = split_steps(steps, sizes)
+    assert all(1 <= a <= s for a, s in zip(alloc, sizes))
+    assert sum(alloc) == min(max(steps, len(sizes)), sum(sizes))
+
+
+def test_blocks_cover_the_masks_left_to_right_inside_their_window():
+    masked = list(range(5, 100)) + [120, 121]
+    plan = plan_blocks(masked, N=130, T=32, block=8, keep=24)
+    covered = [c for start, end, first, block_end, n in plan for c in masked if first <= c < block_end]
+    assert covered == masked and sum(p[4] for p in plan) == len(masked)
+    for start, end, first, block_end, n in plan:
+        assert end - start == 32 and start <= first < block_end <= end and block_end - first <= 8
+        assert first - start == min(24, first) or end == 130  # the context kept before the block
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("lo,hi", [(8, 16), (0, 32), (30, 32)])
+def test_cached_pass_equals_the_full_pass_on_the_state_it_was_built_from(tiny_model, lo, hi):
+    model, chars = tiny_model
+    x = canvas_for(chars, "ROMEO:\nWhat light", 32, batch=2)
+    cache = KVCache()
+    full = model(x, cache=cache)
+    part = model(x[:, lo:hi], cache=cache, start=lo)
+    assert torch.allclose(part, full[:, lo:hi], atol=1e-5)
+
+
+@torch.no_grad()
+def test_dual_cache_stays_close_to_the_full_pass_as_the_block_fills(tiny_model):
+    """Stale keys/values outside the block are the dual cache's approximation: after half the
+    block is written, the block's probabilities move by less than 0.05 on average."""
+    model, chars = tiny_model
+    x = canvas_for(chars, "ROMEO:\nWhat light through yonder", 32)
+    cache = KVCache()
+    model(x, cache=cache)  # built with the block [16, 24) all masks
+    filled = x.clone()
+    filled[0, 16:20] = torch.tensor(encode("wind", chars))
+    cached = model(filled[:, 16:24], cache=cache, start=16).softmax(-1)
+    exact = model(filled)[:, 16:24].softmax(-1)
+    assert 0 < (cached - exact).abs().sum(-1).mean() / 2 < 0.05
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_block_decoding_writes_only_inside_the_current_block_left_to_right(tiny_model, cache):
+    model, chars = tiny_model
+    c = canvas_for(chars, "KING:", 32, batch=2)
+    mask_id = len(chars)
+    last_block, n = (0, 0), 0
+    for state in generate_steps(model, c, steps=12, temperature=0.8, seed=0, block=8, cache=cache):
+        lo, hi = state["block"]
+        written = state["committed"].any(0).nonzero().flatten()
+        assert len(written) and lo <= written.min() and written.max() < hi and hi - lo <= 8
+        assert lo >= last_block[0], "blocks go left to right"
+        assert (state["canvas"][:, :lo] != mask_id).all(), "everything before the block is written"
+        last_block, n = (lo, hi), n + 1
+    assert n == state["nfe"] == 12
+    assert (state["canvas"] != mask_id).all() and decode(state["canvas"][0, :5].tolist(), chars) == "KING:"
+
+
+def test_long_text_through_blocks_is_continuous_and_of_the_asked_length(tiny_model):
+    model, chars = tiny_model
+    c = canvas_for(chars, "ROMEO:", 150)
+    out, nfe = generate(model, c, steps=40, temperature=0.8, seed=1, block=16, cache="dual")
+    text = decode(out[0].tolist(), chars)
+    assert len(text) == 150 and text.startswith("ROMEO:") and "_" not in text
+    assert nfe == 40, "exactly the asked passes: there are fewer blocks than steps"
+
+
+def test_top_p_keeps_the_smallest_set_that_reaches_p():
+    from model import draw_characters
+    logits = torch.tensor([[[2.0, 1.0, 0.5, -1.0]]]).log_softmax(-1)  # p = 0.61, 0.22, 0.14, 0.03
+
+    def drawn(p):
+        return {draw_characters(logits, 1.0, None, p, [torch.Generator().manual_seed(i)])[0].item()
+                for i in range(300)}
+    assert drawn(0.6) == {0}
+    assert drawn(0.8) == {0, 1}
+    assert drawn(0.9) == {0, 1, 2}
+    assert drawn(1.0) == {0, 1, 2, 3}
+
+
+def test_autoregressive_sampler_writes_one_character_per_pass(tiny_ar_ckpt):
+    from model import load_model
+    ar, chars, _ = load_model(tiny_ar_ckpt)
+    c = canvas_for(chars, "KING:", 60)
+    states = list(generate_ar_steps(ar, c, temperature=1.0, seed=0))
+    assert len(states) == 55 and states[-1]["nfe"] == 55
+    assert all(s["committed"].sum() == 1 for s in states)
+    assert decode(states[-1]["canvas"][0, :5].tolist(), chars) == "KING:"
+    assert (states[-1]["canvas"] != len(chars)).all()

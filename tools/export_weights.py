@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from model import ArgumentParser, UserError, read_checkpoint, write_atomically  # noqa: E402
+from model import ArgumentParser, UserError, read_checkpoint, write_checkpoint  # noqa: E402
 
 
 def main():
@@ -22,12 +22,12 @@ def main():
     args = p.parse_args()
     try:
         ckpt = read_checkpoint(args.src)
+        for training_only in ("optimizer", "generator", "elapsed", "rng", "ema"):
+            ckpt.pop(training_only, None)
+        ckpt["model"] = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+        write_checkpoint(ckpt, args.dst)  # a UserError too when dst cannot be written
     except UserError as e:
         sys.exit(f"export_weights.py: error: {e}")
-    for training_only in ("optimizer", "generator", "elapsed"):
-        ckpt.pop(training_only, None)
-    ckpt["model"] = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
-    write_atomically(ckpt, args.dst)
     print(f"{args.src} -> {args.dst}: step {ckpt.get('step')}, val {ckpt.get('val')}")
 
 

@@ -1,0 +1,195 @@
+"""The helper scripts: plot_curve.py, data/prepare.py, diffusion_process.py (GIF, Ctrl-C),
+tools/export_weights.py. CPU only, a few seconds each."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+from conftest import ROOT, run_script
+
+HEADLESS = {**os.environ, "DISPLAY": "", "MPLBACKEND": "Agg"}
+
+
+def assert_one_line_error(r, *needles):
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert all(needle in lines[0] for needle in needles), lines[0]
+
+
+def write_log(path, train, val):
+    """A train.py log.jsonl: train rows, then val rows, one a minute."""
+    with open(path, "w") as f:
+        for i, loss in enumerate(train):
+            f.write(json.dumps({"step": 10 * i, "train_loss": loss, "lr": 1e-3, "time": 60.0 * i}) + "\n")
+        for i, v in enumerate(val):
+            f.write(json.dumps({"step": 100 * i, "val": v, "val_se": 0.01, "time": 60.0 * i + 30}) + "\n")
+    return str(path)
+
+
+# -----------------------------------------------------------------------------
+# plot_curve.py
+
+def test_plot_curve_y_range_shows_every_value_of_curves_with_different_ranges(tmp_path):
+    import plot_curve
+    import matplotlib.pyplot as plt
+    low = write_log(tmp_path / "low.jsonl", train=[1.3, 0.9, 0.7], val=[1.2, 1.0, 0.95])
+    high = write_log(tmp_path / "high.jsonl", train=[4.0, 3.0], val=[2.6, 5.5, 9.0])  # rising, like the AR curve
+    fig, ax = plot_curve.plot([low, high], ["low", "high"])
+    bottom, top = ax.get_ylim()
+    assert bottom <= 0.7 and top >= 9.0, (bottom, top)
+    plt.close(fig)
+
+
+def test_plot_curve_writes_a_png(tmp_path):
+    log = write_log(tmp_path / "log.jsonl", train=[2.0, 1.5, 1.2], val=[1.8, 1.4])
+    out = tmp_path / "curve.png"
+    r = run_script("plot_curve.py", log, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert Image.open(out).format == "PNG"
+
+
+def test_plot_curve_missing_file_is_one_line_error(tmp_path):
+    r = run_script("plot_curve.py", tmp_path / "nope.jsonl")
+    assert_one_line_error(r, "plot_curve.py: error: cannot read", "nope.jsonl")
+
+
+def test_plot_curve_bad_logs_are_user_errors(tmp_path):
+    import plot_curve
+    from model import UserError
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"step": 1, "train_loss": 2.0, "time": 1}\nnot json\n')
+    with pytest.raises(UserError, match="line 2 is not a train.py log row"):
+        plot_curve.read(str(bad))
+    no_val = write_log(tmp_path / "noval.jsonl", train=[2.0], val=[])
+    with pytest.raises(UserError, match="no validation rows"):
+        plot_curve.read(no_val)
+
+
+# -----------------------------------------------------------------------------
+# data/prepare.py
+
+def test_prepare_creates_a_missing_out_folder(tmp_path, data_path):
+    out = tmp_path / "new" / "nested" / "ts.txt"
+    r = run_script("data/prepare.py", "--from", data_path, "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == open(data_path, "rb").read()
+
+
+def test_prepare_out_under_a_file_is_one_line_error(tmp_path, data_path):
+    (tmp_path / "file.txt").write_text("x")  # tests run as root: a file, not chmod, stops the write
+    r = run_script("data/prepare.py", "--from", data_path, "--out", tmp_path / "file.txt" / "out.txt")
+    assert_one_line_error(r, "prepare.py: error: cannot write", "is a file")
+    assert os.listdir(tmp_path) == ["file.txt"]
+
+
+# -----------------------------------------------------------------------------
+# diffusion_process.py
+
+def test_diffusion_process_save_under_a_file_fails_before_loading(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    # the checkpoint does not exist either: the --save error must come first, before any work
+    r = run_script("diffusion_process.py", "--ckpt", tmp_path / "none.pt",
+                   "--save", tmp_path / "file.txt" / "d.gif")
+    assert_one_line_error(r, "diffusion_process.py: error: cannot write", "is a file")
+
+
+def test_diffusion_process_saves_a_gif_headless_with_progress(tmp_path, tiny_ckpt):
+    gif = tmp_path / "missing" / "d.gif"  # the folder is created
+    r = run_script("diffusion_process.py", "--ckpt", tiny_ckpt, "--save", gif, "--length", "40", "--steps", "4",
+                   "--seed", "0", env=HEADLESS)
+    assert r.returncode == 0, r.stderr
+    assert "sampling: 40/40 characters" in r.stderr and "rendering: 5/5 frames" in r.stderr
+    image = Image.open(gif)
+    assert image.n_frames == 5
+
+    def pixels(i, kind):  # pixels of frame i in the masks' grey-blue (b > r) or the new characters' red
+        image.seek(i)
+        test = (lambda r, g, b: b - r >= 8) if kind == "mask" else (lambda r, g, b: r - g >= 60)
+        return sum(n for n, px in image.convert("RGB").getcolors(1 << 16) if test(*px))
+
+    assert pixels(0, "mask") > 500 and pixels(0, "new") == 0  # the start: all masks, shaded
+    assert any(pixels(i, "new") for i in range(1, 5))  # committed characters highlighted (not spaces)
+    assert pixels(4, "mask") == 0  # the end: no masks left
+
+
+def test_diffusion_process_ctrl_c_exits_quietly_with_130(tiny_ckpt):
+    def interrupt(args, when):
+        cmd = [sys.executable, "diffusion_process.py", "--ckpt", tiny_ckpt, "--seed", "0", *args]
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        when(p)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        return p.returncode, out, err
+
+    def wait_for_last_frame(p):  # then the 30 s hold is on
+        for line in p.stdout:
+            if "still masked 0" in line:
+                return
+
+    code, out, err = interrupt(["--terminal", "--length", "24", "--steps", "3", "--hold", "30"], wait_for_last_frame)
+    assert code == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert out.endswith("\x1b[?25h\n")  # the cursor is back
+    code, out, err = interrupt(["--terminal", "--hold", "30"], lambda p: time.sleep(1))  # loading or sampling
+    assert code == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+# -----------------------------------------------------------------------------
+# every script
+
+def test_every_script_has_help():
+    for script in ("plot_curve.py", "data/prepare.py", "diffusion_process.py", "tools/export_weights.py"):
+        r = run_script(script, "--help")
+        assert r.returncode == 0 and "usage" in r.stdout, (script, r.stderr)
+
+
+def test_export_weights_missing_file_is_one_line_error(tmp_path):
+    r = run_script("tools/export_weights.py", tmp_path / "none.pt", tmp_path / "out.pt")
+    assert_one_line_error(r, "export_weights.py: error:", "not found")
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_compare_shows_both_models_on_one_clock_in_a_headless_gif(tmp_path, tiny_ckpt, tiny_ar_ckpt):
+    out = tmp_path / "compare.gif"
+    r = run_script("diffusion_process.py", "--ckpt", tiny_ckpt, "--compare", tiny_ar_ckpt, "--save", out,
+                   "--prompt", "KING:", "--length", "40", "--steps", "5", "--seed", "0", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    gif = Image.open(out)
+    assert gif.n_frames == 1 + 35, "one frame per AR pass; the diffusion side holds after its 5"
+    r = run_script("diffusion_process.py", "--ckpt", tiny_ckpt, "--compare", tiny_ar_ckpt, "--terminal",
+                   "--prompt", "KING:", "--length", "40", "--steps", "5", "--fps", "100", "--hold", "0",
+                   "--device", "cpu")
+    assert r.returncode == 0 and "autoregressive | step 35/35 | NFE 35" in r.stdout
+    assert "diffusion | step 5/5 | NFE 5" in r.stdout
+
+
+def test_compare_needs_a_prompt_and_an_ar_checkpoint(tmp_path, tiny_ckpt):
+    r = run_script("diffusion_process.py", "--ckpt", tiny_ckpt, "--compare", tiny_ckpt, "--terminal",
+                   "--prompt", "KING:", "--length", "20", "--device", "cpu")
+    assert r.returncode == 1 and "not an autoregressive model" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_sample_and_quality_run_on_a_tiny_model(tiny_ckpt, tiny_ar_ckpt, data_path):
+    r = run_script("bench.py", "--sample", "--ckpt", tiny_ckpt, "--device", "cpu", "--batch-sizes", "1,2",
+                   "--runs", "1", "--warmup", "0", "--length", "32", "--steps", "4")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("chars/s") == 2 and "4 full forward passes alone" in r.stdout and "device cpu" in r.stdout
+    r = run_script("quality.py", "--ckpt", tiny_ckpt, "--ar", tiny_ar_ckpt, "--data", data_path, "--prompts", "4",
+                   "--prompt-chars", "8", "--device", "cpu", "--settings", "default", "block=8,cache=dual")
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) == 4 and rows[1].startswith("| real validation text") and "| block=8,cache=dual |" in rows[3]
+
+
+def test_bench_training_times_the_trainers_step(data_path):
+    r = run_script("bench.py", "--steps", "2", "--paths", "plain", "--data", data_path, "--device", "cpu",
+                   "--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--block_size", "16", "--batch_size", "4")
+    assert r.returncode == 0, r.stderr
+    assert "plain: fp32 eager" in r.stdout and "tokens/s" in r.stdout
