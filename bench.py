@@ -56,7 +56,7 @@ def sample_benchmark(argv):
     import statistics
 
     import sample
-    from model import autocast, generate, native_bf16
+    from model import autocast, generate, mask_id_of, native_bf16
     p = ArgumentParser(prog="bench.py --sample", description="sampling speed (see bench.py's docstring)")
     sample.add_sampling_args(p)
     p.add_argument("--sample", action="store_true", help="time sampling (this mode)")
@@ -93,10 +93,10 @@ def sample_benchmark(argv):
     print(f"sampling {shown} | device {device} ({name}) | median of {args.runs} runs after {args.warmup} warm-up")
     for batch in batch_sizes:
         canvas = sample.build_canvas(args, chars, batch, device)
-        n_new = int((canvas[0] == len(chars)).sum())
+        n_new = int((canvas[0] == mask_id_of(chars)).sum())
         nfe = generate(model, canvas, **kwargs)[1]
         seconds = median_time(lambda: generate(model, canvas, **kwargs))
-        full = canvas.masked_fill(canvas == len(chars), 0)[:, :model.config.block_size]
+        full = canvas.masked_fill(canvas == mask_id_of(chars), 0)[:, :model.config.block_size]
         precision = kwargs["precision"]
         if precision == "auto":  # as the sampler resolves it
             precision = "bf16" if native_bf16(device) else "fp32"

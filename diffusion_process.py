@@ -28,7 +28,7 @@ import time
 if __name__ == "__main__":  # Ctrl-C while torch loads: exit quietly (main() handles it later)
     signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
 
-from model import ArgumentParser, UserError, generate_ar_steps, generate_steps, load_model
+from model import ArgumentParser, UserError, generate_ar_steps, generate_steps, load_model, mask_id_of
 from sample import (DEFAULT_CKPT, add_sampling_args, build_canvas, check_sampling_args, load_for_sampling,
                     sampler_kwargs)
 
@@ -59,7 +59,7 @@ def collect_frames(states, canvas, chars, report=None):
     """[(text, is_masked, is_new, is_reopened, step, nfe)] for the start and every state a
     sampler yields (generate_steps or generate_ar_steps); one sample. is_reopened: written
     before, masked again this step (--remask). report(written, to_write)."""
-    mask_id = len(chars)
+    mask_id = mask_id_of(chars)
 
     def frame(ids, new, reopened, step, nfe):
         text = "".join(chars[i] if i != mask_id else SCREEN_MASK for i in ids)
@@ -245,7 +245,7 @@ def compare_frames(args, canvas, chars, device):
     ar, ar_chars, _ = load_model(args.compare, device)
     if not ar.config.causal or ar_chars != chars:
         raise UserError(f"{args.compare} is not an autoregressive model with the diffusion model's vocabulary")
-    if canvas[0, 0] == len(chars):
+    if canvas[0, 0] == mask_id_of(chars):
         raise UserError("--compare needs a prompt: the autoregressive model cannot write the first character")
     states = generate_ar_steps(ar, canvas, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                seed=args.seed, precision=args.precision)

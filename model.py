@@ -586,10 +586,16 @@ def split_text(text):
     return text[:n], text[n:]
 
 
+def mask_id_of(chars):
+    """The mask symbol's id: the one after the vocabulary's characters (= ModelConfig.mask_id
+    of a model built for this vocabulary). The one place that says so."""
+    return len(chars)
+
+
 def encode(text, chars, allow_mask=False):
     """Text -> list of ids. With allow_mask, MASK_GLYPH becomes the mask id (infilling)."""
     index = {c: i for i, c in enumerate(chars)}
-    mask_id = len(chars)
+    mask_id = mask_id_of(chars)
     unknown = sorted({c for c in text if c not in index and not (allow_mask and c == MASK_GLYPH)})
     if unknown:
         shown = " ".join(repr(c) for c in unknown)
@@ -599,7 +605,7 @@ def encode(text, chars, allow_mask=False):
 
 def decode(ids, chars):
     """Ids -> text; the mask id shows as MASK_GLYPH."""
-    return "".join(chars[i] if i < len(chars) else MASK_GLYPH for i in ids)
+    return "".join(MASK_GLYPH if i == mask_id_of(chars) else chars[i] for i in ids)
 
 
 # -----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """
 Plot training and validation curves from train.py's log.jsonl files.
 
-    python plot_curve.py assets/train_log_gpu.jsonl assets/train_log_ar.jsonl --out assets/curve.png
+    python plot_curve.py assets/runs/e_wsd.jsonl assets/runs/ar_c.jsonl --out assets/curve.png
 
 The y-range follows the data, so every curve given is fully visible.
 """

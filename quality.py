@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from model import (DATA_DEFAULT, ArgumentParser, UserError, autocast, check_sampler_options, decode, generate,
-                   load_model, load_text, pick_device, split_text)
-from sample import SAMPLER_DEFAULTS
+                   load_model, load_text, mask_id_of, pick_device, split_text)
+from sample import SAMPLER_DEFAULTS, THRESHOLD_DEFAULTS
 
 DEFAULT_SETTINGS = ["default", "steps=256", "steps=32", "threshold=0.9", "temperature=1.0", "temperature=0.6",
                     "order=noisy", "remask=1.0", "top_p=0.9", "block=32", "block=32,cache=prefix",
@@ -44,6 +44,9 @@ TYPES = {"steps": int, "top_k": int, "block": int, "threshold": float, "temperat
 def parse_setting(text):
     """'steps=64,temperature=0.8' -> sampler kwargs: sample.py's defaults with these changed."""
     kwargs = dict(SAMPLER_DEFAULTS)
+    given = {part.partition("=")[0] for part in text.split(",")}
+    if "threshold" in given:  # a threshold needs confidences, as in sample.py
+        kwargs.update({k: v for k, v in THRESHOLD_DEFAULTS.items() if k not in given})
     for part in text.split(","):
         if part == "default":
             continue
@@ -138,7 +141,7 @@ def main(argv=None):
     row("real validation text", real, 0, 0)
     for name, kwargs in settings:
         canvas = real.clone()
-        canvas[:, P:] = len(chars)
+        canvas[:, P:] = mask_id_of(chars)
         kwargs = {**kwargs, "seed": args.seed}
         generate(model, canvas[:1], **kwargs)  # warm-up
         if device.type == "cuda":

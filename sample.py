@@ -21,16 +21,19 @@ import time
 import torch
 
 from model import (MASK_GLYPH, ArgumentParser, UserError, check_sampler_options, decode, encode, generate,
-                   load_model, pick_device)
+                   load_model, mask_id_of, pick_device)
 
 DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "model.pt")
 MAX_LENGTH = 100_000
 MAX_SAMPLES = 10_000
 BATCH = 64  # samples per forward pass: bounds memory (a batch of 4096 took 18 GB)
 SAMPLE_SEPARATOR = "\n---\n"
-# the sampler's defaults, chosen with quality.py (README: "Choosing the default sampler")
-SAMPLER_DEFAULTS = dict(steps=64, threshold=None, temperature=0.8, top_k=None, top_p=None, schedule="linear",
-                        order="confidence", remask=0.0, block=None, cache="none", precision="auto")  # printed between samples, after the blank line that ends a sample
+# the sampler's defaults, chosen with quality.py on 64 validation prompts (README: "Choosing the
+# default sampler"). --threshold needs confidences: with it, order and remask default to
+# confidence and 0 (THRESHOLD_DEFAULTS).
+SAMPLER_DEFAULTS = dict(steps=64, threshold=None, temperature=1.05, top_k=None, top_p=None, schedule="cosine",
+                        order="random", remask=0.375, block=None, cache="none", precision="auto")
+THRESHOLD_DEFAULTS = dict(order="confidence", remask=0.0)  # printed between samples, after the blank line that ends a sample
 
 
 def add_sampling_args(p):
@@ -49,21 +52,25 @@ def add_sampling_args(p):
                         "this (in (0, 1]), at least one")
     p.add_argument("--schedule", choices=["linear", "cosine"], default=SAMPLER_DEFAULTS["schedule"],
                    help="characters committed per step with --steps (default %(default)s)")
-    p.add_argument("--order", choices=["confidence", "random", "noisy"], default=SAMPLER_DEFAULTS["order"],
-                   help="which masked characters to commit each step: the most confident (default); a "
-                        "random choice (MDLM's ancestral order; better for small, weakly trained models); "
-                        "or noisy: confidence plus annealed Gumbel noise (MaskGIT; less repetition)")
-    p.add_argument("--remask", type=float, default=SAMPLER_DEFAULTS["remask"], metavar="RHO",
+    p.add_argument("--order", choices=["confidence", "random", "noisy"], default=None,
+                   help="which masked characters to commit each step: a random choice (MDLM's ancestral "
+                        f"order; the default: {SAMPLER_DEFAULTS['order']}, confidence with --threshold); the "
+                        "most confident (spells best, repeats most); or noisy: confidence plus annealed "
+                        "Gumbel noise (MaskGIT)")
+    p.add_argument("--remask", type=float, default=None, metavar="RHO",
                    help="with --steps: each step also re-opens RHO x its count of written characters, "
                         "those drawn with the lowest probability, and writes as many more; same "
-                        "number of passes (ReMDM; 1.0 gives more real words at NFE 64; default 0)")
-    p.add_argument("--temperature", type=float, default=SAMPLER_DEFAULTS["temperature"], help="0 = greedy (default %(default)s)")
-    p.add_argument("--top-k", type=int, default=SAMPLER_DEFAULTS["top_k"], help="draw only from the k most likely characters")
+                        f"number of passes (ReMDM; default {SAMPLER_DEFAULTS['remask']}, 0 with --threshold)")
+    p.add_argument("--temperature", type=float, default=SAMPLER_DEFAULTS["temperature"],
+                   help="0 = greedy (default %(default)s)")
+    p.add_argument("--top-k", type=int, default=SAMPLER_DEFAULTS["top_k"],
+                   help="draw only from the k most likely characters")
     p.add_argument("--top-p", type=float, default=SAMPLER_DEFAULTS["top_p"],
                    help="draw only from the most likely characters whose probabilities sum to p (nucleus)")
     p.add_argument("--block", type=int, default=SAMPLER_DEFAULTS["block"], metavar="B",
                    help="semi-autoregressive: write left to right in blocks of B characters, each "
-                        "unmasked in parallel over its share of the steps (default: the whole window)")
+                        "unmasked in parallel over its share of the steps (default: the whole window; "
+                        "blocks cost quality with the shipped model, see README)")
     p.add_argument("--cache", choices=["none", "prefix", "dual"], default=SAMPLER_DEFAULTS["cache"],
                    help="with --block: reuse the keys/values outside the block for all its steps "
                         "(prefix: the left side; dual: both sides, each step runs on the block alone)")
@@ -86,6 +93,9 @@ def check_sampling_args(args):
         args.seed = random.randrange(2**31)
     if args.steps is None and args.threshold is None:
         args.steps = SAMPLER_DEFAULTS["steps"]
+    for name in ("order", "remask"):
+        if getattr(args, name) is None:
+            setattr(args, name, (THRESHOLD_DEFAULTS if args.threshold is not None else SAMPLER_DEFAULTS)[name])
     try:
         check_sampler_options(**{k: v for k, v in sampler_kwargs(args).items() if k not in ("seed", "precision")})
     except ValueError as e:
@@ -101,7 +111,7 @@ def build_canvas(args, chars, num_samples, device):
         length = len(ids) if MASK_GLYPH in prompt else len(ids) + 256
     if length < len(ids):
         raise UserError(f"--length {length} is shorter than the prompt ({len(ids)} characters)")
-    mask_id = len(chars)  # the vocabulary's last id (ModelConfig.mask_id), as encode() writes it
+    mask_id = mask_id_of(chars)
     ids = ids + [mask_id] * (length - len(ids))
     if mask_id not in ids:
         raise UserError("nothing to generate: the prompt has no `_` and --length adds no characters")
@@ -143,7 +153,7 @@ def main(argv=None):
             raise UserError(f"--warmup must be >= 0, got {args.warmup}")
         device, model, chars = load_for_sampling(args)
         canvas = build_canvas(args, chars, min(args.num_samples, BATCH), device)
-        n_new = int((canvas[0] == len(chars)).sum())
+        n_new = int((canvas[0] == mask_id_of(chars)).sum())
         for _ in range(args.warmup):
             generate(model, canvas, **sampler_kwargs(args))
         seconds, nfe = 0.0, 0

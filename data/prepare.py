@@ -80,8 +80,7 @@ def main(argv=None):
     except ValueError as e:
         sys.exit(f"prepare.py: error: {e}")
     n = len(data.decode("utf-8"))
-    print(f"wrote {args.out}: {n:,} characters, sha256 verified; "
-          f"train = first {int(0.9 * n):,}, val = last {n - int(0.9 * n):,}")
+    print(f"wrote {args.out}: {n:,} characters, sha256 verified (model.split_text holds out the last 10%)")
 
 
 if __name__ == "__main__":

@@ -164,6 +164,23 @@ def test_diffusion_process_without_display_says_what_to_do(tiny_ckpt):
 
 
 def test_every_cli_has_help():
-    for script in ("train.py", "sample.py", "diffusion_process.py", "data/prepare.py"):
-        r = run_script(script, "--help")
-        assert r.returncode == 0 and "usage" in r.stdout
+    for script, *flags in (("train.py",), ("sample.py",), ("diffusion_process.py",), ("data/prepare.py",),
+                           ("bench.py",), ("bench.py", "--sample"), ("quality.py",), ("plot_curve.py",),
+                           ("tools/export_weights.py",)):
+        r = run_script(script, *flags, "--help")
+        assert r.returncode == 0 and "usage" in r.stdout, (script, r.stderr)
+
+
+def test_ctrl_c_in_sample_exits_quietly_with_130(tiny_ckpt):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "sample.py"), "--ckpt", tiny_ckpt, "--device", "cpu",
+                             "--length", "20000", "--steps", "20000"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
