@@ -56,7 +56,7 @@ def sample_benchmark(argv):
     import statistics
 
     import sample
-    from model import autocast, generate, mask_id_of, native_bf16
+    from model import autocast, generate, mask_id_of, sampling_precision
     p = ArgumentParser(prog="bench.py --sample", description="sampling speed (see bench.py's docstring)")
     sample.add_sampling_args(p)
     p.add_argument("--sample", action="store_true", help="time sampling (this mode)")
@@ -97,9 +97,7 @@ def sample_benchmark(argv):
         nfe = generate(model, canvas, **kwargs)[1]
         seconds = median_time(lambda: generate(model, canvas, **kwargs))
         full = canvas.masked_fill(canvas == mask_id_of(chars), 0)[:, :model.config.block_size]
-        precision = kwargs["precision"]
-        if precision == "auto":  # as the sampler resolves it
-            precision = "bf16" if native_bf16(device) else "fp32"
+        precision = sampling_precision(kwargs["precision"], device)
 
         def passes():
             with torch.inference_mode(), autocast(device, precision):

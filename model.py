@@ -460,8 +460,7 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
     if not torch.equal(is_masked, is_masked[:1].expand_as(is_masked)):
         raise ValueError("every row of the canvas must have the same masked positions")
     generators = [torch.Generator(device=dev).manual_seed(seed + i) for i in range(B)]
-    if precision == "auto":
-        precision = "bf16" if native_bf16(dev) else "fp32"
+    precision = sampling_precision(precision, dev)
     plan = plan_blocks(is_masked[0].nonzero().flatten().tolist(), N, T, block, keep)  # one host sync
     block_steps = split_steps(steps, [p[4] for p in plan]) if steps is not None else [None] * len(plan)
     nfe = 0
@@ -535,8 +534,7 @@ def generate_ar_steps(model, canvas, temperature=1.0, top_k=None, top_p=None, se
     dev = canvas.device
     canvas = canvas.clone()
     generators = [torch.Generator(device=dev).manual_seed(seed + i) for i in range(B)]
-    if precision == "auto":
-        precision = "bf16" if native_bf16(dev) else "fp32"
+    precision = sampling_precision(precision, dev)
     masked_cols = (canvas[0] == mask_id).nonzero().flatten().tolist()
     if masked_cols and masked_cols[0] == 0:
         raise ValueError("the autoregressive model needs at least one character before the first mask")
@@ -605,7 +603,8 @@ def encode(text, chars, allow_mask=False):
 
 def decode(ids, chars):
     """Ids -> text; the mask id shows as MASK_GLYPH."""
-    return "".join(MASK_GLYPH if i == mask_id_of(chars) else chars[i] for i in ids)
+    mask_id = mask_id_of(chars)
+    return "".join(MASK_GLYPH if i == mask_id else chars[i] for i in ids)
 
 
 # -----------------------------------------------------------------------------
@@ -644,6 +643,13 @@ def native_bf16(device):
         probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
         return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
     return False
+
+
+def sampling_precision(precision, device):
+    """The samplers' "auto": bf16 where it is native (`native_bf16`), else fp32."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def autocast(device, precision="auto"):

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from model import (DATA_DEFAULT, ArgumentParser, UserError, autocast, check_sampler_options, decode, generate,
                    load_model, load_text, mask_id_of, pick_device, split_text)
-from sample import SAMPLER_DEFAULTS, THRESHOLD_DEFAULTS
+from sample import sampler_options
 
 DEFAULT_SETTINGS = ["default", "steps=256", "steps=32", "threshold=0.9", "temperature=1.0", "temperature=0.6",
                     "order=noisy", "remask=1.0", "top_p=0.9", "block=32", "block=32,cache=prefix",
@@ -43,10 +43,7 @@ TYPES = {"steps": int, "top_k": int, "block": int, "threshold": float, "temperat
 
 def parse_setting(text):
     """'steps=64,temperature=0.8' -> sampler kwargs: sample.py's defaults with these changed."""
-    kwargs = dict(SAMPLER_DEFAULTS)
-    given = {part.partition("=")[0] for part in text.split(",")}
-    if "threshold" in given:  # a threshold needs confidences, as in sample.py
-        kwargs.update({k: v for k, v in THRESHOLD_DEFAULTS.items() if k not in given})
+    given = {}
     for part in text.split(","):
         if part == "default":
             continue
@@ -54,11 +51,10 @@ def parse_setting(text):
         if key not in TYPES:
             raise UserError(f"unknown setting {key!r} in {text!r} (known: default, {', '.join(TYPES)})")
         try:
-            kwargs[key] = None if value == "none" else TYPES[key](value)
+            given[key] = None if value == "none" else TYPES[key](value)
         except ValueError:
             raise UserError(f"bad value {value!r} for {key} in {text!r}") from None
-        if key == "threshold":  # a threshold replaces the default step count
-            kwargs["steps"] = None
+    kwargs = sampler_options(**given)
     try:
         check_sampler_options(**{k: v for k, v in kwargs.items() if k != "precision"})
     except ValueError as e:

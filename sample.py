@@ -27,13 +27,24 @@ DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights
 MAX_LENGTH = 100_000
 MAX_SAMPLES = 10_000
 BATCH = 64  # samples per forward pass: bounds memory (a batch of 4096 took 18 GB)
-SAMPLE_SEPARATOR = "\n---\n"
+SAMPLE_SEPARATOR = "\n---\n"  # printed between samples, after the blank line that ends a sample
 # the sampler's defaults, chosen with quality.py on 64 validation prompts (README: "Choosing the
 # default sampler"). --threshold needs confidences: with it, order and remask default to
 # confidence and 0 (THRESHOLD_DEFAULTS).
 SAMPLER_DEFAULTS = dict(steps=64, threshold=None, temperature=1.05, top_k=None, top_p=None, schedule="cosine",
                         order="random", remask=0.375, block=None, cache="none", precision="auto")
-THRESHOLD_DEFAULTS = dict(order="confidence", remask=0.0)  # printed between samples, after the blank line that ends a sample
+THRESHOLD_DEFAULTS = dict(order="confidence", remask=0.0)
+
+
+def sampler_options(**given):
+    """The sampler's options: SAMPLER_DEFAULTS changed by `given` (None = not given). A threshold
+    replaces the step count and, unless they are given, takes THRESHOLD_DEFAULTS."""
+    given = {k: v for k, v in given.items() if v is not None}
+    options = dict(SAMPLER_DEFAULTS)
+    if "threshold" in given:
+        options.update(steps=None, **THRESHOLD_DEFAULTS)
+    options.update(given)
+    return options
 
 
 def add_sampling_args(p):
@@ -50,35 +61,33 @@ def add_sampling_args(p):
     p.add_argument("--threshold", type=float, default=None,
                    help="instead of --steps: each pass commits every character with confidence >= "
                         "this (in (0, 1]), at least one")
-    p.add_argument("--schedule", choices=["linear", "cosine"], default=SAMPLER_DEFAULTS["schedule"],
-                   help="characters committed per step with --steps (default %(default)s)")
-    p.add_argument("--order", choices=["confidence", "random", "noisy"], default=None,
+    p.add_argument("--schedule", choices=["linear", "cosine"],
+                   help=f"characters committed per step with --steps (default {SAMPLER_DEFAULTS['schedule']})")
+    p.add_argument("--order", choices=["confidence", "random", "noisy"],
                    help="which masked characters to commit each step: a random choice (MDLM's ancestral "
                         f"order; the default: {SAMPLER_DEFAULTS['order']}, confidence with --threshold); the "
                         "most confident (spells best, repeats most); or noisy: confidence plus annealed "
                         "Gumbel noise (MaskGIT)")
-    p.add_argument("--remask", type=float, default=None, metavar="RHO",
+    p.add_argument("--remask", type=float, metavar="RHO",
                    help="with --steps: each step also re-opens RHO x its count of written characters, "
                         "those drawn with the lowest probability, and writes as many more; same "
                         f"number of passes (ReMDM; default {SAMPLER_DEFAULTS['remask']}, 0 with --threshold)")
-    p.add_argument("--temperature", type=float, default=SAMPLER_DEFAULTS["temperature"],
-                   help="0 = greedy (default %(default)s)")
-    p.add_argument("--top-k", type=int, default=SAMPLER_DEFAULTS["top_k"],
-                   help="draw only from the k most likely characters")
-    p.add_argument("--top-p", type=float, default=SAMPLER_DEFAULTS["top_p"],
+    p.add_argument("--temperature", type=float, help=f"0 = greedy (default {SAMPLER_DEFAULTS['temperature']})")
+    p.add_argument("--top-k", type=int, help="draw only from the k most likely characters")
+    p.add_argument("--top-p", type=float,
                    help="draw only from the most likely characters whose probabilities sum to p (nucleus)")
-    p.add_argument("--block", type=int, default=SAMPLER_DEFAULTS["block"], metavar="B",
+    p.add_argument("--block", type=int, metavar="B",
                    help="semi-autoregressive: write left to right in blocks of B characters, each "
                         "unmasked in parallel over its share of the steps (default: the whole window; "
                         "blocks cost quality with the shipped model, see README)")
-    p.add_argument("--cache", choices=["none", "prefix", "dual"], default=SAMPLER_DEFAULTS["cache"],
+    p.add_argument("--cache", choices=["none", "prefix", "dual"],
                    help="with --block: reuse the keys/values outside the block for all its steps "
                         "(prefix: the left side; dual: both sides, each step runs on the block alone)")
     p.add_argument("--seed", type=int, default=None, help="same seed, same text (default: random)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=SAMPLER_DEFAULTS["precision"],
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
                    help="auto = bf16 where it is native (CUDA; CPUs with AVX-512 BF16 or AMX, where "
-                        "it nearly halves the time), fp32 elsewhere (default %(default)s)")
+                        f"it nearly halves the time), fp32 elsewhere (default {SAMPLER_DEFAULTS['precision']})")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on CUDA)")
     p.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
                    help="torch.compile mode; reduce-overhead uses CUDA graphs (default %(default)s)")
@@ -91,11 +100,7 @@ def check_sampling_args(args):
         raise UserError(f"--length must be in 1..{MAX_LENGTH}, got {args.length}")
     if args.seed is None:
         args.seed = random.randrange(2**31)
-    if args.steps is None and args.threshold is None:
-        args.steps = SAMPLER_DEFAULTS["steps"]
-    for name in ("order", "remask"):
-        if getattr(args, name) is None:
-            setattr(args, name, (THRESHOLD_DEFAULTS if args.threshold is not None else SAMPLER_DEFAULTS)[name])
+    vars(args).update(sampler_options(**{k: getattr(args, k) for k in SAMPLER_DEFAULTS}))
     try:
         check_sampler_options(**{k: v for k, v in sampler_kwargs(args).items() if k not in ("seed", "precision")})
     except ValueError as e:

@@ -486,6 +486,9 @@ def load_resume_state(mc, tc, explicit_flags):
         raise UserError(f"--resume keeps the run's model: {', '.join('--' + f for f in changed)} differ from "
                         f"the saved run's; drop them")
     given = {k: getattr(tc, k) for k in explicit_flags if k in {f.name for f in fields(TrainConfig)}}
+    if "optimizer" in given and given["optimizer"] != ckpt["train_config"].get("optimizer"):
+        raise UserError(f"--resume keeps the run's optimizer ({ckpt['train_config'].get('optimizer')}); "
+                        f"drop --optimizer")
     given.update(resume=True, out_dir=tc.out_dir, data=tc.data, device=tc.device)
     known = {f.name for f in fields(TrainConfig)}
     saved = {k: v for k, v in ckpt["train_config"].items() if k in known}
@@ -531,6 +534,11 @@ class Trainer:
         self.local_batch = tc.batch_size // self.world
         self.tokens_per_step = tc.batch_size * mc.block_size
 
+    @property
+    def eval_model(self):
+        """What is evaluated and saved as best.pt: the EMA copy if there is one."""
+        return self.ema.model if self.ema else self.model
+
     def log(self, *args, **kwargs):
         if self.master:
             print(*args, **kwargs, flush=True)
@@ -540,8 +548,8 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         for opt, state in zip(self.optimizers, ckpt["optimizer"]):
             opt.load_state_dict(state)
-        if self.ema:
-            self.ema.model.load_state_dict(ckpt["ema"])
+        if self.ema:  # a run resumed with --ema for the first time starts its average here
+            self.ema.model.load_state_dict(ckpt.get("ema", ckpt["model"]))
         self.step, self.best_val = ckpt["step"], ckpt["best_val"]
         self.elapsed_before = ckpt.get("elapsed", 0.0)
         if self.world == 1 and ckpt["world"] == 1:  # bit-exact continuation
@@ -556,7 +564,7 @@ class Trainer:
         """best.pt holds the weights that were evaluated (the EMA copy if there is one)."""
         if not self.master:
             return
-        model = self.ema.model if (self.ema and name == "best.pt") else self.model
+        model = self.eval_model if name == "best.pt" else self.model
         save_checkpoint(os.path.join(self.tc.out_dir, name), model, self.chars, step=self.step,
                         best_val=self.best_val, train_config=portable(asdict(self.tc)), world=self.world,
                         **extra)
@@ -614,7 +622,7 @@ class Trainer:
         row = {"step": self.step}
         if self.ema:  # the raw weights too, so the EMA's effect is measured in every run
             row["val_raw"], row["val_raw_se"] = evaluate(self.model, self.val_ids, self.tc, self.rank, self.world)
-        val, se = evaluate(self.ema.model if self.ema else self.model, self.val_ids, self.tc, self.rank, self.world)
+        val, se = evaluate(self.eval_model, self.val_ids, self.tc, self.rank, self.world)
         improved = val < self.best_val
         self.best_val = min(self.best_val, val)
         if improved:

@@ -338,3 +338,13 @@ def test_flipped_weight_bytes_are_a_one_line_error(tmp_path):
     r = run_script("sample.py", "--ckpt", path, "--device", "cpu")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "checksum" in r.stderr or "corrupt" in r.stderr
+
+
+def test_resume_may_start_an_ema_but_not_change_the_optimizer(tmp_path, data_path):
+    args = TINY + ["--data", data_path, "--out_dir", str(tmp_path), "--eval_interval", "5", "--log_interval", "5"]
+    train.main(args + ["--max_steps", "5"])
+    r = run_script("train.py", *args, "--max_steps", "8", "--resume", "--optimizer", "muon")
+    assert r.returncode == 1 and "optimizer" in r.stderr and "Traceback" not in r.stderr
+    train.main(args + ["--max_steps", "8", "--resume", "--ema", "0.9"])
+    last = read_checkpoint(str(tmp_path / "last.pt"))
+    assert last["step"] == 8 and set(last["ema"]) == set(last["model"])
