@@ -240,13 +240,18 @@ def stack(image_lists):
     return out
 
 
-def compare_frames(args, canvas, chars, device):
-    """The autoregressive baseline's frames on the same canvas: one character per pass."""
+def load_ar_baseline(args, canvas, chars, device):
+    """The autoregressive model for --compare, checked before any sampling starts."""
     ar, ar_chars, _ = load_model(args.compare, device)
     if not ar.config.causal or ar_chars != chars:
         raise UserError(f"{args.compare} is not an autoregressive model with the diffusion model's vocabulary")
     if canvas[0, 0] == mask_id_of(chars):
         raise UserError("--compare needs a prompt: the autoregressive model cannot write the first character")
+    return ar
+
+
+def compare_frames(ar, args, canvas, chars):
+    """The autoregressive baseline's frames on the same canvas: one character per pass."""
     states = generate_ar_steps(ar, canvas, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                seed=args.seed, precision=args.precision)
     return collect_frames(states, canvas, chars, progress("sampling (autoregressive)", "characters"))
@@ -319,11 +324,12 @@ def main(argv=None):
             check_display()
         device, model, chars = load_for_sampling(args)
         canvas = build_canvas(args, chars, 1, device)
+        ar = load_ar_baseline(args, canvas, chars, device) if args.compare else None
         states = generate_steps(model, canvas, **sampler_kwargs(args))
         frames = collect_frames(states, canvas, chars, progress("sampling", "characters"))
         panels = [("tiny-diffusion", frames, len(frames) - 1)]  # (label, frames, steps)
         if args.compare:
-            ar_frames = compare_frames(args, canvas, chars, device)
+            ar_frames = compare_frames(ar, args, canvas, chars)
             diffusion, ar = on_one_clock(frames, ar_frames)
             panels = [("diffusion", diffusion, len(frames) - 1), ("autoregressive", ar, len(ar_frames) - 1)]
         if args.terminal:

@@ -168,6 +168,7 @@ def test_compare_needs_a_prompt_and_an_ar_checkpoint(tmp_path, tiny_ckpt):
     r = run_script("diffusion_process.py", "--ckpt", tiny_ckpt, "--compare", tiny_ckpt, "--terminal",
                    "--prompt", "KING:", "--length", "20", "--device", "cpu")
     assert r.returncode == 1 and "not an autoregressive model" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, "checked before any sampling"
 
 
 def test_bench_sample_and_quality_run_on_a_tiny_model(tiny_ckpt, tiny_ar_ckpt, data_path):
