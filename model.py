@@ -208,32 +208,53 @@ class Transformer(nn.Module):
 # evaluate on exactly this form: it has lower variance than 1/t-weighting at the same
 # expectation, and every sequence gets equal weight.
 
-def draw_masks(B, T, num_clean, u, generator=None, device=None):
+def draw_masks(B, T, num_clean, u, generator=None, device=None, span=None):
     """Masks for B sequences of length T.
 
-    num_clean: (B,) clean prefix length per row (never masked); u: (B,) in [0, 1), which sets
-    how many of the remaining T - num_clean positions are masked: k = 1 + floor(u * n).
+    num_clean: (B,) clean prefix length per row (never masked); span: (B,) how many positions
+    after the prefix may be masked (default: all the rest); u: (B,) in [0, 1), which sets how
+    many of those n positions are masked: k = 1 + floor(u * n).
     Returns (masked (B, T) bool, k (B,) long)."""
-    n = T - num_clean
+    n = T - num_clean if span is None else span
     k = 1 + (u * n).long().clamp(max=n - 1)
     scores = torch.rand(B, T, generator=generator, device=device)
     positions = torch.arange(T, device=device)
-    scores = scores.masked_fill(positions[None, :] < num_clean[:, None], 2.0)  # prefix never chosen
+    outside = (positions[None, :] < num_clean[:, None]) | (positions[None, :] >= (num_clean + n)[:, None])
+    scores = scores.masked_fill(outside, 2.0)  # prefix (and anything past the span) never chosen
     rank = scores.argsort(dim=1).argsort(dim=1)  # rank of each position in a random order
     return rank < k[:, None], k
 
 
-def training_masks(x, prefix_prob, generator=None):
-    """Masks for a training batch: stratified k over the batch, and with probability
-    prefix_prob a clean prefix of random length, so the model learns to continue prompts."""
+def training_block_lengths(T):
+    """Block lengths that block-shaped training masks draw from: 8, 16, ... up to T / 2."""
+    return [2 ** i for i in range(3, 16) if 2 ** i <= T // 2] or [max(1, T // 2)]
+
+
+def training_masks(x, prefix_prob, generator=None, block_prob=0.0):
+    """Masks for a training batch, stratified in k over the batch. Each row is one of:
+    - random (the default): k ~ U{1..T} positions masked anywhere;
+    - prefix (prefix_prob): a clean prefix of random length, the rest masked at random, so the
+      model learns to continue prompts;
+    - block (block_prob): what block-wise decoding (sample.py --block) shows the model: a clean
+      prefix, a block of random length with k ~ U{1..block} masks, and everything after it
+      masked. Only the block is scored (its conditional NELBO given the prefix).
+    Returns (hidden: positions replaced by MASK, scored: positions in the loss, k: scored count)."""
     B, T = x.shape
     dev = x.device
     u = (torch.arange(B, device=dev) + torch.rand(B, generator=generator, device=dev)) / B
     u = u[torch.randperm(B, generator=generator, device=dev)]
-    has_prefix = torch.rand(B, generator=generator, device=dev) < prefix_prob
+    kind = torch.rand(B, generator=generator, device=dev)
+    is_block = kind < block_prob
+    has_prefix = (kind >= block_prob) & (kind < block_prob + prefix_prob)
+    lengths = torch.tensor(training_block_lengths(T), device=dev)
+    block_len = lengths[torch.randint(len(lengths), (B,), generator=generator, device=dev)]
+    block_start = (torch.rand(B, generator=generator, device=dev) * (T - block_len + 1)).long()
     prefix_len = torch.randint(1, T, (B,), generator=generator, device=dev)
-    num_clean = torch.where(has_prefix, prefix_len, torch.zeros_like(prefix_len))
-    return draw_masks(B, T, num_clean, u, generator=generator, device=dev)
+    num_clean = torch.where(is_block, block_start, torch.where(has_prefix, prefix_len, torch.zeros_like(prefix_len)))
+    span = torch.where(is_block, block_len, T - num_clean)
+    scored, k = draw_masks(B, T, num_clean, u, generator=generator, device=dev, span=span)
+    after_block = torch.arange(T, device=dev)[None, :] >= (num_clean + span)[:, None]
+    return scored | after_block, scored, k
 
 
 def masked_nll_per_sequence(logits, x, masked, k):
@@ -242,12 +263,11 @@ def masked_nll_per_sequence(logits, x, masked, k):
     return (ce * masked).sum(dim=1) / k
 
 
-def diffusion_loss(model, x, mask_id, prefix_prob=0.0, generator=None):
+def diffusion_loss(model, x, mask_id, prefix_prob=0.0, generator=None, block_prob=0.0):
     """Negative ELBO in nats/char (the training objective, see the block comment above).
     `model` may be wrapped (compiled, DDP), so the mask id is passed in."""
-    masked, k = training_masks(x, prefix_prob, generator)
-    x_noisy = x.masked_fill(masked, mask_id)
-    return masked_nll_per_sequence(model(x_noisy), x, masked, k).mean()
+    hidden, scored, k = training_masks(x, prefix_prob, generator, block_prob)
+    return masked_nll_per_sequence(model(x.masked_fill(hidden, mask_id)), x, scored, k).mean()
 
 
 def autoregressive_loss(model, x):

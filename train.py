@@ -54,6 +54,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema: float = 0.0
     prefix_prob: float = 0.2
+    block_prob: float = 0.0
     eval_interval: int = 500
     eval_mc: int = 4
     eval_seed: int = 1234
@@ -97,6 +98,8 @@ HELP = {
     "ema": "if > 0, keep an exponential moving average of the weights with this decay; "
            "it is what gets evaluated and saved as best.pt",
     "prefix_prob": "fraction of training sequences that keep a clean prefix (teaches prompting)",
+    "block_prob": "fraction of training sequences masked as block-wise decoding sees them "
+                  "(clean prefix, a partly masked block, all masks after; teaches sample.py --block)",
     "eval_interval": "steps between validation runs",
     "eval_mc": "mask draws per validation block (diffusion)",
     "eval_seed": "seed of the validation masks (the same masks at every evaluation)",
@@ -176,6 +179,8 @@ def check_config(mc, tc):
             problems.append(f"--{name} must be in [0, 1)")
     if not 0 <= tc.prefix_prob <= 1 or not 0 <= tc.ema < 1 or not 0 <= tc.cooldown <= 1:
         problems.append("--prefix_prob and --cooldown must be in [0, 1], --ema in [0, 1)")
+    if not (0 <= tc.block_prob <= 1 and tc.prefix_prob + tc.block_prob <= 1):
+        problems.append("--block_prob must be in [0, 1] and --prefix_prob + --block_prob <= 1")
     if not 0 <= tc.eval_context < mc.block_size:
         problems.append(f"--eval_context must be in 0..{mc.block_size - 1} (less than --block_size)")
     if tc.compile not in ("auto", "on", "off") or tc.precision not in ("auto", "bf16", "fp32"):
@@ -596,7 +601,7 @@ class Trainer:
     def loss(self, x):
         if self.mc.causal:
             return autoregressive_loss(self.fwd_model, x)
-        return diffusion_loss(self.fwd_model, x, self.mc.mask_id, self.tc.prefix_prob, self.gen)
+        return diffusion_loss(self.fwd_model, x, self.mc.mask_id, self.tc.prefix_prob, self.gen, self.tc.block_prob)
 
     def train_step(self, lr_mult):
         """One optimiser step on a fresh batch. Returns the loss as a device tensor (no sync)."""

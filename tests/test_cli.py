@@ -102,6 +102,7 @@ def test_train_bad_input_is_one_line(tmp_path, data_path):
     assert_one_line_error(run_script("train.py", "--device", "cuda:3", "--data", data_path), "not available")
     assert_one_line_error(run_script("train.py", "--time_budget", "-1"), "--time_budget")
     assert_one_line_error(run_script("train.py", "--lr", "nan"), "--lr")
+    assert_one_line_error(run_script("train.py", "--block_prob", "0.9"), "--prefix_prob + --block_prob")
     assert_one_line_error(run_script("train.py", "--vocab_size", "70"), "unrecognized arguments")
     assert_one_line_error(run_script("train.py", "--causal"), "unrecognized arguments")
     binary = tmp_path / "binary.txt"

@@ -270,10 +270,10 @@ def test_resume_with_dropout_muon_and_ema_is_bit_exact(tmp_path, data_path, monk
         assert torch.equal(wa[name], wb[name]), name
 
 
-def test_muon_and_ema_train_and_best_pt_holds_the_ema_weights(tmp_path, data_path):
+def test_muon_ema_and_block_masks_train_and_best_pt_holds_the_ema_weights(tmp_path, data_path):
     out = tmp_path / "muon"
     train.main(TINY + ["--data", data_path, "--out_dir", str(out), "--max_steps", "200", "--eval_interval", "200",
-                       "--log_interval", "10", "--optimizer", "muon", "--ema", "0.95"])
+                       "--log_interval", "10", "--optimizer", "muon", "--ema", "0.95", "--block_prob", "0.3"])
     log = read_log(str(out))
     losses = [r["train_loss"] for r in log if "train_loss" in r]
     assert losses[-1] < losses[0] - 0.5
