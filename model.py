@@ -300,17 +300,36 @@ def commit_schedule(n, steps, schedule="linear"):
     return [b - a for a, b in zip([0] + done[:-1], done)]
 
 
-def uniform_per_sample(shape, generators, device):
-    """(B, *shape) uniforms, row i from generators[i]: sample i of a batch equals a batch of
-    one run with seed + i."""
-    return torch.stack([torch.rand(shape, generator=g, device=device) for g in generators])
+class Noise:
+    """The sampler's random numbers: a counter-based generator (a 32-bit integer hash of seed,
+    draw and position), so row i of a batch gets the numbers of a batch of one with seed + i,
+    CPU and GPU draw the same numbers, and a draw for the whole batch is a few elementwise ops
+    (no per-row generator, no host round trip)."""
+
+    def __init__(self, seed, batch, device):
+        self.rows = mix32(torch.arange(seed, seed + batch, device=device, dtype=torch.long) & 0xFFFFFFFF)
+        self.draws = 0
+
+    def uniform(self, n):
+        """(batch, n) uniforms in [0, 1), 24 bits each; every call gives new ones."""
+        self.draws += 1
+        key = mix32(self.rows ^ self.draws)[:, None]
+        index = torch.arange(n, device=self.rows.device, dtype=torch.long)
+        return (mix32(key ^ index) >> 8).float() / 2 ** 24
+
+    def gumbel(self, n):
+        return -torch.log(-torch.log(self.uniform(n).clamp_min(2 ** -25)))
 
 
-def gumbel_noise(shape, generators, device):
-    return -torch.log(-torch.log(uniform_per_sample(shape, generators, device).clamp_min(1e-20)))
+def mix32(x):
+    """A 32-bit integer hash (Mueller's; every output bit depends on every input bit) on int64
+    tensors holding values below 2**32; the constant is below 2**31, so nothing overflows."""
+    for _ in range(2):
+        x = ((x ^ (x >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
 
 
-def draw_characters(logits, temperature, top_k, top_p, generators):
+def draw_characters(logits, temperature, top_k, top_p, noise):
     """Draw one character per position and return (chars, confidence).
 
     The confidence is the probability of the drawn character under the distribution it was
@@ -331,8 +350,10 @@ def draw_characters(logits, temperature, top_k, top_p, generators):
         outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # the most likely is always kept
         logits = logits.masked_fill(outside.scatter(-1, order, outside), float("-inf"))
     probs = logits.softmax(-1)
-    # Gumbel-max, one generator per sample
-    chars = (probs.log() + gumbel_noise(logits.shape[1:], generators, logits.device)).argmax(-1)
+    # inverse CDF: one uniform per position
+    cdf = probs.cumsum(-1)
+    u = noise.uniform(probs.size(1)).view(*probs.shape[:2], 1) * cdf[..., -1:]
+    chars = (cdf <= u).sum(-1).clamp(max=probs.size(-1) - 1)
     return chars, probs.gather(-1, chars[..., None]).squeeze(-1)
 
 
@@ -426,13 +447,13 @@ def commit_positions(conf, still_masked, count, threshold):
     return commit & still_masked
 
 
-def rank_for_commit(conf, order, step, n_steps, generators):
+def rank_for_commit(conf, order, step, n_steps, noise):
     """The score that decides which masked positions are written first."""
     if order == "random":  # MDLM's ancestral order: which positions to commit is chance
-        return uniform_per_sample(conf.shape[1:], generators, conf.device)
+        return noise.uniform(conf.size(1))
     if order == "noisy":  # MaskGIT: Gumbel noise on log-confidence, annealed to zero
         noise_scale = 1.0 - step / n_steps
-        return conf.clamp_min(1e-9).log() + noise_scale * gumbel_noise(conf.shape[1:], generators, conf.device)
+        return conf.clamp_min(1e-9).log() + noise_scale * noise.gumbel(conf.size(1))
     return conf
 
 
@@ -479,7 +500,7 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
     is_masked = canvas == mask_id
     if not torch.equal(is_masked, is_masked[:1].expand_as(is_masked)):
         raise ValueError("every row of the canvas must have the same masked positions")
-    generators = [torch.Generator(device=dev).manual_seed(seed + i) for i in range(B)]
+    noise = Noise(seed, B, dev)
     precision = sampling_precision(precision, dev)
     plan = plan_blocks(is_masked[0].nonzero().flatten().tolist(), N, T, block, keep)  # one host sync
     block_steps = split_steps(steps, [p[4] for p in plan]) if steps is not None else [None] * len(plan)
@@ -488,7 +509,7 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
         counts = commit_schedule(n_masked, n_steps, schedule) if n_steps is not None else None
         for commit, reopened in denoise_block(model, canvas, start, end, first, block_end, counts, threshold,
                                               temperature, top_k, top_p, order, remask, cache, precision,
-                                              generators):
+                                              noise):
             nfe += 1
             committed = torch.zeros_like(is_masked)
             committed[:, first:block_end] = commit
@@ -500,7 +521,7 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
 
 
 def denoise_block(model, canvas, start, end, first, block_end, counts, threshold, temperature, top_k, top_p,
-                  order, remask, cache, precision, generators):
+                  order, remask, cache, precision, noise):
     """Fill the masks of canvas[:, first:block_end] in place, the model seeing canvas[:, start:end].
     Yields (written, re-opened) masks over the block after every forward pass."""
     mask_id = model.config.mask_id
@@ -523,8 +544,8 @@ def denoise_block(model, canvas, start, end, first, block_end, counts, threshold
                 logits = model(canvas[:, start:end], cache=kv)[:, lo:hi]
                 if kv is not None:
                     kv.own()
-        chars, prob = draw_characters(logits, temperature, top_k, top_p, generators)
-        rank = rank_for_commit(prob, order, step, len(counts) if counts else 1, generators)
+        chars, prob = draw_characters(logits, temperature, top_k, top_p, noise)
+        rank = rank_for_commit(prob, order, step, len(counts) if counts else 1, noise)
         n_remask = 0
         if counts is not None and remask:
             done = sum(counts[:step])
@@ -553,7 +574,7 @@ def generate_ar_steps(model, canvas, temperature=1.0, top_k=None, top_p=None, se
     B, N = canvas.shape
     dev = canvas.device
     canvas = canvas.clone()
-    generators = [torch.Generator(device=dev).manual_seed(seed + i) for i in range(B)]
+    noise = Noise(seed, B, dev)
     precision = sampling_precision(precision, dev)
     masked_cols = (canvas[0] == mask_id).nonzero().flatten().tolist()
     if masked_cols and masked_cols[0] == 0:
@@ -562,7 +583,7 @@ def generate_ar_steps(model, canvas, temperature=1.0, top_k=None, top_p=None, se
         start = max(0, i - T)
         with autocast(dev, precision):
             logits = model(canvas[:, start:i])[:, -1:]
-        chars, _ = draw_characters(logits, temperature, top_k, top_p, generators)
+        chars, _ = draw_characters(logits, temperature, top_k, top_p, noise)
         canvas[:, i] = chars[:, 0]
         committed = torch.zeros_like(canvas, dtype=torch.bool)
         committed[:, i] = True

@@ -73,8 +73,8 @@ def drawn_confidences(monkeypatch):
     seen = []
     real = model_module.draw_characters
 
-    def spy(logits, temperature, top_k, top_p, generators):
-        drawn, conf = real(logits, temperature, top_k, top_p, generators)
+    def spy(logits, temperature, top_k, top_p, noise):
+        drawn, conf = real(logits, temperature, top_k, top_p, noise)
         seen.append(conf.clone())
         return drawn, conf
     monkeypatch.setattr(model_module, "draw_characters", spy)
@@ -281,12 +281,11 @@ def test_long_text_through_blocks_is_continuous_and_of_the_asked_length(tiny_mod
 
 
 def test_top_p_keeps_the_smallest_set_that_reaches_p():
-    from model import draw_characters
+    from model import Noise, draw_characters
     logits = torch.tensor([[[2.0, 1.0, 0.5, -1.0]]]).log_softmax(-1)  # p = 0.61, 0.22, 0.14, 0.03
 
     def drawn(p):
-        return {draw_characters(logits, 1.0, None, p, [torch.Generator().manual_seed(i)])[0].item()
-                for i in range(300)}
+        return {draw_characters(logits, 1.0, None, p, Noise(i, 1, "cpu"))[0].item() for i in range(300)}
     assert drawn(0.6) == {0}
     assert drawn(0.8) == {0, 1}
     assert drawn(0.9) == {0, 1, 2}
@@ -302,3 +301,28 @@ def test_autoregressive_sampler_writes_one_character_per_pass(tiny_ar_ckpt):
     assert all(s["committed"].sum() == 1 for s in states)
     assert decode(states[-1]["canvas"][0, :5].tolist(), chars) == "KING:"
     assert (states[-1]["canvas"] != len(chars)).all()
+
+
+def test_noise_is_uniform_independent_and_the_same_for_a_row_in_any_batch():
+    from model import Noise
+    u = Noise(0, 4, "cpu").uniform(50_000)
+    assert u.min() >= 0 and u.max() < 1
+    assert abs(u.mean().item() - 0.5) < 0.005 and abs(u.var().item() - 1 / 12) < 0.002
+    counts = torch.histc(u, bins=10, min=0, max=1)
+    assert ((counts - 20_000).abs() < 800).all()  # chi-by-eye: each decile within 4 sd
+    assert abs(torch.corrcoef(u)[0, 1].item()) < 0.02  # rows are independent
+    assert abs(torch.corrcoef(torch.stack([u[0, :-1], u[0, 1:]]))[0, 1].item()) < 0.02  # neighbours too
+    batch, single = Noise(5, 3, "cpu"), Noise(7, 1, "cpu")
+    for _ in range(3):  # row 2 of seed 5 is the one row of seed 7, draw after draw
+        assert torch.equal(batch.uniform(100)[2], single.uniform(100)[0])
+    assert not torch.equal(Noise(1, 1, "cpu").uniform(100), Noise(2, 1, "cpu").uniform(100))
+
+
+def test_drawn_characters_follow_the_distribution():
+    from model import Noise, draw_characters
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = p.log().expand(1, 20_000, 4)
+    chars, conf = draw_characters(logits, 1.0, None, None, Noise(0, 1, "cpu"))
+    freq = torch.bincount(chars[0], minlength=4) / 20_000
+    assert (freq - p).abs().max() < 0.012
+    assert torch.allclose(conf[0], p[chars[0]])
