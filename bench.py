@@ -98,11 +98,12 @@ def sample_benchmark(argv):
         seconds = median_time(lambda: generate(model, canvas, **kwargs))
         full = canvas.masked_fill(canvas == mask_id_of(chars), 0)[:, :model.config.block_size]
         precision = sampling_precision(kwargs["precision"], device)
+        forward = torch.compile(model, mode=args.compile_mode) if args.compile else model
 
         def passes():
             with torch.inference_mode(), autocast(device, precision):
                 for _ in range(nfe):
-                    model(full)
+                    forward(full).clone()
         reference = median_time(passes)
         print(f"batch {batch:>4}: {n_new * batch / seconds:>12,.0f} chars/s | {seconds * 1e3:9.1f} ms for {n_new} "
               f"new chars x {batch}, NFE {nfe} | {nfe} full forward passes alone: {reference * 1e3:9.1f} ms "

@@ -304,21 +304,28 @@ class Noise:
     """The sampler's random numbers: a counter-based generator (a 32-bit integer hash of seed,
     draw and position), so row i of a batch gets the numbers of a batch of one with seed + i,
     CPU and GPU draw the same numbers, and a draw for the whole batch is a few elementwise ops
-    (no per-row generator, no host round trip)."""
+    (no per-row generator, no host round trip, nothing that stops torch.compile)."""
 
     def __init__(self, seed, batch, device):
         self.rows = mix32(torch.arange(seed, seed + batch, device=device, dtype=torch.long) & 0xFFFFFFFF)
         self.draws = 0
 
-    def uniform(self, n):
-        """(batch, n) uniforms in [0, 1), 24 bits each; every call gives new ones."""
-        self.draws += 1
-        key = mix32(self.rows ^ self.draws)[:, None]
-        index = torch.arange(n, device=self.rows.device, dtype=torch.long)
-        return (mix32(key ^ index) >> 8).float() / 2 ** 24
+    def keys(self, n):
+        """(n, batch) keys for the next n draws; `uniform(keys[i], ...)` turns one into numbers."""
+        draws = torch.arange(self.draws + 1, self.draws + n + 1, device=self.rows.device)
+        self.draws += n
+        return mix32(self.rows[None, :] ^ draws[:, None])
 
-    def gumbel(self, n):
-        return -torch.log(-torch.log(self.uniform(n).clamp_min(2 ** -25)))
+    def uniform(self, n):
+        """(batch, n) uniforms in [0, 1) from a new draw."""
+        return uniform(self.keys(1)[0], n)
+
+
+def uniform(keys, n, stream=0):
+    """(batch, n) uniforms in [0, 1), 24 bits each, from (batch,) keys; streams 0..255 of one key
+    are independent."""
+    index = torch.arange(n, device=keys.device, dtype=torch.long) | (stream << 24)
+    return (mix32(keys[:, None] ^ index) >> 8).float() / 2 ** 24
 
 
 def mix32(x):
@@ -329,8 +336,8 @@ def mix32(x):
     return x ^ (x >> 16)
 
 
-def draw_characters(logits, temperature, top_k, top_p, noise):
-    """Draw one character per position and return (chars, confidence).
+def draw_characters(logits, temperature, top_k, top_p, u):
+    """Draw one character per position (u: one uniform per position) and return (chars, confidence).
 
     The confidence is the probability of the drawn character under the distribution it was
     drawn from (at temperature 0: the largest probability of the model's distribution).
@@ -352,17 +359,17 @@ def draw_characters(logits, temperature, top_k, top_p, noise):
     probs = logits.softmax(-1)
     # inverse CDF: one uniform per position
     cdf = probs.cumsum(-1)
-    u = noise.uniform(probs.size(1)).view(*probs.shape[:2], 1) * cdf[..., -1:]
-    chars = (cdf <= u).sum(-1).clamp(max=probs.size(-1) - 1)
+    chars = (cdf <= u[..., None] * cdf[..., -1:]).sum(-1).clamp(max=probs.size(-1) - 1)
     return chars, probs.gather(-1, chars[..., None]).squeeze(-1)
 
 
 ORDERS = ("confidence", "random", "noisy")
 CACHES = ("none", "prefix", "dual")
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
 
 
 def check_sampler_options(steps=None, threshold=None, order="confidence", remask=0.0, temperature=1.0,
-                          top_k=None, top_p=None, block=None, cache="none", schedule="linear"):
+                          top_k=None, top_p=None, block=None, cache="none", schedule="linear", compile=None):
     """Every rule of the sampler's options, in one place: generate_steps and the CLIs call it.
     Raises ValueError with a message that names the option as the CLIs spell it."""
     finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)
@@ -396,6 +403,10 @@ def check_sampler_options(steps=None, threshold=None, order="confidence", remask
         raise ValueError("--cache needs --block (the cache is rebuilt once per block)")
     if schedule not in ("linear", "cosine"):
         raise ValueError(f"--schedule must be linear or cosine, got {schedule!r}")
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"--compile-mode must be one of {', '.join(map(str, COMPILE_MODES[1:]))}, got {compile!r}")
+    if compile and cache != "none":
+        raise ValueError("--compile works without --cache (the cache's keys/values are not compile-friendly)")
 
 
 def plan_blocks(masked_cols, N, T, block, keep):
@@ -434,12 +445,18 @@ def split_steps(steps, sizes):
     return alloc
 
 
+def lowest(score, count):
+    """(B, n) bool: the `count` positions of each row with the lowest score (count may be a
+    tensor: no data-dependent shapes, so this compiles into one graph)."""
+    return score.argsort(dim=1, stable=True).argsort(dim=1) < count
+
+
 def commit_positions(conf, still_masked, count, threshold):
     """Which still-masked positions to write: the `count` highest `conf`, or (threshold) all with
     conf >= threshold and at least the best one in every row that has a mask left."""
     conf = conf.masked_fill(~still_masked, float("-inf"))  # never re-commit
     if threshold is None:
-        commit = torch.zeros_like(still_masked).scatter_(1, conf.topk(count, dim=1).indices, True)
+        commit = lowest(-conf, count)
     else:
         commit = conf >= threshold
         best = F.one_hot(conf.argmax(1), conf.size(1)).bool()
@@ -447,20 +464,19 @@ def commit_positions(conf, still_masked, count, threshold):
     return commit & still_masked
 
 
-def rank_for_commit(conf, order, step, n_steps, noise):
-    """The score that decides which masked positions are written first."""
+def rank_for_commit(conf, order, noise_scale, u):
+    """The score that decides which masked positions are written first (u: uniforms)."""
     if order == "random":  # MDLM's ancestral order: which positions to commit is chance
-        return noise.uniform(conf.size(1))
+        return u
     if order == "noisy":  # MaskGIT: Gumbel noise on log-confidence, annealed to zero
-        noise_scale = 1.0 - step / n_steps
-        return conf.clamp_min(1e-9).log() + noise_scale * noise.gumbel(conf.size(1))
+        return conf.clamp_min(1e-9).log() - noise_scale * torch.log(-torch.log(u.clamp_min(2 ** -25)))
     return conf
 
 
 @torch.inference_mode()
 def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, top_k=None, top_p=None,
                    schedule="linear", seed=0, context_keep=None, order="confidence", precision="auto",
-                   remask=0.0, block=None, cache="none"):
+                   remask=0.0, block=None, cache="none", compile=None):
     """Denoise `canvas` and yield after every forward pass.
 
     canvas: (B, N) ids; positions equal to the mask id are generated, all others are kept
@@ -487,10 +503,14 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
     runs each step on the block alone (Fast-dLLM). Both rebuild the cache at each block start.
     precision: "bf16" or "fp32" for the forward passes; "auto" is bf16 where it is native
     (`native_bf16`: CUDA, CPUs with AVX-512 BF16 or AMX), else fp32.
+    compile: a torch.compile mode ("default", "reduce-overhead": CUDA graphs) for the whole
+    step, forward pass and sampling together (`denoise_step`); not with a cache.
     Yields dicts: canvas (B, N) after the step, committed (B, N) bool (written this step),
     reopened (B, N) bool (masked again this step), nfe, window (start, end), block (start, end).
     """
-    check_sampler_options(steps, threshold, order, remask, temperature, top_k, top_p, block, cache, schedule)
+    check_sampler_options(steps, threshold, order, remask, temperature, top_k, top_p, block, cache, schedule,
+                          compile)
+    step_fn = compiled_step(compile) if compile else denoise_step
     cfg = model.config
     mask_id, T = cfg.mask_id, cfg.block_size
     keep = context_keep if context_keep is not None else (T - block if block is not None and block < T else T // 2)
@@ -509,59 +529,82 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
         counts = commit_schedule(n_masked, n_steps, schedule) if n_steps is not None else None
         for commit, reopened in denoise_block(model, canvas, start, end, first, block_end, counts, threshold,
                                               temperature, top_k, top_p, order, remask, cache, precision,
-                                              noise):
+                                              noise, step_fn):
             nfe += 1
             committed = torch.zeros_like(is_masked)
             committed[:, first:block_end] = commit
             reopened_full = torch.zeros_like(is_masked)
-            if reopened is not None:
-                reopened_full[:, first:block_end] = reopened
+            reopened_full[:, first:block_end] = reopened
             yield {"canvas": canvas, "committed": committed, "reopened": reopened_full, "nfe": nfe,
                    "window": (start, end), "block": (first, block_end)}
 
 
 def denoise_block(model, canvas, start, end, first, block_end, counts, threshold, temperature, top_k, top_p,
-                  order, remask, cache, precision, noise):
+                  order, remask, cache, precision, noise, step_fn):
     """Fill the masks of canvas[:, first:block_end] in place, the model seeing canvas[:, start:end].
-    Yields (written, re-opened) masks over the block after every forward pass."""
+    Yields (written, re-opened) masks over the block after every forward pass. The host decides
+    only counts (plain ints, known in advance); everything per step runs in `step_fn`."""
     mask_id = model.config.mask_id
     dev = canvas.device
     lo, hi = first - start, block_end - start  # the block inside the window
     kv = KVCache() if cache != "none" else None
     run_to = hi if cache == "dual" else end - start  # cached passes run on [lo, run_to)
-    generated = canvas[:, first:block_end] == mask_id  # the block's positions to write
+    region = canvas[:, first:block_end]
+    generated = region == mask_id  # the block's positions to write
     commit_prob = torch.zeros(generated.shape, device=dev)  # p(drawn character) when written
-    step = 0
-    while True:
-        region = canvas[:, first:block_end]
-        still_masked = region == mask_id
-        if (counts is not None and step == len(counts)) or (counts is None and not still_masked.any()):
+    n_steps = len(counts) if counts is not None else hi - lo  # threshold: at most one pass per mask
+    plan = torch.zeros(n_steps, 3, device=dev)  # per step: commit count, re-open count, noise scale
+    if counts is not None:
+        done = [sum(counts[:i]) for i in range(n_steps)]
+        reopen = [min(round(remask * c), d, sum(counts) - d - c) if remask else 0 for c, d in zip(counts, done)]
+        plan[:, 0] = torch.tensor([c + r for c, r in zip(counts, reopen)], dtype=torch.float)
+        plan[:, 1] = torch.tensor(reopen, dtype=torch.float)
+    plan[:, 2] = 1.0 - torch.arange(n_steps, dtype=torch.float) / n_steps
+    keys = noise.keys(n_steps)
+    for step in range(n_steps):
+        if counts is None and not (region == mask_id).any():
             return
         with autocast(dev, precision):
             if kv:  # the block (and, prefix cache, the right side) against the cached keys/values
-                logits = model(canvas[:, first:start + run_to], cache=kv, start=lo)[:, :hi - lo]
+                x, at, out = canvas[:, first:start + run_to], lo, (0, hi - lo)
             else:  # a full pass over the window (fills the cache at a block's first step)
-                logits = model(canvas[:, start:end], cache=kv)[:, lo:hi]
-                if kv is not None:
-                    kv.own()
-        chars, prob = draw_characters(logits, temperature, top_k, top_p, noise)
-        rank = rank_for_commit(prob, order, step, len(counts) if counts else 1, noise)
-        n_remask = 0
-        if counts is not None and remask:
-            done = sum(counts[:step])
-            n_remask = min(round(remask * counts[step]), done, sum(counts) - done - counts[step])
-        commit = commit_positions(rank, still_masked, counts[step] + n_remask if counts else None, threshold)
-        region.copy_(torch.where(commit, chars, region))
-        reopened = None
-        if n_remask:  # the written characters drawn with the lowest probability
-            written = generated & ~still_masked
-            low = commit_prob.masked_fill(~written, float("inf")).topk(n_remask, dim=1, largest=False)
-            reopened = torch.zeros_like(commit).scatter_(1, low.indices, True)
-            region.masked_fill_(reopened, mask_id)
-        if remask:
-            commit_prob = torch.where(commit, prob, commit_prob)
-        step += 1
-        yield commit, reopened
+                x, at, out = canvas[:, start:end], 0, (lo, hi)
+            new, commit, reopened, commit_prob = step_fn(
+                model, x, kv, at, *out, region, generated, commit_prob, keys[step], plan[step],
+                mask_id, temperature, top_k, top_p, order, threshold)
+        if kv is not None and step == 0:
+            kv.own()
+        region.copy_(new)
+        commit_prob = commit_prob.clone()  # under CUDA graphs the next replay overwrites outputs
+        yield commit.clone(), reopened.clone()
+
+
+def denoise_step(model, x, cache, at, lo, hi, region, generated, commit_prob, keys, plan, mask_id,
+                 temperature, top_k, top_p, order, threshold):
+    """One forward pass and what it writes, a pure function of tensors (torch.compile captures
+    it whole, CUDA graphs included). plan: (commit count, re-open count, noise scale).
+    Returns the block's new content, the written and re-opened masks, and the probabilities of
+    the written characters (what remasking ranks by)."""
+    logits = model(x, cache=cache, start=at)[:, lo:hi]
+    n = hi - lo
+    chars, prob = draw_characters(logits, temperature, top_k, top_p, uniform(keys, n, stream=0))
+    still_masked = region == mask_id
+    rank = rank_for_commit(prob, order, plan[2], uniform(keys, n, stream=1))
+    commit = commit_positions(rank, still_masked, plan[0], threshold)
+    written = generated & ~still_masked
+    reopened = lowest(commit_prob.masked_fill(~written, float("inf")), plan[1])  # drawn least likely
+    new = torch.where(commit, chars, region).masked_fill(reopened, mask_id)
+    return new, commit, reopened, torch.where(commit, prob, commit_prob)
+
+
+COMPILED_STEPS = {}
+
+
+def compiled_step(mode):
+    """denoise_step under torch.compile (one compiled function per mode, made once)."""
+    if mode not in COMPILED_STEPS:
+        COMPILED_STEPS[mode] = torch.compile(denoise_step, mode=mode, dynamic=False)
+    return COMPILED_STEPS[mode]
 
 
 @torch.inference_mode()
@@ -583,7 +626,7 @@ def generate_ar_steps(model, canvas, temperature=1.0, top_k=None, top_p=None, se
         start = max(0, i - T)
         with autocast(dev, precision):
             logits = model(canvas[:, start:i])[:, -1:]
-        chars, _ = draw_characters(logits, temperature, top_k, top_p, noise)
+        chars, _ = draw_characters(logits, temperature, top_k, top_p, noise.uniform(logits.size(1)))
         canvas[:, i] = chars[:, 0]
         committed = torch.zeros_like(canvas, dtype=torch.bool)
         committed[:, i] = True

@@ -88,7 +88,9 @@ def add_sampling_args(p):
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
                    help="auto = bf16 where it is native (CUDA; CPUs with AVX-512 BF16 or AMX, where "
                         f"it nearly halves the time), fp32 elsewhere (default {SAMPLER_DEFAULTS['precision']})")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on CUDA)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each step, forward pass and sampling together (pays off on CUDA "
+                        "after a warm-up; not with --cache)")
     p.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
                    help="torch.compile mode; reduce-overhead uses CUDA graphs (default %(default)s)")
 
@@ -124,20 +126,19 @@ def build_canvas(args, chars, num_samples, device):
 
 
 def load_for_sampling(args):
-    """Device, model (compiled if asked) and vocabulary for the sampling CLIs."""
+    """Device, model and vocabulary for the sampling CLIs."""
     device = pick_device(args.device)
     model, chars, _ = load_model(args.ckpt, device)
     if model.config.causal:
         raise UserError(f"{args.ckpt} is an autoregressive baseline, not a diffusion model")
-    if args.compile:
-        model = torch.compile(model, mode=args.compile_mode)
     return device, model, chars
 
 
 def sampler_kwargs(args):
     return dict(steps=args.steps, threshold=args.threshold, temperature=args.temperature, top_k=args.top_k,
                 top_p=args.top_p, schedule=args.schedule, seed=args.seed, order=args.order,
-                precision=args.precision, remask=args.remask, block=args.block, cache=args.cache)
+                precision=args.precision, remask=args.remask, block=args.block, cache=args.cache,
+                compile=args.compile_mode if args.compile else None)
 
 
 def main(argv=None):
