@@ -25,8 +25,9 @@ import sys
 import tempfile
 import time
 
-if __name__ == "__main__":  # Ctrl-C while torch loads: exit quietly (main() handles it later)
-    signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
+if __name__ == "__main__":  # Ctrl-C while torch loads: exit quietly (main() handles it later);
+    # os._exit, not sys.exit: an exception raised inside torch's C++ import code aborts the process
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
 from model import ArgumentParser, UserError, generate_ar_steps, generate_steps, load_model, mask_id_of
 from sample import (DEFAULT_CKPT, add_sampling_args, build_canvas, check_sampling_args, load_for_sampling,

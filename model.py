@@ -531,11 +531,8 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
                                               temperature, top_k, top_p, order, remask, cache, precision,
                                               noise, step_fn):
             nfe += 1
-            committed = torch.zeros_like(is_masked)
-            committed[:, first:block_end] = commit
-            reopened_full = torch.zeros_like(is_masked)
-            reopened_full[:, first:block_end] = reopened
-            yield {"canvas": canvas, "committed": committed, "reopened": reopened_full, "nfe": nfe,
+            widen = (first, N - block_end)  # block columns -> canvas columns (a copy: see denoise_block)
+            yield {"canvas": canvas, "committed": F.pad(commit, widen), "reopened": F.pad(reopened, widen), "nfe": nfe,
                    "window": (start, end), "block": (first, block_end)}
 
 
@@ -576,7 +573,7 @@ def denoise_block(model, canvas, start, end, first, block_end, counts, threshold
             kv.own()
         region.copy_(new)
         commit_prob = commit_prob.clone()  # under CUDA graphs the next replay overwrites outputs
-        yield commit.clone(), reopened.clone()
+        yield commit, reopened  # valid until the next step: copy them to keep them
 
 
 def denoise_step(model, x, cache, at, lo, hi, region, generated, commit_prob, keys, plan, mask_id,

@@ -15,8 +15,13 @@ In --prompt, `_` marks a character to generate (infilling) and `\\n` is a newlin
 import argparse
 import os
 import random
+import signal
 import sys
 import time
+
+if __name__ == "__main__":  # Ctrl-C while torch loads: exit quietly (main() handles it later);
+    # os._exit, not sys.exit: an exception raised inside torch's C++ import code aborts the process
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
 import torch
 
@@ -31,8 +36,8 @@ SAMPLE_SEPARATOR = "\n---\n"  # printed between samples, after the blank line th
 # the sampler's defaults, chosen with quality.py on 64 validation prompts (README: "Choosing the
 # default sampler"). --threshold needs confidences: with it, order and remask default to
 # confidence and 0 (THRESHOLD_DEFAULTS).
-SAMPLER_DEFAULTS = dict(steps=64, threshold=None, temperature=1.05, top_k=None, top_p=None, schedule="cosine",
-                        order="random", remask=0.375, block=None, cache="none", precision="auto")
+SAMPLER_DEFAULTS = dict(steps=64, threshold=None, temperature=1.1, top_k=None, top_p=None, schedule="cosine",
+                        order="random", remask=0.75, block=None, cache="none", precision="auto")
 THRESHOLD_DEFAULTS = dict(order="confidence", remask=0.0)
 
 
@@ -185,4 +190,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is KeyboardInterrupt again
     main()
