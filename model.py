@@ -365,11 +365,13 @@ def draw_characters(logits, temperature, top_k, top_p, u):
 
 ORDERS = ("confidence", "random", "noisy")
 CACHES = ("none", "prefix", "dual")
+REMASK_BY = ("prob", "ratio")
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
 
 
 def check_sampler_options(steps=None, threshold=None, order="confidence", remask=0.0, temperature=1.0,
-                          top_k=None, top_p=None, block=None, cache="none", schedule="linear", compile=None):
+                          top_k=None, top_p=None, block=None, cache="none", schedule="linear", compile=None,
+                          remask_by="prob"):
     """Every rule of the sampler's options, in one place: generate_steps and the CLIs call it.
     Raises ValueError with a message that names the option as the CLIs spell it."""
     finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)
@@ -403,6 +405,8 @@ def check_sampler_options(steps=None, threshold=None, order="confidence", remask
         raise ValueError("--cache needs --block (the cache is rebuilt once per block)")
     if schedule not in ("linear", "cosine"):
         raise ValueError(f"--schedule must be linear or cosine, got {schedule!r}")
+    if remask_by not in REMASK_BY:
+        raise ValueError(f"--remask-by must be one of {', '.join(REMASK_BY)}, got {remask_by!r}")
     if compile not in COMPILE_MODES:
         raise ValueError(f"--compile-mode must be one of {', '.join(map(str, COMPILE_MODES[1:]))}, got {compile!r}")
     if compile and cache != "none":
@@ -476,7 +480,7 @@ def rank_for_commit(conf, order, noise_scale, u):
 @torch.inference_mode()
 def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, top_k=None, top_p=None,
                    schedule="linear", seed=0, context_keep=None, order="confidence", precision="auto",
-                   remask=0.0, block=None, cache="none", compile=None):
+                   remask=0.0, block=None, cache="none", compile=None, remask_by="prob"):
     """Denoise `canvas` and yield after every forward pass.
 
     canvas: (B, N) ids; positions equal to the mask id are generated, all others are kept
@@ -498,6 +502,9 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
     remask=rho (with steps): each step also re-opens round(rho * that step's count) of the
     block's written characters, those drawn with the lowest probability, and commits as many
     more: the passes and the net progress stay as scheduled (ReMDM's confidence remasking).
+    remask_by: what "least likely" means: "prob", the probability the character was drawn
+    with; "ratio", that probability over the most likely character's at that position (a
+    position with many good options, a speaker's name say, is not re-opened for it).
     cache (with block): "prefix" computes the keys/values left of the block once per block and
     runs each later step on the block and what follows it; "dual" caches the right side too and
     runs each step on the block alone (Fast-dLLM). Both rebuild the cache at each block start.
@@ -509,7 +516,7 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
     reopened (B, N) bool (masked again this step), nfe, window (start, end), block (start, end).
     """
     check_sampler_options(steps, threshold, order, remask, temperature, top_k, top_p, block, cache, schedule,
-                          compile)
+                          compile, remask_by)
     step_fn = compiled_step(compile) if compile else denoise_step
     cfg = model.config
     mask_id, T = cfg.mask_id, cfg.block_size
@@ -528,8 +535,8 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
     for (start, end, first, block_end, n_masked), n_steps in zip(plan, block_steps):
         counts = commit_schedule(n_masked, n_steps, schedule) if n_steps is not None else None
         for commit, reopened in denoise_block(model, canvas, start, end, first, block_end, counts, threshold,
-                                              temperature, top_k, top_p, order, remask, cache, precision,
-                                              noise, step_fn):
+                                              temperature, top_k, top_p, order, remask, remask_by, cache,
+                                              precision, noise, step_fn):
             nfe += 1
             widen = (first, N - block_end)  # block columns -> canvas columns (a copy: see denoise_block)
             yield {"canvas": canvas, "committed": F.pad(commit, widen), "reopened": F.pad(reopened, widen), "nfe": nfe,
@@ -537,7 +544,7 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
 
 
 def denoise_block(model, canvas, start, end, first, block_end, counts, threshold, temperature, top_k, top_p,
-                  order, remask, cache, precision, noise, step_fn):
+                  order, remask, remask_by, cache, precision, noise, step_fn):
     """Fill the masks of canvas[:, first:block_end] in place, the model seeing canvas[:, start:end].
     Yields (written, re-opened) masks over the block after every forward pass. The host decides
     only counts (plain ints, known in advance); everything per step runs in `step_fn`."""
@@ -548,7 +555,7 @@ def denoise_block(model, canvas, start, end, first, block_end, counts, threshold
     run_to = hi if cache == "dual" else end - start  # cached passes run on [lo, run_to)
     region = canvas[:, first:block_end]
     generated = region == mask_id  # the block's positions to write
-    commit_prob = torch.zeros(generated.shape, device=dev)  # p(drawn character) when written
+    commit_prob = torch.zeros(generated.shape, device=dev)  # what re-opening ranks by (remask_by)
     n_steps = len(counts) if counts is not None else hi - lo  # threshold: at most one pass per mask
     plan = torch.zeros(n_steps, 3, device=dev)  # per step: commit count, re-open count, noise scale
     if counts is not None:
@@ -568,7 +575,7 @@ def denoise_block(model, canvas, start, end, first, block_end, counts, threshold
                 x, at, out = canvas[:, start:end], 0, (lo, hi)
             new, commit, reopened, commit_prob = step_fn(
                 model, x, kv, at, *out, region, generated, commit_prob, keys[step], plan[step],
-                mask_id, temperature, top_k, top_p, order, threshold)
+                mask_id, temperature, top_k, top_p, order, threshold, remask_by)
         if kv is not None and step == 0:
             kv.own()
         region.copy_(new)
@@ -577,11 +584,11 @@ def denoise_block(model, canvas, start, end, first, block_end, counts, threshold
 
 
 def denoise_step(model, x, cache, at, lo, hi, region, generated, commit_prob, keys, plan, mask_id,
-                 temperature, top_k, top_p, order, threshold):
+                 temperature, top_k, top_p, order, threshold, remask_by="prob"):
     """One forward pass and what it writes, a pure function of tensors (torch.compile captures
     it whole, CUDA graphs included). plan: (commit count, re-open count, noise scale).
-    Returns the block's new content, the written and re-opened masks, and the probabilities of
-    the written characters (what remasking ranks by)."""
+    Returns the block's new content, the written and re-opened masks, and the scores of the
+    written characters that remasking ranks by."""
     logits = model(x, cache=cache, start=at)[:, lo:hi]
     n = hi - lo
     chars, prob = draw_characters(logits, temperature, top_k, top_p, uniform(keys, n, stream=0))
@@ -591,7 +598,11 @@ def denoise_step(model, x, cache, at, lo, hi, region, generated, commit_prob, ke
     written = generated & ~still_masked
     reopened = lowest(commit_prob.masked_fill(~written, float("inf")), plan[1])  # drawn least likely
     new = torch.where(commit, chars, region).masked_fill(reopened, mask_id)
-    return new, commit, reopened, torch.where(commit, prob, commit_prob)
+    score = prob
+    if remask_by == "ratio" and temperature > 0:  # p(drawn) / p(best), unchanged by top-k/top-p
+        logits = logits.float()
+        score = ((logits.gather(-1, chars[..., None]).squeeze(-1) - logits.amax(-1)) / temperature).exp()
+    return new, commit, reopened, torch.where(commit, score, commit_prob)
 
 
 COMPILED_STEPS = {}

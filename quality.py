@@ -17,7 +17,7 @@ Every prompt is the first --prompt-chars characters of a window of the validatio
 The first row scores the real continuation the same way: good text sits in a band around it
 on every column at once, not at the lowest AR NLL. Settings start from sample.py's defaults
 ("default" is them unchanged) and override any sampler option: steps, threshold, temperature,
-top_k, top_p, schedule, order, remask, block, cache, precision.
+top_k, top_p, schedule, order, remask, remask_by, block, cache, precision.
 """
 
 import argparse
@@ -38,7 +38,7 @@ DEFAULT_SETTINGS = ["default", "steps=256", "steps=32", "threshold=0.9", "temper
                     "order=noisy", "remask=1.0", "top_p=0.9", "block=32", "block=32,cache=prefix",
                     "block=32,cache=dual", "block=64,cache=dual", "block=16,cache=dual"]
 TYPES = {"steps": int, "top_k": int, "block": int, "threshold": float, "temperature": float, "top_p": float,
-         "remask": float, "schedule": str, "order": str, "cache": str, "precision": str}
+         "remask": float, "remask_by": str, "schedule": str, "order": str, "cache": str, "precision": str}
 
 
 def parse_setting(text):

@@ -37,7 +37,8 @@ SAMPLE_SEPARATOR = "\n---\n"  # printed between samples, after the blank line th
 # default sampler"). --threshold needs confidences: with it, order and remask default to
 # confidence and 0 (THRESHOLD_DEFAULTS).
 SAMPLER_DEFAULTS = dict(steps=64, threshold=None, temperature=1.1, top_k=None, top_p=None, schedule="cosine",
-                        order="random", remask=0.75, block=None, cache="none", precision="auto")
+                        order="random", remask=0.75, remask_by="prob", block=None, cache="none",
+                        precision="auto")
 THRESHOLD_DEFAULTS = dict(order="confidence", remask=0.0)
 
 
@@ -77,6 +78,10 @@ def add_sampling_args(p):
                    help="with --steps: each step also re-opens RHO x its count of written characters, "
                         "those drawn with the lowest probability, and writes as many more; same "
                         f"number of passes (ReMDM; default {SAMPLER_DEFAULTS['remask']}, 0 with --threshold)")
+    p.add_argument("--remask-by", choices=["prob", "ratio"],
+                   help="which written characters count as least likely: prob, the probability each was "
+                        "drawn with; ratio, that over the best character's there (spares positions with "
+                        f"many good options; default {SAMPLER_DEFAULTS['remask_by']})")
     p.add_argument("--temperature", type=float, help=f"0 = greedy (default {SAMPLER_DEFAULTS['temperature']})")
     p.add_argument("--top-k", type=int, help="draw only from the k most likely characters")
     p.add_argument("--top-p", type=float,
@@ -142,7 +147,8 @@ def load_for_sampling(args):
 def sampler_kwargs(args):
     return dict(steps=args.steps, threshold=args.threshold, temperature=args.temperature, top_k=args.top_k,
                 top_p=args.top_p, schedule=args.schedule, seed=args.seed, order=args.order,
-                precision=args.precision, remask=args.remask, block=args.block, cache=args.cache,
+                precision=args.precision, remask=args.remask, remask_by=args.remask_by, block=args.block,
+                cache=args.cache,
                 compile=args.compile_mode if args.compile else None)
 
 

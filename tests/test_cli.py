@@ -67,6 +67,7 @@ def test_sample_infills_underscores(tiny_ckpt):
     (["--remask", "nan"], ["--remask must be >= 0"]),
     (["--top-p", "0"], ["--top-p must be in (0, 1]"]),
     (["--block", "0"], ["--block must be >= 1"]),
+    (["--remask-by", "chance"], ["--remask-by", "invalid choice"]),
     (["--compile", "--block", "8", "--cache", "dual"], ["--compile works without --cache"]),
     (["--block", "-4", "--cache", "dual"], ["--block must be >= 1"]),
     (["--cache", "dual"], ["--cache needs --block"]),

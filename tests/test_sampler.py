@@ -342,3 +342,33 @@ def test_compiled_step_writes_what_the_eager_step_writes(tiny_model):
     eager, _ = generate(model, canvas, **kwargs)
     compiled, nfe = generate(model, canvas, compile="default", **kwargs)
     assert nfe == 12 and torch.equal(eager, compiled)
+
+
+@pytest.mark.parametrize("top_k", [None, 5])
+def test_remask_by_ratio_scores_the_drawn_character_against_the_best(top_k):
+    # prob ranks re-opening by p(drawn); ratio by p(drawn) / p(best): a position with many good
+    # options (flat distribution) is not re-opened just for being uncertain
+    from model import Noise, denoise_step
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 12) * 2
+
+    def stub(x, cache=None, start=0):
+        return logits
+    region = torch.full((2, 6), 12)  # all masked (mask id 12)
+    plan = torch.tensor([6.0, 0.0, 1.0])  # commit all six, re-open none
+    keys = Noise(3, 2, "cpu").keys(1)[0]
+    out = {}
+    for by in ("prob", "ratio"):
+        new, commit, _, score = denoise_step(stub, region, None, 0, 0, 6, region, region == 12,
+                                             torch.zeros(2, 6), keys, plan, 12, 1.3, top_k, None, "random",
+                                             None, by)
+        assert commit.all()
+        out[by] = (new, score)
+    assert torch.equal(out["prob"][0], out["ratio"][0])  # the same characters are drawn
+    p = (logits / 1.3).softmax(-1)
+    if top_k:
+        p = p.masked_fill(p < p.topk(top_k, -1).values[..., -1:], 0)
+        p = p / p.sum(-1, keepdim=True)
+    drawn = p.gather(-1, out["prob"][0][..., None]).squeeze(-1)
+    assert torch.allclose(out["prob"][1], drawn, atol=1e-6)
+    assert torch.allclose(out["ratio"][1], drawn / p.amax(-1), atol=1e-5)
