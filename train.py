@@ -120,8 +120,9 @@ HELP = {
 PRESETS = {
     # at most 9.5 minutes on a laptop CPU (README: what it reaches)
     "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=128, dropout=0.0, logit_softcap=15.0,
-                optimizer="muon", schedule="wsd", ema=0.99, batch_size=32, max_steps=2200, time_budget=9.5,
-                lr=4e-3, warmup_steps=100, eval_interval=500, eval_mc=1, log_interval=25, out_dir="out/cpu"),
+                optimizer="muon", muon_lr=0.01, schedule="wsd", ema=0.99, batch_size=32, max_steps=2200,
+                time_budget=9.5, lr=4e-3, warmup_steps=100, eval_interval=500, eval_mc=1, log_interval=25,
+                out_dir="out/cpu"),
     # the full 10.7M model: the shipped weights' recipe, 15 minutes on one H100 (README: runs)
     "gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, logit_softcap=15.0,
                 batch_size=256, max_steps=60000, time_budget=15.0, lr=2e-3, warmup_steps=500, schedule="wsd",
