@@ -91,14 +91,15 @@ def sample_benchmark(argv):
     shown = " ".join(f"{k}={v}" for k, v in kwargs.items() if v not in (None, "none", 0.0) and k != "seed")
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"sampling {shown} | device {device} ({name}) | median of {args.runs} runs after {args.warmup} warm-up")
+    mask_id = mask_id_of(chars)
+    precision = sampling_precision(kwargs["precision"], device)
+    forward = torch.compile(model, mode=args.compile_mode) if args.compile else model  # for the reference
     for batch in batch_sizes:
         canvas = sample.build_canvas(args, chars, batch, device)
-        n_new = int((canvas[0] == mask_id_of(chars)).sum())
+        n_new = int((canvas[0] == mask_id).sum())
         nfe = generate(model, canvas, **kwargs)[1]
         seconds = median_time(lambda: generate(model, canvas, **kwargs))
-        full = canvas.masked_fill(canvas == mask_id_of(chars), 0)[:, :model.config.block_size]
-        precision = sampling_precision(kwargs["precision"], device)
-        forward = torch.compile(model, mode=args.compile_mode) if args.compile else model
+        full = canvas.masked_fill(canvas == mask_id, 0)[:, :model.config.block_size]
 
         def passes():
             with torch.inference_mode(), autocast(device, precision):

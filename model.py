@@ -209,6 +209,12 @@ class Transformer(nn.Module):
 # evaluate on exactly this form: it has lower variance than 1/t-weighting at the same
 # expectation, and every sequence gets equal weight.
 
+def lowest(score, count):
+    """(B, n) bool: the `count` positions of each row with the lowest score (count may be a
+    tensor: no data-dependent shapes, so this compiles into one graph)."""
+    return score.argsort(dim=1, stable=True).argsort(dim=1) < count
+
+
 def draw_masks(B, T, num_clean, u, generator=None, device=None, span=None):
     """Masks for B sequences of length T.
 
@@ -222,8 +228,7 @@ def draw_masks(B, T, num_clean, u, generator=None, device=None, span=None):
     positions = torch.arange(T, device=device)
     outside = (positions[None, :] < num_clean[:, None]) | (positions[None, :] >= (num_clean + n)[:, None])
     scores = scores.masked_fill(outside, 2.0)  # prefix (and anything past the span) never chosen
-    rank = scores.argsort(dim=1).argsort(dim=1)  # rank of each position in a random order
-    return rank < k[:, None], k
+    return lowest(scores, k[:, None]), k  # k positions in a random order
 
 
 def training_block_lengths(T):
@@ -448,12 +453,6 @@ def split_steps(steps, sizes):
         i = max((i for i in range(len(sizes)) if alloc[i] > 1), key=lambda i: alloc[i] - share[i])
         alloc[i] -= 1
     return alloc
-
-
-def lowest(score, count):
-    """(B, n) bool: the `count` positions of each row with the lowest score (count may be a
-    tensor: no data-dependent shapes, so this compiles into one graph)."""
-    return score.argsort(dim=1, stable=True).argsort(dim=1) < count
 
 
 def commit_positions(conf, still_masked, count, threshold):
