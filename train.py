@@ -680,7 +680,9 @@ class Trainer:
         t_last, step_last = time.time(), self.step
         loss_sum = torch.zeros((), device=self.device)
         self.model.train()
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # schedulers' kill saves like Ctrl-C
+        # Ctrl-C and schedulers' SIGTERM both save; set for SIGINT too, because a process started in
+        # the background inherits SIGINT ignored and Python then installs no KeyboardInterrupt
+        previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             while self.progress() < 1:
                 lr_mult = lr_factor(self.step, self.progress(), tc)
@@ -708,7 +710,8 @@ class Trainer:
                      f"(continue with --resume --out_dir {tc.out_dir})")
             sys.exit(130)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             if log_file:
                 log_file.close()
         name = "NLL" if mc.causal else "NELBO"
