@@ -79,9 +79,10 @@ def apply_rotary_emb(x, cos, sin):
 class KVCache:
     """Keys and values of every layer for one window (Fast-dLLM's cache). The first forward pass
     with an empty cache runs on the whole window and stores them; later passes run only on the
-    positions [start, start + n) and attend to their own fresh keys/values there and to the
-    stored ones everywhere else. The stored ones go stale as the fresh positions change (the
-    attention is bidirectional): rebuild the cache once per block."""
+    positions [start, start + n) (or a list of positions per row) and attend to their own fresh
+    keys/values there and to the stored ones everywhere else. The stored ones go stale as the
+    fresh positions change (the attention is bidirectional): rebuild the cache once per block,
+    or every few steps (the sparse cache)."""
 
     def __init__(self):
         self.layers = {}
@@ -116,6 +117,9 @@ class Attention(nn.Module):
             stored = cache.layers.get(self.layer_idx)
             if stored is None:  # a full pass: remember the window's keys and values
                 cache.layers[self.layer_idx] = (k, v)
+            elif torch.is_tensor(start):  # scattered positions (B, T): fresh there, stored elsewhere
+                at = start[:, None, :, None].expand(-1, k.size(1), -1, k.size(3))
+                k, v = (old.scatter(2, at, new) for old, new in zip(stored, (k, v)))
             else:  # fresh keys/values for our positions, the stored ones elsewhere
                 k, v = (torch.cat([old[:, :, :start], new, old[:, :, start + T:]], dim=2)
                         for old, new in zip(stored, (k, v)))
@@ -182,13 +186,19 @@ class Transformer(nn.Module):
     def forward(self, idx, cache=None, start=0):
         """idx: (B, T) token ids, T <= block_size. Returns logits (B, T, vocab_size - 1).
         cache (a KVCache, sampling only): empty, this pass fills it from the whole window; filled,
-        idx holds only the window's positions start .. start + T - 1 (see KVCache)."""
+        idx holds only the window's positions start .. start + T - 1 (see KVCache), or, if start
+        is a (B, T) tensor, the positions it lists (distinct in each row)."""
         T = idx.size(1)
-        if start + T > self.config.block_size:
-            raise ValueError(f"positions up to {start + T} exceed block_size {self.config.block_size}")
-        if start and not cache:
-            raise ValueError("start > 0 needs a filled KVCache")
-        cos, sin = self.cos[:, start:start + T], self.sin[:, start:start + T]
+        if torch.is_tensor(start):
+            if not cache:
+                raise ValueError("positions need a filled KVCache")
+            cos, sin = self.cos[0, start], self.sin[0, start]  # (B, T, 1, D/2)
+        else:
+            if start + T > self.config.block_size:
+                raise ValueError(f"positions up to {start + T} exceed block_size {self.config.block_size}")
+            if start and not cache:
+                raise ValueError("start > 0 needs a filled KVCache")
+            cos, sin = self.cos[:, start:start + T], self.sin[:, start:start + T]
         x = self.embd_dropout(norm(self.wte(idx)))
         for block in self.blocks:
             x = block(x, cos, sin, cache, start)
@@ -369,15 +379,15 @@ def draw_characters(logits, temperature, top_k, top_p, u):
     return chars, probs.gather(-1, chars[..., None]).squeeze(-1)
 
 
-ORDERS = ("confidence", "random", "noisy")
-CACHES = ("none", "prefix", "dual")
+ORDERS = ("confidence", "random", "noisy", "spread")
+CACHES = ("none", "prefix", "dual", "sparse")
 REMASK_BY = ("prob", "ratio")
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
 
 
 def check_sampler_options(steps=None, threshold=None, order="confidence", remask=0.0, temperature=1.0,
                           top_k=None, top_p=None, block=None, cache="none", schedule="linear", compile=None,
-                          remask_by="prob"):
+                          remask_by="prob", refresh=8):
     """Every rule of the sampler's options, in one place: generate_steps and the CLIs call it.
     Raises ValueError with a message that names the option as the CLIs spell it."""
     finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)
@@ -407,8 +417,13 @@ def check_sampler_options(steps=None, threshold=None, order="confidence", remask
         raise ValueError(f"--block must be >= 1, got {block}")
     if cache not in CACHES:
         raise ValueError(f"--cache must be one of {', '.join(CACHES)}, got {cache!r}")
-    if cache != "none" and block is None:
-        raise ValueError("--cache needs --block (the cache is rebuilt once per block)")
+    if cache in ("prefix", "dual") and block is None:
+        raise ValueError(f"--cache {cache} needs --block (the cache is rebuilt once per block)")
+    if cache == "sparse" and (order not in ("random", "spread") or steps is None):
+        raise ValueError("--cache sparse needs --steps and --order random or spread (it picks the positions "
+                         "to write before the pass)")
+    if not (isinstance(refresh, int) and refresh >= 1):
+        raise ValueError(f"--refresh must be an integer >= 1, got {refresh!r}")
     if schedule not in ("linear", "cosine"):
         raise ValueError(f"--schedule must be linear or cosine, got {schedule!r}")
     if remask_by not in REMASK_BY:
@@ -440,11 +455,16 @@ def plan_blocks(masked_cols, N, T, block, keep):
 
 
 def split_steps(steps, sizes):
-    """Forward passes per block: proportional to its masked count, at least 1 and at most the
-    count each. They sum to `steps` exactly when len(sizes) <= steps <= sum(sizes); with more
-    blocks than steps every block still takes one pass."""
+    """Forward passes per block: in proportion to the square root of its masked count, at least
+    1 and at most the count each. They sum to `steps` exactly when len(sizes) <= steps <=
+    sum(sizes); with more blocks than steps every block still takes one pass.
+    Why the root: a pass that writes c of a block's n masks writes about c^2 / n neighbouring
+    pairs, drawn independently of each other. Over k passes that is n / k such pairs, and
+    k_i ~ sqrt(n_i) minimises their sum. Proportional shares gave a 6-character tail after a
+    full window (a prompt plus 256 characters) one or two passes, and it came out garbled."""
     total = min(max(steps, len(sizes)), sum(sizes))
-    share = [total * s / sum(sizes) for s in sizes]
+    roots = [math.sqrt(s) for s in sizes]
+    share = [total * r / sum(roots) for r in roots]
     alloc = [min(max(1, math.floor(x)), s) for x, s in zip(share, sizes)]
     while sum(alloc) < total:
         i = max((i for i in range(len(sizes)) if alloc[i] < sizes[i]), key=lambda i: share[i] - alloc[i])
@@ -468,19 +488,42 @@ def commit_positions(conf, still_masked, count, threshold):
     return commit & still_masked
 
 
-def rank_for_commit(conf, order, noise_scale, u):
-    """The score that decides which masked positions are written first (u: uniforms)."""
+def choose_commits(prob, still_masked, order, plan, keys, threshold, priority):
+    """(B, n) bool: the positions a step writes (plan: its counts, see denoise_step). Orders
+    random and spread do not look at `prob`: the sparse cache chooses before the pass."""
+    rank = rank_for_commit(prob, order, plan[2], uniform(keys, still_masked.size(1), stream=1), priority)
+    return commit_positions(rank, still_masked, plan[0], threshold)
+
+
+def rank_for_commit(conf, order, noise_scale, u, priority=None):
+    """The score that decides which masked positions are written first (u: uniforms;
+    priority: the fixed ranks of order "spread", `spread_priority`)."""
     if order == "random":  # MDLM's ancestral order: which positions to commit is chance
         return u
+    if order == "spread":
+        return priority
     if order == "noisy":  # MaskGIT: Gumbel noise on log-confidence, annealed to zero
         return conf.clamp_min(1e-9).log() - noise_scale * torch.log(-torch.log(u.clamp_min(2 ** -25)))
     return conf
 
 
+def spread_priority(n, offset):
+    """(B, n) ranks for order "spread" (dilated scheduling, as DUS): position j of the block ranks
+    by the bit-reversal of (j + offset) mod n, so the positions written in one step lie far
+    apart (0, n/2, n/4, 3n/4, ...) and the last ones sit between neighbours already written.
+    offset: (B,) ints, a rotation per row, fixed for the whole block."""
+    bits = max(1, (n - 1).bit_length())
+    j = (torch.arange(n, device=offset.device) + offset[:, None]) % n
+    reversed_j = torch.zeros_like(j)
+    for b in range(bits):
+        reversed_j |= ((j >> b) & 1) << (bits - 1 - b)
+    return -reversed_j.float()  # commit_positions writes the highest first
+
+
 @torch.inference_mode()
 def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, top_k=None, top_p=None,
                    schedule="linear", seed=0, context_keep=None, order="confidence", precision="auto",
-                   remask=0.0, block=None, cache="none", compile=None, remask_by="prob"):
+                   remask=0.0, block=None, cache="none", compile=None, remask_by="prob", refresh=8):
     """Denoise `canvas` and yield after every forward pass.
 
     canvas: (B, N) ids; positions equal to the mask id are generated, all others are kept
@@ -508,6 +551,10 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
     cache (with block): "prefix" computes the keys/values left of the block once per block and
     runs each later step on the block and what follows it; "dual" caches the right side too and
     runs each step on the block alone (Fast-dLLM). Both rebuild the cache at each block start.
+    "sparse" (order random or spread, with or without blocks) needs no blocks: which positions a
+    step writes does not depend on its predictions, so it chooses them first and runs the
+    network only on them and on the positions changed since the last full pass, against cached
+    keys/values for the rest; a full pass rebuilds the cache every `refresh` steps.
     precision: "bf16" or "fp32" for the forward passes; "auto" is bf16 where it is native
     (`native_bf16`: CUDA, CPUs with AVX-512 BF16 or AMX), else fp32.
     compile: a torch.compile mode ("default", "reduce-overhead": CUDA graphs) for the whole
@@ -516,7 +563,7 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
     reopened (B, N) bool (masked again this step), nfe, window (start, end), block (start, end).
     """
     check_sampler_options(steps, threshold, order, remask, temperature, top_k, top_p, block, cache, schedule,
-                          compile, remask_by)
+                          compile, remask_by, refresh)
     step_fn = compiled_step(compile) if compile else denoise_step
     cfg = model.config
     mask_id, T = cfg.mask_id, cfg.block_size
@@ -536,7 +583,7 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
         counts = commit_schedule(n_masked, n_steps, schedule) if n_steps is not None else None
         for commit, reopened in denoise_block(model, canvas, start, end, first, block_end, counts, threshold,
                                               temperature, top_k, top_p, order, remask, remask_by, cache,
-                                              precision, noise, step_fn):
+                                              precision, noise, step_fn, refresh):
             nfe += 1
             widen = (first, N - block_end)  # block columns -> canvas columns (a copy: see denoise_block)
             yield {"canvas": canvas, "committed": F.pad(commit, widen), "reopened": F.pad(reopened, widen), "nfe": nfe,
@@ -544,7 +591,7 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
 
 
 def denoise_block(model, canvas, start, end, first, block_end, counts, threshold, temperature, top_k, top_p,
-                  order, remask, remask_by, cache, precision, noise, step_fn):
+                  order, remask, remask_by, cache, precision, noise, step_fn, refresh=8):
     """Fill the masks of canvas[:, first:block_end] in place, the model seeing canvas[:, start:end].
     Yields (written, re-opened) masks over the block after every forward pass. The host decides
     only counts (plain ints, known in advance); everything per step runs in `step_fn`."""
@@ -564,19 +611,34 @@ def denoise_block(model, canvas, start, end, first, block_end, counts, threshold
         plan[:, 0] = torch.tensor([c + r for c, r in zip(counts, reopen)], dtype=torch.float)
         plan[:, 1] = torch.tensor(reopen, dtype=torch.float)
     plan[:, 2] = 1.0 - torch.arange(n_steps, dtype=torch.float) / n_steps
+    if cache == "sparse":  # per step, how many positions a sparse pass runs on (a bound, see below)
+        changes = [c + 2 * r for c, r in zip(counts, reopen)]
+        run_size = [min(hi - lo, changes[i] + sum(changes[i - i % refresh:i])) for i in range(n_steps)]
     keys = noise.keys(n_steps)
+    priority = None
+    if order == "spread":  # one rotation per row and block, from a draw of its own
+        priority = spread_priority(hi - lo, (noise.uniform(1)[:, 0] * (hi - lo)).long())
     for step in range(n_steps):
         if counts is None and not (region == mask_id).any():
             return
+        if cache == "sparse" and step % refresh == 0:
+            kv, at_refresh = KVCache(), region.clone()
+        fills_cache = kv is not None and not kv
         with autocast(dev, precision):
-            if kv:  # the block (and, prefix cache, the right side) against the cached keys/values
+            if kv and cache == "sparse":  # what this step writes and all changed since the full pass
+                still_masked = region == mask_id
+                run = choose_commits(None, still_masked, order, plan[step], keys[step], None, priority)
+                run |= region != at_refresh
+                positions = (~run).float().argsort(dim=1, stable=True)[:, :run_size[step]]  # + a few spare
+                x, at, out = region.gather(1, positions), positions + lo, (lo, hi)
+            elif kv:  # the block (and, prefix cache, the right side) against the cached keys/values
                 x, at, out = canvas[:, first:start + run_to], lo, (0, hi - lo)
             else:  # a full pass over the window (fills the cache at a block's first step)
                 x, at, out = canvas[:, start:end], 0, (lo, hi)
             new, commit, reopened, commit_prob = step_fn(
                 model, x, kv, at, *out, region, generated, commit_prob, keys[step], plan[step],
-                mask_id, temperature, top_k, top_p, order, threshold, remask_by)
-        if kv is not None and step == 0:
+                mask_id, temperature, top_k, top_p, order, threshold, remask_by, priority)
+        if fills_cache:
             kv.own()
         region.copy_(new)
         commit_prob = commit_prob.clone()  # under CUDA graphs the next replay overwrites outputs
@@ -584,17 +646,21 @@ def denoise_block(model, canvas, start, end, first, block_end, counts, threshold
 
 
 def denoise_step(model, x, cache, at, lo, hi, region, generated, commit_prob, keys, plan, mask_id,
-                 temperature, top_k, top_p, order, threshold, remask_by="prob"):
+                 temperature, top_k, top_p, order, threshold, remask_by="prob", priority=None):
     """One forward pass and what it writes, a pure function of tensors (torch.compile captures
     it whole, CUDA graphs included). plan: (commit count, re-open count, noise scale).
     Returns the block's new content, the written and re-opened masks, and the scores of the
     written characters that remasking ranks by."""
-    logits = model(x, cache=cache, start=at)[:, lo:hi]
+    logits = model(x, cache=cache, start=at)
+    if torch.is_tensor(at):  # a sparse pass: back to block columns (the others are not written)
+        logits = logits.new_zeros(region.shape + logits.shape[2:]).scatter(
+            1, (at - lo)[..., None].expand_as(logits), logits)
+    else:
+        logits = logits[:, lo:hi]
     n = hi - lo
     chars, prob = draw_characters(logits, temperature, top_k, top_p, uniform(keys, n, stream=0))
     still_masked = region == mask_id
-    rank = rank_for_commit(prob, order, plan[2], uniform(keys, n, stream=1))
-    commit = commit_positions(rank, still_masked, plan[0], threshold)
+    commit = choose_commits(prob, still_masked, order, plan, keys, threshold, priority)
     written = generated & ~still_masked
     reopened = lowest(commit_prob.masked_fill(~written, float("inf")), plan[1])  # drawn least likely
     new = torch.where(commit, chars, region).masked_fill(reopened, mask_id)

@@ -38,7 +38,7 @@ DEFAULT_SETTINGS = ["default", "steps=256", "steps=32", "threshold=0.9", "temper
                     "order=noisy", "remask=1.0", "top_p=0.9", "block=32", "block=32,cache=prefix",
                     "block=32,cache=dual", "block=64,cache=dual", "block=16,cache=dual"]
 TYPES = {"steps": int, "top_k": int, "block": int, "threshold": float, "temperature": float, "top_p": float,
-         "remask": float, "remask_by": str, "schedule": str, "order": str, "cache": str, "precision": str}
+         "remask": float, "remask_by": str, "refresh": int, "schedule": str, "order": str, "cache": str, "precision": str}
 
 
 def parse_setting(text):

@@ -25,7 +25,7 @@ if __name__ == "__main__":  # Ctrl-C while torch loads: exit quietly (main() han
 
 import torch
 
-from model import (MASK_GLYPH, ArgumentParser, UserError, check_sampler_options, decode, encode, generate,
+from model import (CACHES, MASK_GLYPH, ORDERS, ArgumentParser, UserError, check_sampler_options, decode, encode, generate,
                    load_model, mask_id_of, pick_device)
 
 DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "model.pt")
@@ -38,7 +38,7 @@ SAMPLE_SEPARATOR = "\n---\n"  # printed between samples, after the blank line th
 # confidence and 0 (THRESHOLD_DEFAULTS).
 SAMPLER_DEFAULTS = dict(steps=64, threshold=None, temperature=1.1, top_k=None, top_p=None, schedule="cosine",
                         order="random", remask=0.75, remask_by="prob", block=None, cache="none",
-                        precision="auto")
+                        refresh=8, precision="auto")
 THRESHOLD_DEFAULTS = dict(order="confidence", remask=0.0)
 
 
@@ -69,7 +69,7 @@ def add_sampling_args(p):
                         "this (in (0, 1]), at least one")
     p.add_argument("--schedule", choices=["linear", "cosine"],
                    help=f"characters committed per step with --steps (default {SAMPLER_DEFAULTS['schedule']})")
-    p.add_argument("--order", choices=["confidence", "random", "noisy"],
+    p.add_argument("--order", choices=ORDERS,
                    help="which masked characters to commit each step: a random choice (MDLM's ancestral "
                         f"order; the default: {SAMPLER_DEFAULTS['order']}, confidence with --threshold); the "
                         "most confident (spells best, repeats most); or noisy: confidence plus annealed "
@@ -90,9 +90,13 @@ def add_sampling_args(p):
                    help="semi-autoregressive: write left to right in blocks of B characters, each "
                         "unmasked in parallel over its share of the steps (default: the whole window; "
                         "blocks cost quality with the shipped model, see README)")
-    p.add_argument("--cache", choices=["none", "prefix", "dual"],
-                   help="with --block: reuse the keys/values outside the block for all its steps "
-                        "(prefix: the left side; dual: both sides, each step runs on the block alone)")
+    p.add_argument("--cache", choices=CACHES,
+                   help="reuse keys/values across steps. With --block, those outside the block for all "
+                        "its steps (prefix: the left side; dual: both sides, each step runs on the block "
+                        "alone). sparse (order random or spread, blocks or not): each step runs only on "
+                        "the positions it writes and those changed since the last full pass")
+    p.add_argument("--refresh", type=int, metavar="R",
+                   help=f"with --cache sparse: a full pass every R steps (default {SAMPLER_DEFAULTS['refresh']})")
     p.add_argument("--seed", type=int, default=None, help="same seed, same text (default: random)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
@@ -148,7 +152,7 @@ def sampler_kwargs(args):
     return dict(steps=args.steps, threshold=args.threshold, temperature=args.temperature, top_k=args.top_k,
                 top_p=args.top_p, schedule=args.schedule, seed=args.seed, order=args.order,
                 precision=args.precision, remask=args.remask, remask_by=args.remask_by, block=args.block,
-                cache=args.cache,
+                cache=args.cache, refresh=args.refresh,
                 compile=args.compile_mode if args.compile else None)
 
 

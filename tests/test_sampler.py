@@ -220,6 +220,15 @@ def test_steps_split_over_blocks_sum_exactly_when_they_can(steps, sizes):
     assert sum(alloc) == min(max(steps, len(sizes)), sum(sizes))
 
 
+def test_a_short_last_window_gets_a_pass_per_character():
+    """A prompt plus 256 characters spills a few characters past the context; proportional
+    shares gave them one or two passes and the tail came out garbled."""
+    assert split_steps(64, [250, 6]) == [58, 6]
+    assert split_steps(64, [32] * 8) == [8] * 8  # equal blocks: equal passes
+    big, small = split_steps(40, [200, 50])
+    assert big > small and big / small < 200 / 50  # more passes for more masks, less than in proportion
+
+
 def test_blocks_cover_the_masks_left_to_right_inside_their_window():
     masked = list(range(5, 100)) + [120, 121]
     plan = plan_blocks(masked, N=130, T=32, block=8, keep=24)
@@ -239,6 +248,17 @@ def test_cached_pass_equals_the_full_pass_on_the_state_it_was_built_from(tiny_mo
     full = model(x, cache=cache)
     part = model(x[:, lo:hi], cache=cache, start=lo)
     assert torch.allclose(part, full[:, lo:hi], atol=1e-5)
+
+
+@torch.no_grad()
+def test_a_pass_on_scattered_positions_equals_the_full_pass_on_the_state_it_was_built_from(tiny_model):
+    model, chars = tiny_model
+    x = canvas_for(chars, "ROMEO:\nWhat light", 32, batch=2)
+    cache = KVCache()
+    full = model(x, cache=cache)
+    positions = torch.tensor([[30, 7, 18], [2, 25, 19]])  # any order, different per row
+    part = model(x.gather(1, positions), cache=cache, start=positions)
+    assert torch.allclose(part, full.gather(1, positions[..., None].expand_as(part)), atol=1e-5)
 
 
 @torch.no_grad()
@@ -271,6 +291,48 @@ def test_block_decoding_writes_only_inside_the_current_block_left_to_right(tiny_
         last_block, n = (lo, hi), n + 1
     assert n == state["nfe"] == 12
     assert (state["canvas"] != mask_id).all() and decode(state["canvas"][0, :5].tolist(), chars) == "KING:"
+
+
+@pytest.mark.parametrize("order,block", [("random", None), ("spread", None), ("random", 16)])
+def test_sparse_cache_runs_full_passes_every_refresh_and_fills_every_mask(tiny_model, order, block):
+    model, chars = tiny_model
+    c = canvas_for(chars, "KING:", 32, batch=2)  # the tiny model's context
+    calls = []
+    hook = model.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(args[0].size(1)),
+                                           with_kwargs=True)
+    try:
+        out, nfe = generate(model, c, steps=16, temperature=1.0, seed=3, order=order, remask=0.5, block=block,
+                            cache="sparse", refresh=4)
+    finally:
+        hook.remove()
+    assert nfe == len(calls) == 16
+    full = [i for i, n in enumerate(calls) if n == 32]
+    if block is None:
+        assert full == [0, 4, 8, 12]
+    else:  # each block starts with a full pass, then one every 4 steps
+        assert len(full) >= 2 and full[0] == 0
+    assert all(n < 32 for i, n in enumerate(calls) if i not in full)
+    assert (out != len(chars)).all() and decode(out[0, :5].tolist(), chars) == "KING:"
+
+
+def test_sparse_cache_with_refresh_1_is_the_uncached_sampler(tiny_model):
+    model, chars = tiny_model
+    c = canvas_for(chars, "KING:", 40, batch=2)
+    plain, _ = generate(model, c, steps=10, temperature=1.0, seed=5, remask=0.5, order="random")
+    every_step, _ = generate(model, c, steps=10, temperature=1.0, seed=5, remask=0.5, order="random",
+                             cache="sparse", refresh=1)
+    assert torch.equal(plain, every_step)
+
+
+def test_spread_order_writes_far_apart_positions_together(tiny_model):
+    model, chars = tiny_model
+    c = canvas_for(chars, "", 32)
+    gaps = []
+    for state in generate_steps(model, c, steps=8, temperature=1.0, seed=0, order="spread", schedule="linear"):
+        written = state["committed"][0].nonzero().flatten()
+        if state["nfe"] <= 4:  # while at most half is written, the steps' positions are >= 4 apart
+            gaps.append(int(torch.diff(written.sort().values).min()))
+    assert min(gaps) >= 4
 
 
 def test_long_text_through_blocks_is_continuous_and_of_the_asked_length(tiny_model):
