@@ -70,7 +70,10 @@ def test_sample_infills_underscores(tiny_ckpt):
     (["--remask-by", "chance"], ["--remask-by", "invalid choice"]),
     (["--compile", "--block", "8", "--cache", "dual"], ["--compile works without --cache"]),
     (["--block", "-4", "--cache", "dual"], ["--block must be >= 1"]),
-    (["--cache", "dual"], ["--cache needs --block"]),
+    (["--cache", "dual"], ["--cache dual needs --block"]),
+    (["--cache", "sparse", "--order", "confidence"], ["--cache sparse needs", "random or spread"]),
+    (["--cache", "sparse", "--refresh", "0"], ["--refresh must be an integer >= 1"]),
+    (["--order", "sideways"], ["--order", "invalid choice"]),
     (["--num-samples", "100000"], ["--num-samples must be in 1..10000"]),
 ])
 def test_sample_bad_input_is_one_line(tiny_ckpt, args, needles):
