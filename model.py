@@ -536,12 +536,13 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
 
     Each step predicts every masked position of the block, draws a character for each
     (temperature 0 = argmax; top_k / top_p narrow the distribution), and commits some:
-      - steps=S: a schedule (`commit_schedule`) per block; S is spread over the blocks in
-        proportion to their masked count, so exactly S forward passes unmask the whole text
-        (or one per block, if there are more blocks than S: `split_steps`)
+      - steps=S: a schedule (`commit_schedule`) per block; S is spread over the blocks by
+        the square root of their masked counts (`split_steps`), so exactly S forward passes
+        unmask the whole text (or one per block, if there are more blocks than S)
       - threshold=tau: all with confidence >= tau, and at least one per row.
     order: which to commit: the most confident (default); "random" (MDLM's ancestral order);
-    "noisy": log-confidence plus Gumbel noise whose scale falls from 1 to 0 (MaskGIT).
+    "noisy": log-confidence plus Gumbel noise whose scale falls from 1 to 0 (MaskGIT);
+    "spread": a fixed order that keeps the positions of one step far apart (`spread_priority`).
     remask=rho (with steps): each step also re-opens round(rho * that step's count) of the
     block's written characters, those drawn with the lowest probability, and commits as many
     more: the passes and the net progress stay as scheduled (ReMDM's confidence remasking).

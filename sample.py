@@ -72,8 +72,9 @@ def add_sampling_args(p):
     p.add_argument("--order", choices=ORDERS,
                    help="which masked characters to commit each step: a random choice (MDLM's ancestral "
                         f"order; the default: {SAMPLER_DEFAULTS['order']}, confidence with --threshold); the "
-                        "most confident (spells best, repeats most); or noisy: confidence plus annealed "
-                        "Gumbel noise (MaskGIT)")
+                        "most confident (spells best, repeats most); noisy: confidence plus annealed "
+                        "Gumbel noise (MaskGIT); or spread: bit-reversed positions, those written "
+                        "together far apart")
     p.add_argument("--remask", type=float, metavar="RHO",
                    help="with --steps: each step also re-opens RHO x its count of written characters, "
                         "those drawn with the lowest probability, and writes as many more; same "
