@@ -12,9 +12,10 @@ This file owns everything the other scripts share:
   - no time/noise-level input: the mask ratio is visible in the input (MDLM, Sahoo et al. 2024)
 - the forward (masking) process used in training and evaluation
 - the one sampler: parallel unmasking (fixed steps or a confidence threshold; the order by
-  confidence, at random or in between), with prompts, infilling, remasking, block-wise
-  decoding with a key/value cache, windowed generation of texts longer than the context,
-  and one step that torch.compile can capture whole
+  confidence, at random, in between, or spread out by position), with prompts, infilling,
+  remasking, block-wise decoding with a key/value cache (or a sparse one without blocks),
+  windowed generation of texts longer than the context, and one step that torch.compile
+  can capture whole
 - the vocabulary, the checkpoint format, and device selection
 """
 

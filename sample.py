@@ -36,8 +36,8 @@ SAMPLE_SEPARATOR = "\n---\n"  # printed between samples, after the blank line th
 # the sampler's defaults, chosen with quality.py on 64 validation prompts (README: "Choosing the
 # default sampler"). --threshold needs confidences: with it, order and remask default to
 # confidence and 0 (THRESHOLD_DEFAULTS).
-SAMPLER_DEFAULTS = dict(steps=64, threshold=None, temperature=1.1, top_k=None, top_p=None, schedule="cosine",
-                        order="random", remask=0.75, remask_by="prob", block=None, cache="none",
+SAMPLER_DEFAULTS = dict(steps=64, threshold=None, temperature=1.0, top_k=None, top_p=None, schedule="cosine",
+                        order="spread", remask=0.5, remask_by="prob", block=None, cache="none",
                         refresh=8, precision="auto")
 THRESHOLD_DEFAULTS = dict(order="confidence", remask=0.0)
 
@@ -70,11 +70,10 @@ def add_sampling_args(p):
     p.add_argument("--schedule", choices=["linear", "cosine"],
                    help=f"characters committed per step with --steps (default {SAMPLER_DEFAULTS['schedule']})")
     p.add_argument("--order", choices=ORDERS,
-                   help="which masked characters to commit each step: a random choice (MDLM's ancestral "
-                        f"order; the default: {SAMPLER_DEFAULTS['order']}, confidence with --threshold); the "
-                        "most confident (spells best, repeats most); noisy: confidence plus annealed "
-                        "Gumbel noise (MaskGIT); or spread: bit-reversed positions, those written "
-                        "together far apart")
+                   help="which masked characters to commit each step: spread: bit-reversed positions, "
+                        "those written together far apart; random (MDLM's ancestral order); the most "
+                        "confident (spells best, repeats most); noisy: confidence plus annealed Gumbel noise "
+                        f"(MaskGIT). Default {SAMPLER_DEFAULTS['order']}, confidence with --threshold")
     p.add_argument("--remask", type=float, metavar="RHO",
                    help="with --steps: each step also re-opens RHO x its count of written characters, "
                         "those drawn with the lowest probability, and writes as many more; same "

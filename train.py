@@ -124,7 +124,8 @@ PRESETS = {
                 time_budget=9.5, lr=4e-3, warmup_steps=100, eval_interval=500, eval_mc=1, log_interval=25,
                 out_dir="out/cpu"),
     # the full 10.7M model: the shipped weights' recipe, 15 minutes on one H100 (README: runs)
-    "gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, logit_softcap=15.0,
+    "gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.3, attn_dropout=0.1, embd_dropout=0.1,
+                logit_softcap=15.0,
                 batch_size=256, max_steps=60000, time_budget=15.0, lr=2e-3, warmup_steps=500, schedule="wsd",
                 cooldown=0.3, ema=0.999, eval_interval=2000, eval_mc=4, log_interval=100, out_dir="out/gpu"),
     # the autoregressive baseline of the same size: nanoGPT's recipe plus an EMA and the soft-cap
