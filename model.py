@@ -613,8 +613,9 @@ def denoise_block(model, canvas, start, end, first, block_end, counts, threshold
         plan[:, 0] = torch.tensor([c + r for c, r in zip(counts, reopen)], dtype=torch.float)
         plan[:, 1] = torch.tensor(reopen, dtype=torch.float)
     plan[:, 2] = 1.0 - torch.arange(n_steps, dtype=torch.float) / n_steps
-    if cache == "sparse":  # per step, how many positions a sparse pass runs on (a bound, see below)
-        changes = [c + 2 * r for c, r in zip(counts, reopen)]
+    if cache == "sparse":  # positions per sparse pass: (written now | changed since the refresh) is at
+        # most this; the spare ones up to it get fresh keys/values too, which measured no worse
+        changes = [c + 2 * r for c, r in zip(counts, reopen)]  # written, and re-opened ones twice
         run_size = [min(hi - lo, changes[i] + sum(changes[i - i % refresh:i])) for i in range(n_steps)]
     keys = noise.keys(n_steps)
     priority = None
@@ -631,7 +632,8 @@ def denoise_block(model, canvas, start, end, first, block_end, counts, threshold
                 still_masked = region == mask_id
                 run = choose_commits(None, still_masked, order, plan[step], keys[step], None, priority)
                 run |= region != at_refresh
-                positions = (~run).float().argsort(dim=1, stable=True)[:, :run_size[step]]  # + a few spare
+                # those first, then spare positions up to the bound (a fixed size for every row)
+                positions = (~run).float().argsort(dim=1, stable=True)[:, :run_size[step]]
                 x, at, out = region.gather(1, positions), positions + lo, (lo, hi)
             elif kv:  # the block (and, prefix cache, the right side) against the cached keys/values
                 x, at, out = canvas[:, first:start + run_to], lo, (0, hi - lo)

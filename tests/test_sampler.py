@@ -394,12 +394,13 @@ def test_drawn_characters_follow_the_distribution():
 
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                     reason="torch.compile on CPU needs a C compiler")
-def test_compiled_step_writes_what_the_eager_step_writes(tiny_model):
+@pytest.mark.parametrize("order", ["random", "spread"])
+def test_compiled_step_writes_what_the_eager_step_writes(tiny_model, order):
     # denoise_step under torch.compile is one graph; on CPU in fp32 it makes the same choices
     model, chars = tiny_model
     mask_id = model.config.mask_id
     canvas = torch.tensor([encode("KING:\n", chars) + [mask_id] * 40] * 2)
-    kwargs = dict(steps=12, temperature=1.0, order="random", remask=0.5, schedule="cosine", seed=5,
+    kwargs = dict(steps=12, temperature=1.0, order=order, remask=0.5, schedule="cosine", seed=5,
                   precision="fp32")
     eager, _ = generate(model, canvas, **kwargs)
     compiled, nfe = generate(model, canvas, compile="default", **kwargs)
