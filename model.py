@@ -382,7 +382,7 @@ def draw_characters(logits, temperature, top_k, top_p, u):
 
 ORDERS = ("confidence", "random", "noisy", "spread")
 CACHES = ("none", "prefix", "dual", "sparse")
-REMASK_BY = ("prob", "ratio")
+REMASK_BY = ("prob", "ratio", "pmi")
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
 
 
@@ -549,7 +549,9 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
     more: the passes and the net progress stay as scheduled (ReMDM's confidence remasking).
     remask_by: what "least likely" means: "prob", the probability the character was drawn
     with; "ratio", that probability over the most likely character's at that position (a
-    position with many good options, a speaker's name say, is not re-opened for it).
+    position with many good options, a speaker's name say, is not re-opened for it); "pmi",
+    that probability over the model's prior for the character (`char_prior`), so a rare
+    character (a capital, a colon) is not re-opened for being rare.
     cache (with block): "prefix" computes the keys/values left of the block once per block and
     runs each later step on the block and what follows it; "dual" caches the right side too and
     runs each step on the block alone (Fast-dLLM). Both rebuild the cache at each block start.
@@ -567,6 +569,7 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
     check_sampler_options(steps, threshold, order, remask, temperature, top_k, top_p, block, cache, schedule,
                           compile, remask_by, refresh)
     step_fn = compiled_step(compile) if compile else denoise_step
+    prior = char_prior(model, precision) if remask_by == "pmi" else None
     cfg = model.config
     mask_id, T = cfg.mask_id, cfg.block_size
     keep = context_keep if context_keep is not None else (T - block if block is not None and block < T else T // 2)
@@ -585,7 +588,7 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
         counts = commit_schedule(n_masked, n_steps, schedule) if n_steps is not None else None
         for commit, reopened in denoise_block(model, canvas, start, end, first, block_end, counts, threshold,
                                               temperature, top_k, top_p, order, remask, remask_by, cache,
-                                              precision, noise, step_fn, refresh):
+                                              precision, noise, step_fn, refresh, prior):
             nfe += 1
             widen = (first, N - block_end)  # block columns -> canvas columns (a copy: see denoise_block)
             yield {"canvas": canvas, "committed": F.pad(commit, widen), "reopened": F.pad(reopened, widen), "nfe": nfe,
@@ -593,7 +596,7 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
 
 
 def denoise_block(model, canvas, start, end, first, block_end, counts, threshold, temperature, top_k, top_p,
-                  order, remask, remask_by, cache, precision, noise, step_fn, refresh=8):
+                  order, remask, remask_by, cache, precision, noise, step_fn, refresh=8, prior=None):
     """Fill the masks of canvas[:, first:block_end] in place, the model seeing canvas[:, start:end].
     Yields (written, re-opened) masks over the block after every forward pass. The host decides
     only counts (plain ints, known in advance); everything per step runs in `step_fn`."""
@@ -641,7 +644,7 @@ def denoise_block(model, canvas, start, end, first, block_end, counts, threshold
                 x, at, out = canvas[:, start:end], 0, (lo, hi)
             new, commit, reopened, commit_prob = step_fn(
                 model, x, kv, at, *out, region, generated, commit_prob, keys[step], plan[step],
-                mask_id, temperature, top_k, top_p, order, threshold, remask_by, priority)
+                mask_id, temperature, top_k, top_p, order, threshold, remask_by, priority, prior)
         if fills_cache:
             kv.own()
         region.copy_(new)
@@ -650,7 +653,7 @@ def denoise_block(model, canvas, start, end, first, block_end, counts, threshold
 
 
 def denoise_step(model, x, cache, at, lo, hi, region, generated, commit_prob, keys, plan, mask_id,
-                 temperature, top_k, top_p, order, threshold, remask_by="prob", priority=None):
+                 temperature, top_k, top_p, order, threshold, remask_by="prob", priority=None, prior=None):
     """One forward pass and what it writes, a pure function of tensors (torch.compile captures
     it whole, CUDA graphs included). plan: (commit count, re-open count, noise scale).
     Returns the block's new content, the written and re-opened masks, and the scores of the
@@ -669,10 +672,24 @@ def denoise_step(model, x, cache, at, lo, hi, region, generated, commit_prob, ke
     reopened = lowest(commit_prob.masked_fill(~written, float("inf")), plan[1])  # drawn least likely
     new = torch.where(commit, chars, region).masked_fill(reopened, mask_id)
     score = prob
+    if remask_by == "pmi":  # p(drawn | context) / p(drawn): how much the context backs it
+        score = prob / prior[chars]
     if remask_by == "ratio" and temperature > 0:  # p(drawn) / p(best), unchanged by top-k/top-p
         logits = logits.float()
         score = ((logits.gather(-1, chars[..., None]).squeeze(-1) - logits.amax(-1)) / temperature).exp()
     return new, commit, reopened, torch.where(commit, score, commit_prob)
+
+
+def char_prior(model, precision="auto"):
+    """(vocab_size - 1,) the model's prior over characters: its prediction with every position
+    masked, averaged over a window (its unigram belief, close to the training text's). One
+    forward pass, made once per model and kept on it."""
+    if getattr(model, "char_prior", None) is None:
+        device = next(model.parameters()).device
+        x = torch.full((1, model.config.block_size), model.config.mask_id, device=device)
+        with torch.inference_mode(), autocast(device, sampling_precision(precision, device)):
+            model.char_prior = model(x).float().softmax(-1).mean(1)[0]
+    return model.char_prior
 
 
 COMPILED_STEPS = {}

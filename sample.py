@@ -25,7 +25,7 @@ if __name__ == "__main__":  # Ctrl-C while torch loads: exit quietly (main() han
 
 import torch
 
-from model import (CACHES, MASK_GLYPH, ORDERS, ArgumentParser, UserError, check_sampler_options, decode, encode, generate,
+from model import (CACHES, MASK_GLYPH, ORDERS, REMASK_BY, ArgumentParser, UserError, check_sampler_options, decode, encode, generate,
                    load_model, mask_id_of, pick_device)
 
 DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "model.pt")
@@ -78,10 +78,11 @@ def add_sampling_args(p):
                    help="with --steps: each step also re-opens RHO x its count of written characters, "
                         "those drawn with the lowest probability, and writes as many more; same "
                         f"number of passes (ReMDM; default {SAMPLER_DEFAULTS['remask']}, 0 with --threshold)")
-    p.add_argument("--remask-by", choices=["prob", "ratio"],
+    p.add_argument("--remask-by", choices=REMASK_BY,
                    help="which written characters count as least likely: prob, the probability each was "
                         "drawn with; ratio, that over the best character's there (spares positions with "
-                        f"many good options; default {SAMPLER_DEFAULTS['remask_by']})")
+                        "many good options); pmi, that over the model's prior for the character (spares "
+                        f"rare characters: capitals, colons); default {SAMPLER_DEFAULTS['remask_by']}")
     p.add_argument("--temperature", type=float, help=f"0 = greedy (default {SAMPLER_DEFAULTS['temperature']})")
     p.add_argument("--top-k", type=int, help="draw only from the k most likely characters")
     p.add_argument("--top-p", type=float,

@@ -420,14 +420,16 @@ def test_remask_by_ratio_scores_the_drawn_character_against_the_best(top_k):
     region = torch.full((2, 6), 12)  # all masked (mask id 12)
     plan = torch.tensor([6.0, 0.0, 1.0])  # commit all six, re-open none
     keys = Noise(3, 2, "cpu").keys(1)[0]
+    prior = torch.rand(12).softmax(0)
     out = {}
-    for by in ("prob", "ratio"):
+    for by in ("prob", "ratio", "pmi"):
         new, commit, _, score = denoise_step(stub, region, None, 0, 0, 6, region, region == 12,
                                              torch.zeros(2, 6), keys, plan, 12, 1.3, top_k, None, "random",
-                                             None, by)
+                                             None, by, None, prior)
         assert commit.all()
         out[by] = (new, score)
     assert torch.equal(out["prob"][0], out["ratio"][0])  # the same characters are drawn
+    assert torch.equal(out["prob"][0], out["pmi"][0])
     p = (logits / 1.3).softmax(-1)
     if top_k:
         p = p.masked_fill(p < p.topk(top_k, -1).values[..., -1:], 0)
@@ -435,3 +437,16 @@ def test_remask_by_ratio_scores_the_drawn_character_against_the_best(top_k):
     drawn = p.gather(-1, out["prob"][0][..., None]).squeeze(-1)
     assert torch.allclose(out["prob"][1], drawn, atol=1e-6)
     assert torch.allclose(out["ratio"][1], drawn / p.amax(-1), atol=1e-5)
+    assert torch.allclose(out["pmi"][1], drawn / prior[out["prob"][0]], atol=1e-5)
+
+
+def test_char_prior_is_the_models_all_mask_prediction_made_once(tiny_model):
+    from model import char_prior
+    model, chars = tiny_model
+    model.char_prior = None
+    prior = char_prior(model, "fp32")
+    assert prior.shape == (len(chars),) and torch.allclose(prior.sum(), torch.tensor(1.0))
+    assert char_prior(model) is prior  # kept on the model
+    c = canvas_for(chars, "KING:", 32)
+    out, nfe = generate(model, c, steps=8, temperature=1.0, seed=0, order="spread", remask=0.5, remask_by="pmi")
+    assert nfe == 8 and (out != len(chars)).all() and decode(out[0, :5].tolist(), chars) == "KING:"
