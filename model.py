@@ -603,7 +603,7 @@ def denoise_block(model, canvas, start, end, first, block_end, counts, threshold
     mask_id = model.config.mask_id
     dev = canvas.device
     lo, hi = first - start, block_end - start  # the block inside the window
-    kv = KVCache() if cache != "none" else None
+    kv = KVCache() if cache in ("prefix", "dual") else None  # sparse: made at every refresh below
     run_to = hi if cache == "dual" else end - start  # cached passes run on [lo, run_to)
     region = canvas[:, first:block_end]
     generated = region == mask_id  # the block's positions to write

@@ -25,8 +25,8 @@ if __name__ == "__main__":  # Ctrl-C while torch loads: exit quietly (main() han
 
 import torch
 
-from model import (CACHES, MASK_GLYPH, ORDERS, REMASK_BY, ArgumentParser, UserError, check_sampler_options, decode, encode, generate,
-                   load_model, mask_id_of, pick_device)
+from model import (CACHES, MASK_GLYPH, ORDERS, REMASK_BY, ArgumentParser, UserError, check_sampler_options, decode,
+                   encode, generate, load_model, mask_id_of, pick_device)
 
 DEFAULT_CKPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "model.pt")
 MAX_LENGTH = 100_000
