@@ -569,6 +569,8 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
     check_sampler_options(steps, threshold, order, remask, temperature, top_k, top_p, block, cache, schedule,
                           compile, remask_by, refresh)
     step_fn = compiled_step(compile) if compile else denoise_step
+    if not remask:  # nothing is re-opened: the ranking is unused (and pmi's prior costs a pass)
+        remask_by = "prob"
     prior = char_prior(model, precision) if remask_by == "pmi" else None
     cfg = model.config
     mask_id, T = cfg.mask_id, cfg.block_size

@@ -36,8 +36,8 @@ SAMPLE_SEPARATOR = "\n---\n"  # printed between samples, after the blank line th
 # the sampler's defaults, chosen with quality.py on 64 validation prompts (README: "Choosing the
 # default sampler"). --threshold needs confidences: with it, order and remask default to
 # confidence and 0 (THRESHOLD_DEFAULTS).
-SAMPLER_DEFAULTS = dict(steps=64, threshold=None, temperature=1.0, top_k=None, top_p=None, schedule="cosine",
-                        order="spread", remask=0.5, remask_by="prob", block=None, cache="none",
+SAMPLER_DEFAULTS = dict(steps=64, threshold=None, temperature=0.95, top_k=None, top_p=None, schedule="cosine",
+                        order="spread", remask=0.5, remask_by="pmi", block=None, cache="none",
                         refresh=8, precision="auto")
 THRESHOLD_DEFAULTS = dict(order="confidence", remask=0.0)
 

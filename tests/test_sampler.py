@@ -450,3 +450,20 @@ def test_char_prior_is_the_models_all_mask_prediction_made_once(tiny_model):
     c = canvas_for(chars, "KING:", 32)
     out, nfe = generate(model, c, steps=8, temperature=1.0, seed=0, order="spread", remask=0.5, remask_by="pmi")
     assert nfe == 8 and (out != len(chars)).all() and decode(out[0, :5].tolist(), chars) == "KING:"
+
+
+def test_without_remasking_pmi_costs_no_prior_pass_and_changes_nothing(tiny_model):
+    model, chars = tiny_model
+    model.char_prior = None
+    c = canvas_for(chars, "KING:", 32)
+    runs = {by: generate(model, c, steps=8, temperature=1.0, seed=3, order="spread", remask=0.0, remask_by=by)[0]
+            for by in ("pmi", "prob")}
+    assert model.char_prior is None  # the prior's forward pass was skipped
+    assert torch.equal(runs["pmi"], runs["prob"])
+
+
+def test_sample_py_defaults_are_spread_order_pmi_remasking():
+    from sample import SAMPLER_DEFAULTS, sampler_options
+    assert (SAMPLER_DEFAULTS["order"], SAMPLER_DEFAULTS["remask_by"]) == ("spread", "pmi")
+    assert SAMPLER_DEFAULTS["remask"] > 0 and 0 < SAMPLER_DEFAULTS["temperature"] < 1
+    assert sampler_options(threshold=0.9)["remask"] == 0.0  # a threshold needs no re-opening
