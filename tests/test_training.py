@@ -348,3 +348,15 @@ def test_resume_may_start_an_ema_but_not_change_the_optimizer(tmp_path, data_pat
     train.main(args + ["--max_steps", "8", "--resume", "--ema", "0.9"])
     last = read_checkpoint(str(tmp_path / "last.pt"))
     assert last["step"] == 8 and set(last["ema"]) == set(last["model"])
+
+
+def test_torchrun_with_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    import train
+    from model import UserError
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match="--nproc_per_node 1 or fewer"):
+        train.setup_distributed(train.TrainConfig())
