@@ -547,7 +547,7 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
     remask=rho (with steps): each step also re-opens round(rho * that step's count) of the
     block's written characters, those drawn with the lowest probability, and commits as many
     more: the passes and the net progress stay as scheduled (ReMDM's confidence remasking).
-    remask_by: what "least likely" means: "prob", the probability the character was drawn
+    remask_by (only with remask): what "least likely" means: "prob", the probability the character was drawn
     with; "ratio", that probability over the most likely character's at that position (a
     position with many good options, a speaker's name say, is not re-opened for it); "pmi",
     that probability over the model's prior for the character (`char_prior`), so a rare

@@ -351,7 +351,6 @@ def test_resume_may_start_an_ema_but_not_change_the_optimizer(tmp_path, data_pat
 
 
 def test_torchrun_with_more_processes_than_gpus_is_a_clear_error(monkeypatch):
-    import train
     from model import UserError
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
