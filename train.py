@@ -452,9 +452,10 @@ def setup_distributed(tc):
         return 0, 1, pick_device(tc.device)
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     if tc.device in ("auto", "cuda") and torch.cuda.is_available():
-        if local >= torch.cuda.device_count():  # else an opaque CUDA error from one rank only
-            raise UserError(f"torchrun process {local} of this host has no GPU: it has {torch.cuda.device_count()} "
-                            f"CUDA GPU(s), so use --nproc_per_node {torch.cuda.device_count()} or fewer")
+        n_gpus = torch.cuda.device_count()
+        if local >= n_gpus:  # else an opaque CUDA error from one rank only
+            raise UserError(f"torchrun process {local} of this host has no GPU: it has {n_gpus} CUDA GPU(s), "
+                            f"so use --nproc_per_node {n_gpus} or fewer")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)
