@@ -591,17 +591,19 @@ class Trainer:
         return self.elapsed_before + time.time() - self.t_start
 
     def progress(self):
-        """Fraction of the run done: steps, or wall time under --time_budget (refreshed at each
-        progress line, so no step waits for the clock), whichever is further."""
+        """Fraction of the run done: steps, or wall time under --time_budget, whichever is
+        further. The wall time is read after every step with one process; with several, at each
+        progress line and evaluation (the ranks must agree, which takes a broadcast)."""
         return max(self.step / self.tc.max_steps, self.time_progress)
 
     def refresh_time_progress(self):
         if self.tc.time_budget:
-            p = torch.tensor([self.elapsed() / (60 * self.tc.time_budget)])
+            p = self.elapsed() / (60 * self.tc.time_budget)
             if self.world > 1:  # every rank stops at the same step
-                p = p.to(self.device)
+                p = torch.tensor([p], device=self.device)
                 dist.broadcast(p, 0)
-            self.time_progress = p.item()
+                p = p.item()
+            self.time_progress = p
 
     # --- one step --------------------------------------------------------------
     def loss(self, x):
@@ -692,6 +694,8 @@ class Trainer:
             while self.progress() < 1:
                 lr_mult = lr_factor(self.step, self.progress(), tc)
                 loss_sum += self.train_step(lr_mult)
+                if self.world == 1:  # no sync needed: the budget is kept to the step
+                    self.refresh_time_progress()
                 if self.step % tc.log_interval == 0:
                     if self.world > 1:
                         dist.all_reduce(loss_sum)
@@ -706,6 +710,7 @@ class Trainer:
                     t_last, step_last = now, self.step
                 if self.step % tc.eval_interval == 0 or self.progress() >= 1:
                     self.evaluate_and_save(log_file)
+                    self.refresh_time_progress()  # a slow evaluation may use up the budget
                     t_last = time.time()  # keep evaluation out of tokens/s
         except KeyboardInterrupt:
             self.save_last()

@@ -225,7 +225,8 @@ def test_ddp_two_gloo_processes(tmp_path, data_path):
     out = tmp_path / "ddp"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                         "--standalone", os.path.join(ROOT, "train.py"), *TINY, "--data", data_path,
-                        "--out_dir", str(out), "--max_steps", "20", "--eval_interval", "20", "--log_interval", "10"],
+                        "--out_dir", str(out), "--max_steps", "20", "--eval_interval", "20", "--log_interval", "10",
+                        "--time_budget", "5"],  # the ranks agree on the clock (broadcasts); steps end it
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-1000:] + r.stderr[-3000:]
     assert "device cpu x2" in r.stdout and "batch 32 x 32" in r.stdout
@@ -302,6 +303,17 @@ def test_resumed_time_budget_run_keeps_its_schedule_and_a_finished_run_stops(tmp
     r = run_script("train.py", *args, "--resume")
     assert r.returncode == 0 and "already finished" in r.stdout, r.stdout + r.stderr
     assert read_checkpoint(str(tmp_path / "last.pt"))["step"] == finished["step"]
+
+
+def test_time_budget_is_kept_to_the_step_between_rare_progress_lines(tmp_path, data_path):
+    # no progress line and no evaluation before the end: the budget (3 s) must still stop the
+    # run, long before its 1,500 steps (~30 s here)
+    args = TINY + ["--data", data_path, "--out_dir", str(tmp_path), "--max_steps", "1500", "--time_budget", "0.05",
+                   "--eval_interval", "100000", "--log_interval", "100000"]
+    train.main(args)
+    last = read_checkpoint(str(tmp_path / "last.pt"))
+    assert 0 < last["step"] < 1500
+    assert 3.0 <= last["elapsed"] < 3.0 + 3.0, last["elapsed"]  # + the step that crossed it and the final eval
 
 
 def test_resume_from_a_weights_only_checkpoint_is_a_one_line_error(tmp_path, data_path):
