@@ -701,7 +701,8 @@ class Trainer:
                         dist.all_reduce(loss_sum)
                     loss = loss_sum.item() / ((self.step - step_last) * self.world)  # the one host sync
                     now = time.time()
-                    self.refresh_time_progress()
+                    if self.world > 1:  # one process has read the clock already, after the step
+                        self.refresh_time_progress()
                     self.log(self.progress_line(loss, lr_mult, self.step - step_last, now - t_last))
                     if log_file:
                         log_file.write(json.dumps({"step": self.step, "train_loss": loss, "lr": tc.lr * lr_mult,
