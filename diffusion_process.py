@@ -300,7 +300,7 @@ def play_terminal(panels, fps, hold, stream=sys.stdout):
 
 def main(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sampling_args(p)
+    add_sampling_args(p, cuda_graph=False)  # the animation needs every step's state
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--save", metavar="OUT.gif",
                       help="write a GIF instead of opening a window (its folder is created if missing)")

@@ -22,6 +22,7 @@ This file owns everything the other scripts share:
 import argparse
 import glob
 import hashlib
+import inspect
 import math
 import os
 from dataclasses import dataclass, asdict, fields
@@ -324,7 +325,8 @@ class Noise:
     (no per-row generator, no host round trip, nothing that stops torch.compile)."""
 
     def __init__(self, seed, batch, device):
-        self.rows = mix32(torch.arange(seed, seed + batch, device=device, dtype=torch.long) & 0xFFFFFFFF)
+        # seed: an int, or a 0-dim long tensor on `device` (a CUDA graph's input, see generate)
+        self.rows = mix32((torch.arange(batch, device=device, dtype=torch.long) + seed) & 0xFFFFFFFF)
         self.draws = 0
 
     def keys(self, n):
@@ -388,7 +390,7 @@ COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
 
 def check_sampler_options(steps=None, threshold=None, order="confidence", remask=0.0, temperature=1.0,
                           top_k=None, top_p=None, block=None, cache="none", schedule="linear", compile=None,
-                          remask_by="prob", refresh=8):
+                          remask_by="prob", refresh=8, cuda_graph=False):
     """Every rule of the sampler's options, in one place: generate_steps and the CLIs call it.
     Raises ValueError with a message that names the option as the CLIs spell it."""
     finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)
@@ -433,6 +435,10 @@ def check_sampler_options(steps=None, threshold=None, order="confidence", remask
         raise ValueError(f"--compile-mode must be one of {', '.join(map(str, COMPILE_MODES[1:]))}, got {compile!r}")
     if compile and cache != "none":
         raise ValueError("--compile works without --cache (the cache's keys/values are not compile-friendly)")
+    if cuda_graph and (steps is None or cache != "none"):
+        raise ValueError("--cuda-graph needs --steps and no --cache (the graph's shapes must not depend on the text)")
+    if cuda_graph and compile not in (None, "default"):
+        raise ValueError("--cuda-graph captures its own CUDA graph: use it with --compile-mode default or without --compile")
 
 
 def plan_blocks(masked_cols, N, T, block, keep):
@@ -565,63 +571,94 @@ def generate_steps(model, canvas, steps=None, threshold=None, temperature=1.0, t
     step, forward pass and sampling together (`denoise_step`); not with a cache.
     Yields dicts: canvas (B, N) after the step, committed (B, N) bool (written this step),
     reopened (B, N) bool (masked again this step), nfe, window (start, end), block (start, end).
+    Everything the host decides (`plan_generation`: checks, blocks, counts per step, prior) is
+    done before this returns the generator; the generator only queues device work, which is
+    what lets `generate(..., cuda_graph=True)` capture it whole.
     """
+    return denoise_canvas(model, canvas, **plan_generation(
+        model, canvas, steps, threshold, temperature, top_k, top_p, schedule, seed, context_keep, order, precision,
+        remask, block, cache, compile, remask_by, refresh))
+
+
+def plan_generation(model, canvas, steps, threshold, temperature, top_k, top_p, schedule, seed, context_keep,
+                    order, precision, remask, block, cache, compile, remask_by, refresh):
+    """The host's part of generate_steps, done before any step: checks, the blocks and their
+    step plans (on the device), the prior. Returns denoise_canvas's keyword arguments."""
     check_sampler_options(steps, threshold, order, remask, temperature, top_k, top_p, block, cache, schedule,
                           compile, remask_by, refresh)
     step_fn = compiled_step(compile) if compile else denoise_step
     if not remask:  # nothing is re-opened: the ranking is unused (and pmi's prior costs a pass)
         remask_by = "prob"
     prior = char_prior(model, precision) if remask_by == "pmi" else None
-    cfg = model.config
-    mask_id, T = cfg.mask_id, cfg.block_size
+    T = model.config.block_size
     keep = context_keep if context_keep is not None else (T - block if block is not None and block < T else T // 2)
-    B, N = canvas.shape
-    dev = canvas.device
-    canvas = canvas.clone()
-    is_masked = canvas == mask_id
+    is_masked = canvas == model.config.mask_id
     if not torch.equal(is_masked, is_masked[:1].expand_as(is_masked)):
         raise ValueError("every row of the canvas must have the same masked positions")
-    noise = Noise(seed, B, dev)
-    precision = sampling_precision(precision, dev)
-    plan = plan_blocks(is_masked[0].nonzero().flatten().tolist(), N, T, block, keep)  # one host sync
-    block_steps = split_steps(steps, [p[4] for p in plan]) if steps is not None else [None] * len(plan)
-    nfe = 0
-    for (start, end, first, block_end, n_masked), n_steps in zip(plan, block_steps):
-        counts = commit_schedule(n_masked, n_steps, schedule) if n_steps is not None else None
-        for commit, reopened in denoise_block(model, canvas, start, end, first, block_end, counts, threshold,
-                                              temperature, top_k, top_p, order, remask, remask_by, cache,
-                                              precision, noise, step_fn, refresh, prior):
-            nfe += 1
-            widen = (first, N - block_end)  # block columns -> canvas columns (a copy: see denoise_block)
-            yield {"canvas": canvas, "committed": F.pad(commit, widen), "reopened": F.pad(reopened, widen), "nfe": nfe,
-                   "window": (start, end), "block": (first, block_end)}
+    blocks = plan_blocks(is_masked[0].nonzero().flatten().tolist(), canvas.size(1), T, block, keep)  # host sync
+    block_steps = split_steps(steps, [b[4] for b in blocks]) if steps is not None else [None] * len(blocks)
+    plans = [step_plan(b, n, schedule, remask, refresh, cache, canvas.device) for b, n in zip(blocks, block_steps)]
+    return dict(plans=plans, threshold=threshold, temperature=temperature, top_k=top_k, top_p=top_p, order=order,
+                remask_by=remask_by, cache=cache, precision=sampling_precision(precision, canvas.device), seed=seed,
+                step_fn=step_fn, refresh=refresh, prior=prior)
 
 
-def denoise_block(model, canvas, start, end, first, block_end, counts, threshold, temperature, top_k, top_p,
-                  order, remask, remask_by, cache, precision, noise, step_fn, refresh=8, prior=None):
-    """Fill the masks of canvas[:, first:block_end] in place, the model seeing canvas[:, start:end].
-    Yields (written, re-opened) masks over the block after every forward pass. The host decides
-    only counts (plain ints, known in advance); everything per step runs in `step_fn`."""
-    mask_id = model.config.mask_id
-    dev = canvas.device
-    lo, hi = first - start, block_end - start  # the block inside the window
-    kv = KVCache() if cache in ("prefix", "dual") else None  # sparse: made at every refresh below
-    run_to = hi if cache == "dual" else end - start  # cached passes run on [lo, run_to)
-    region = canvas[:, first:block_end]
-    generated = region == mask_id  # the block's positions to write
-    commit_prob = torch.zeros(generated.shape, device=dev)  # what re-opening ranks by (remask_by)
-    n_steps = len(counts) if counts is not None else hi - lo  # threshold: at most one pass per mask
-    plan = torch.zeros(n_steps, 3, device=dev)  # per step: commit count, re-open count, noise scale
+def step_plan(block, n_steps, schedule, remask, refresh, cache, device):
+    """What the host decides for one block before it starts: its columns, and per step the
+    commit count, the re-open count and the noise scale (a (steps, 3) tensor on `device`), and
+    for the sparse cache how many positions each pass runs on."""
+    start, end, first, block_end, n_masked = block
+    counts = commit_schedule(n_masked, n_steps, schedule) if n_steps is not None else None
+    n_steps = len(counts) if counts is not None else block_end - first  # threshold: at most one pass per mask
+    plan = torch.zeros(n_steps, 3)
+    reopen = [0] * n_steps
     if counts is not None:
         done = [sum(counts[:i]) for i in range(n_steps)]
         reopen = [min(round(remask * c), d, sum(counts) - d - c) if remask else 0 for c, d in zip(counts, done)]
         plan[:, 0] = torch.tensor([c + r for c, r in zip(counts, reopen)], dtype=torch.float)
         plan[:, 1] = torch.tensor(reopen, dtype=torch.float)
     plan[:, 2] = 1.0 - torch.arange(n_steps, dtype=torch.float) / n_steps
+    run_size = None
     if cache == "sparse":  # positions per sparse pass: (written now | changed since the refresh) is at
         # most this; the spare ones up to it get fresh keys/values too, which measured no worse
         changes = [c + 2 * r for c, r in zip(counts, reopen)]  # written, and re-opened ones twice
-        run_size = [min(hi - lo, changes[i] + sum(changes[i - i % refresh:i])) for i in range(n_steps)]
+        run_size = [min(block_end - first, changes[i] + sum(changes[i - i % refresh:i])) for i in range(n_steps)]
+    return dict(block=block, counts=counts, plan=plan.to(device), run_size=run_size)
+
+
+@torch.inference_mode()
+def denoise_canvas(model, canvas, plans, threshold, temperature, top_k, top_p, order, remask_by, cache,
+                   precision, seed, step_fn, refresh, prior):
+    """The generator of generate_steps: the blocks in turn, on a copy of canvas."""
+    B, N = canvas.shape
+    canvas = canvas.clone()
+    noise = Noise(seed, B, canvas.device)
+    nfe = 0
+    for p in plans:
+        start, end, first, block_end, _ = p["block"]
+        for commit, reopened in denoise_block(model, canvas, p, threshold, temperature, top_k, top_p, order,
+                                              remask_by, cache, precision, noise, step_fn, refresh, prior):
+            nfe += 1
+            widen = (first, N - block_end)  # block columns -> canvas columns (a copy: see denoise_block)
+            yield {"canvas": canvas, "committed": F.pad(commit, widen), "reopened": F.pad(reopened, widen), "nfe": nfe,
+                   "window": (start, end), "block": (first, block_end)}
+
+
+def denoise_block(model, canvas, step_plan, threshold, temperature, top_k, top_p, order, remask_by, cache,
+                  precision, noise, step_fn, refresh=8, prior=None):
+    """Fill the masks of canvas[:, first:block_end] in place, the model seeing canvas[:, start:end]
+    (step_plan: see `step_plan`). Yields (written, re-opened) masks over the block after every
+    forward pass. The host decided the counts in advance; everything per step runs in `step_fn`."""
+    mask_id = model.config.mask_id
+    start, end, first, block_end, _ = step_plan["block"]
+    counts, plan, run_size = step_plan["counts"], step_plan["plan"], step_plan["run_size"]
+    lo, hi = first - start, block_end - start  # the block inside the window
+    kv = KVCache() if cache in ("prefix", "dual") else None  # sparse: made at every refresh below
+    run_to = hi if cache == "dual" else end - start  # cached passes run on [lo, run_to)
+    region = canvas[:, first:block_end]
+    generated = region == mask_id  # the block's positions to write
+    commit_prob = torch.zeros(generated.shape, device=canvas.device)  # what re-opening ranks by (remask_by)
+    n_steps = plan.size(0)
     keys = noise.keys(n_steps)
     priority = None
     if order == "spread":  # one rotation per row and block, from a draw of its own
@@ -632,7 +669,7 @@ def denoise_block(model, canvas, start, end, first, block_end, counts, threshold
         if cache == "sparse" and step % refresh == 0:
             kv, at_refresh = KVCache(), region.clone()
         fills_cache = kv is not None and not kv
-        with autocast(dev, precision):
+        with autocast(canvas.device, precision):
             if kv and cache == "sparse":  # what this step writes and all changed since the full pass
                 still_masked = region == mask_id
                 run = choose_commits(None, still_masked, order, plan[step], keys[step], None, priority)
@@ -731,12 +768,57 @@ def generate_ar_steps(model, canvas, temperature=1.0, top_k=None, top_p=None, se
                "window": (start, i + 1), "block": (i, i + 1)}
 
 
-def generate(model, canvas, **kwargs):
-    """Run `generate_steps` to the end. Returns (canvas, nfe)."""
+def generate(model, canvas, cuda_graph=False, **kwargs):
+    """Run `generate_steps` to the end. Returns (canvas, nfe).
+
+    cuda_graph=True (CUDA, with steps and no cache): the whole generation, every step of every
+    block, is captured once as one CUDA graph and replayed, with this canvas and seed copied
+    into its inputs, so the host launches one graph instead of a few dozen kernels per step
+    (at batch 1 those launches take as long as the GPU's work). A graph is kept per model,
+    canvas shape, masked columns and sampler settings; the first call for one also runs
+    two warm-up generations (compilation with compile="default") and the capture."""
+    if cuda_graph:
+        return generate_graphed(model, canvas, **kwargs)
     state = {"canvas": canvas, "nfe": 0}
     for state in generate_steps(model, canvas, **kwargs):
         pass
     return state["canvas"], state["nfe"]
+
+
+GRAPHS = {}
+
+
+@torch.inference_mode()
+def generate_graphed(model, canvas, seed=0, **kwargs):
+    """generate(..., cuda_graph=True): see there."""
+    if canvas.device.type != "cuda":
+        raise ValueError(f"--cuda-graph needs a CUDA device, not {canvas.device.type}")
+    check_sampler_options(**{k: v for k, v in kwargs.items() if k not in ("precision", "context_keep")},
+                          cuda_graph=True)
+    masked_cols = tuple((canvas[0] == model.config.mask_id).nonzero().flatten().tolist())
+    key = (id(model), tuple(canvas.shape), masked_cols, tuple(sorted(kwargs.items())))
+    if key not in GRAPHS:
+        inputs = canvas.clone(), torch.tensor(seed, device=canvas.device)
+        side = torch.cuda.Stream()  # warm-up off the default stream, as torch.cuda.graph wants
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                generate(model, inputs[0], seed=inputs[1], **kwargs)
+        torch.cuda.current_stream().wait_stream(side)
+        options = inspect.signature(generate_steps).bind(model, inputs[0], seed=inputs[1], **kwargs)
+        options.apply_defaults()  # generate_steps's defaults
+        plan = plan_generation(**options.arguments)  # the host's work, done before the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for state in denoise_canvas(model, inputs[0], **plan):
+                pass
+        # the plan's tensors live outside the graph's memory pool: they must outlive the graph
+        GRAPHS[key] = graph, inputs, plan, state["canvas"], state["nfe"]
+    graph, (canvas_in, seed_in), _, canvas_out, nfe = GRAPHS[key]
+    canvas_in.copy_(canvas)
+    seed_in.fill_(seed)
+    graph.replay()
+    return canvas_out.clone(), nfe
 
 
 # -----------------------------------------------------------------------------

@@ -53,8 +53,9 @@ def sampler_options(**given):
     return options
 
 
-def add_sampling_args(p):
-    """The flags sample.py and diffusion_process.py share."""
+def add_sampling_args(p, cuda_graph=True):
+    """The flags sample.py, bench.py and diffusion_process.py share (the animation, which shows
+    every step, goes without --cuda-graph)."""
     p.add_argument("--ckpt", default=DEFAULT_CKPT, help="checkpoint (default: weights/model.pt)")
     p.add_argument("--prompt", default="", help="text to start from; `_` marks characters to fill in")
     p.add_argument("--length", type=int, default=None,
@@ -108,6 +109,10 @@ def add_sampling_args(p):
                         "after a warm-up; not with --cache)")
     p.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
                    help="torch.compile mode; reduce-overhead uses CUDA graphs (default %(default)s)")
+    if cuda_graph:
+        p.add_argument("--cuda-graph", action="store_true",
+                       help="CUDA: capture the whole generation as one CUDA graph and replay it (needs --steps, "
+                            "no --cache; pays off from the second generation of a shape: use --warmup or --num-samples)")
 
 
 def check_sampling_args(args):
@@ -143,6 +148,8 @@ def build_canvas(args, chars, num_samples, device):
 def load_for_sampling(args):
     """Device, model and vocabulary for the sampling CLIs."""
     device = pick_device(args.device)
+    if getattr(args, "cuda_graph", False) and device.type != "cuda":
+        raise UserError(f"--cuda-graph needs a CUDA device; this run is on {device.type}")
     model, chars, _ = load_model(args.ckpt, device)
     if model.config.causal:
         raise UserError(f"{args.ckpt} is an autoregressive baseline, not a diffusion model")
@@ -154,7 +161,8 @@ def sampler_kwargs(args):
                 top_p=args.top_p, schedule=args.schedule, seed=args.seed, order=args.order,
                 precision=args.precision, remask=args.remask, remask_by=args.remask_by, block=args.block,
                 cache=args.cache, refresh=args.refresh,
-                compile=args.compile_mode if args.compile else None)
+                compile=args.compile_mode if args.compile else None,
+                **({"cuda_graph": args.cuda_graph} if hasattr(args, "cuda_graph") else {}))
 
 
 def main(argv=None):

@@ -75,6 +75,10 @@ def test_sample_infills_underscores(tiny_ckpt):
     (["--cache", "sparse", "--refresh", "0"], ["--refresh must be an integer >= 1"]),
     (["--order", "sideways"], ["--order", "invalid choice"]),
     (["--num-samples", "100000"], ["--num-samples must be in 1..10000"]),
+    (["--cuda-graph", "--device", "cpu"], ["--cuda-graph needs a CUDA device"]),
+    (["--cuda-graph", "--threshold", "0.9"], ["--cuda-graph needs --steps"]),
+    (["--cuda-graph", "--order", "random", "--cache", "sparse"], ["--cuda-graph needs --steps and no --cache"]),
+    (["--cuda-graph", "--compile", "--compile-mode", "reduce-overhead"], ["--compile-mode default"]),
 ])
 def test_sample_bad_input_is_one_line(tiny_ckpt, args, needles):
     assert_one_line_error(run_script("sample.py", "--ckpt", tiny_ckpt, *args), *needles)

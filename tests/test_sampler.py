@@ -467,3 +467,47 @@ def test_sample_py_defaults_are_spread_order_pmi_remasking():
     assert (SAMPLER_DEFAULTS["order"], SAMPLER_DEFAULTS["remask_by"]) == ("spread", "pmi")
     assert SAMPLER_DEFAULTS["remask"] > 0 and 0 < SAMPLER_DEFAULTS["temperature"] < 1
     assert sampler_options(threshold=0.9)["remask"] == 0.0  # a threshold needs no re-opening
+
+
+def test_noise_takes_its_seed_as_an_int_or_a_tensor():
+    # a CUDA graph replays with the seed as a tensor input; the numbers must not change with it
+    from model import Noise
+    as_int, as_tensor = Noise(11, 3, "cpu"), Noise(torch.tensor(11), 3, "cpu")
+    for _ in range(2):
+        assert torch.equal(as_int.uniform(64), as_tensor.uniform(64))
+
+
+@pytest.mark.parametrize("kwargs", [dict(order="spread", remask=0.5, remask_by="pmi", temperature=0.95),
+                                    dict(order="confidence", block=16, top_p=0.9)])
+def test_stepping_needs_no_host_sync_once_generate_steps_returns(tiny_model, monkeypatch, kwargs):
+    # what makes generate(..., cuda_graph=True) possible: after generate_steps returns, its steps
+    # only queue device work: no reading a tensor on the host, no tensor made from host data
+    model, chars = tiny_model
+    canvas = torch.tensor([encode("KING:\n", chars) + [model.config.mask_id] * 40] * 2)
+    expected, _ = generate(model, canvas, steps=10, seed=3, precision="fp32", **kwargs)
+    steps = generate_steps(model, canvas, steps=10, seed=torch.tensor(3), precision="fp32", **kwargs)
+
+    def host_sync(*args, **kw):
+        raise AssertionError("a host sync or a host-to-device copy inside a step")
+    for name in ("tolist", "item", "__bool__", "nonzero", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, host_sync)
+    monkeypatch.setattr(torch, "tensor", host_sync)
+    monkeypatch.setattr(torch, "equal", host_sync)
+    for state in steps:
+        pass
+    monkeypatch.undo()
+    assert state["nfe"] == 10 and torch.equal(state["canvas"], expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_replays_write_what_the_plain_sampler_writes(tiny_model):
+    import copy
+    model, chars = tiny_model
+    model = copy.deepcopy(model).cuda()
+    mask_id = model.config.mask_id
+    kwargs = dict(steps=12, order="spread", remask=0.5, remask_by="pmi", temperature=0.95)
+    for prompt, seed in [("KING:\n", 5), ("QUEEN", 6), ("KING:\n", 7)]:  # one capture, then two replays
+        canvas = torch.tensor([encode(prompt, chars) + [mask_id] * (46 - len(prompt))] * 2, device="cuda")
+        plain, _ = generate(model, canvas, seed=seed, **kwargs)
+        graphed, nfe = generate(model, canvas, seed=seed, cuda_graph=True, **kwargs)
+        assert nfe == 12 and torch.equal(plain, graphed)
