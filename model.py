@@ -644,14 +644,15 @@ def denoise_canvas(model, canvas, plans, threshold, temperature, top_k, top_p, o
                    "window": (start, end), "block": (first, block_end)}
 
 
-def denoise_block(model, canvas, step_plan, threshold, temperature, top_k, top_p, order, remask_by, cache,
+def denoise_block(model, canvas, block_plan, threshold, temperature, top_k, top_p, order, remask_by, cache,
                   precision, noise, step_fn, refresh=8, prior=None):
     """Fill the masks of canvas[:, first:block_end] in place, the model seeing canvas[:, start:end]
-    (step_plan: see `step_plan`). Yields (written, re-opened) masks over the block after every
-    forward pass. The host decided the counts in advance; everything per step runs in `step_fn`."""
+    (block_plan: what `step_plan` made for it). Yields (written, re-opened) masks over the block
+    after every forward pass. The host decided the counts in advance; everything per step runs
+    in `step_fn`."""
     mask_id = model.config.mask_id
-    start, end, first, block_end, _ = step_plan["block"]
-    counts, plan, run_size = step_plan["counts"], step_plan["plan"], step_plan["run_size"]
+    start, end, first, block_end, _ = block_plan["block"]
+    counts, plan, run_size = block_plan["counts"], block_plan["plan"], block_plan["run_size"]
     lo, hi = first - start, block_end - start  # the block inside the window
     kv = KVCache() if cache in ("prefix", "dual") else None  # sparse: made at every refresh below
     run_to = hi if cache == "dual" else end - start  # cached passes run on [lo, run_to)
