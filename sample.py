@@ -6,6 +6,7 @@ Generate text with a trained tiny-diffusion checkpoint (default: the shipped wei
     python sample.py --prompt "ROMEO:\\nBut soft, what light through yonder ______ breaks?"
     python sample.py --threshold 0.9 --stats           # adaptive number of forward passes
     python sample.py --steps 64 --remask 1.0           # redraw the least likely characters
+    python sample.py --compile --cuda-graph --num-samples 640   # CUDA: one graph per generation
 
 stdout carries only the text: each sample in full, prompt included; several samples are
 separated by a blank line and a line holding `---`. --stats reports to stderr.
