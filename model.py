@@ -435,8 +435,10 @@ def check_sampler_options(steps=None, threshold=None, order="confidence", remask
         raise ValueError(f"--compile-mode must be one of {', '.join(map(str, COMPILE_MODES[1:]))}, got {compile!r}")
     if compile and cache != "none":
         raise ValueError("--compile works without --cache (the cache's keys/values are not compile-friendly)")
-    if cuda_graph and (steps is None or cache != "none"):
-        raise ValueError("--cuda-graph needs --steps and no --cache (the graph's shapes must not depend on the text)")
+    if cuda_graph and steps is None:
+        raise ValueError("--cuda-graph needs --steps, not --threshold (the number of passes must be fixed)")
+    if cuda_graph and cache != "none":
+        raise ValueError("--cuda-graph works without --cache (the cache's shapes change from pass to pass)")
     if cuda_graph and compile not in (None, "default"):
         raise ValueError("--cuda-graph captures its own CUDA graph: use it with --compile-mode default or without --compile")
 
