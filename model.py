@@ -14,8 +14,8 @@ This file owns everything the other scripts share:
 - the one sampler: parallel unmasking (fixed steps or a confidence threshold; the order by
   confidence, at random, in between, or spread out by position), with prompts, infilling,
   remasking, block-wise decoding with a key/value cache (or a sparse one without blocks),
-  windowed generation of texts longer than the context, and one step that torch.compile
-  can capture whole
+  windowed generation of texts longer than the context, one step that torch.compile can
+  capture whole, and on CUDA the whole generation as one CUDA graph
 - the vocabulary, the checkpoint format, and device selection
 """
 
