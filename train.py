@@ -694,15 +694,15 @@ class Trainer:
             while self.progress() < 1:
                 lr_mult = lr_factor(self.step, self.progress(), tc)
                 loss_sum += self.train_step(lr_mult)
-                if self.world == 1:  # no sync needed: the budget is kept to the step
+                # the clock: after every step with one process (no sync), so the budget is kept to
+                # the step; at progress lines with several (the ranks agree through a broadcast)
+                if self.world == 1 or self.step % tc.log_interval == 0:
                     self.refresh_time_progress()
                 if self.step % tc.log_interval == 0:
                     if self.world > 1:
                         dist.all_reduce(loss_sum)
                     loss = loss_sum.item() / ((self.step - step_last) * self.world)  # the one host sync
                     now = time.time()
-                    if self.world > 1:  # one process has read the clock already, after the step
-                        self.refresh_time_progress()
                     self.log(self.progress_line(loss, lr_mult, self.step - step_last, now - t_last))
                     if log_file:
                         log_file.write(json.dumps({"step": self.step, "train_loss": loss, "lr": tc.lr * lr_mult,
