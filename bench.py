@@ -28,8 +28,10 @@ import time
 
 import torch
 
-import train
-from model import ArgumentParser, UserError
+from checkpoint import autocast, mask_id_of, sampling_precision
+from cli import ArgumentParser, UserError
+from sampler import add_sampling_flags, generate, load_for_sampling, make_canvas, sampling_config
+from trainer import Trainer, add_train_flags, check_config, configs_from_args, shutdown_distributed
 
 PATHS = {"fast": ("fast: bf16 + compile + fused AdamW", ["--precision", "auto", "--compile", "auto"]),
          "plain": ("plain: fp32 eager", ["--precision", "fp32", "--compile", "off"])}
@@ -70,10 +72,8 @@ def captured(fn):
 def sample_benchmark(argv):
     import statistics
 
-    import sample
-    from model import autocast, generate, mask_id_of, sampling_precision
     p = ArgumentParser(prog="bench.py --sample", description="sampling speed (see bench.py's docstring)")
-    sample.add_sampling_args(p)
+    add_sampling_flags(p)
     p.add_argument("--sample", action="store_true", help="time sampling (this mode)")
     p.add_argument("--batch-sizes", default="1,64", help="comma list (default %(default)s)")
     p.add_argument("--runs", type=int, default=5, help="timed runs; the median is reported (default %(default)s)")
@@ -84,9 +84,9 @@ def sample_benchmark(argv):
         if args.runs < 1 or args.warmup < 0 or min(batch_sizes) < 1:
             raise UserError("--runs must be >= 1, --warmup >= 0 and every batch size >= 1")
         args.seed = 0 if args.seed is None else args.seed
-        sample.check_sampling_args(args)
-        device, model, chars = sample.load_for_sampling(args)
-    except (UserError, ValueError) as e:
+        config, seed = sampling_config(args)
+        device, model, chars = load_for_sampling(args, config)
+    except UserError as e:
         sys.exit(f"bench.py: error: {e}")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -102,25 +102,24 @@ def sample_benchmark(argv):
             times.append(time.perf_counter() - t0)
         return statistics.median(times)
 
-    kwargs = sample.sampler_kwargs(args)
-    shown = " ".join(f"{k}={v}" for k, v in kwargs.items() if v not in (None, "none", 0.0) and k != "seed")
+    shown = " ".join(f"{k}={v}" for k, v in vars(config).items() if v not in (None, "none", 0.0, False))
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"sampling {shown} | device {device} ({name}) | median of {args.runs} runs after {args.warmup} warm-up")
     mask_id = mask_id_of(chars)
-    precision = sampling_precision(kwargs["precision"], device)
-    forward = torch.compile(model, mode=args.compile_mode) if args.compile else model  # for the reference
+    precision = sampling_precision(config.precision, device)
+    forward = torch.compile(model, mode=config.compile) if config.compile else model  # for the reference
     for batch in batch_sizes:
-        canvas = sample.build_canvas(args, chars, batch, device)
+        canvas = make_canvas(args.prompt, args.length, chars, batch, device)
         n_new = int((canvas[0] == mask_id).sum())
-        nfe = generate(model, canvas, **kwargs)[1]
-        seconds = median_time(lambda: generate(model, canvas, **kwargs))
+        nfe = generate(model, canvas, config, seed)[1]
+        seconds = median_time(lambda: generate(model, canvas, config, seed))
         full = canvas.masked_fill(canvas == mask_id, 0)[:, :model.config.block_size]
 
         def passes():
             with torch.inference_mode(), autocast(device, precision):
                 for _ in range(nfe):
                     forward(full).clone()
-        reference = median_time(captured(passes) if kwargs.get("cuda_graph") else passes)
+        reference = median_time(captured(passes) if config.cuda_graph else passes)
         print(f"batch {batch:>4}: {n_new * batch / seconds:>12,.0f} chars/s | {seconds * 1e3:9.1f} ms for {n_new} "
               f"new chars x {batch}, NFE {nfe} | {nfe} full forward passes alone: {reference * 1e3:9.1f} ms "
               f"({seconds / reference:.2f}x)", flush=True)
@@ -136,6 +135,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=30, help="timed steps per path (default %(default)s)")
     p.add_argument("--paths", default="fast,plain", help="which paths to time: fast, plain or both")
     args, rest = p.parse_known_args(argv)
+    train_parser = ArgumentParser(prog="bench.py (train.py's flags)")
+    add_train_flags(train_parser)
     paths = args.paths.split(",")
     rank = int(os.environ.get("RANK", 0))
     try:
@@ -144,15 +145,15 @@ def main(argv=None):
         rows = []
         for path in paths:
             name, flags = PATHS[path]
-            mc, tc, explicit = train.parse_args(["--preset", "gpu"] + rest + flags)
-            train.check_config(mc, tc)
+            mc, tc, explicit = configs_from_args(train_parser.parse_args(["--preset", "gpu"] + rest + flags))
+            check_config(mc, tc)
             if rank == 0:
                 print(f"timing {name} ...", flush=True)
-            trainer = train.Trainer(mc, tc, explicit)
+            trainer = Trainer(mc, tc, explicit)
             rows.append((name, *time_training(trainer, args.steps)))
             del trainer
             torch._dynamo.reset()
-        train.shutdown_distributed()
+        shutdown_distributed()
     except UserError as e:
         sys.exit(f"bench.py: error: {e}")
     if rank:

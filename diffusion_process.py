@@ -29,11 +29,10 @@ if __name__ == "__main__":  # Ctrl-C while torch loads: exit quietly (main() han
     # os._exit, not sys.exit: an exception raised inside torch's C++ import code aborts the process
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
-from model import ArgumentParser, UserError, generate_ar_steps, generate_steps, load_model, mask_id_of
-from sample import (DEFAULT_CKPT, add_sampling_args, build_canvas, check_sampling_args, load_for_sampling,
-                    sampler_kwargs)
-
-DEFAULT_AR = os.path.join(os.path.dirname(DEFAULT_CKPT), "ar_baseline.pt")
+from checkpoint import DEFAULT_AR, load_model, mask_id_of
+from cli import ArgumentParser, UserError
+from sampler import (add_sampling_flags, generate_ar_steps, generate_steps, load_for_sampling, make_canvas,
+                     sampling_config)
 
 SCREEN_MASK = "░"  # how a masked position looks on screen
 WRAP = 80          # columns before a long line wraps
@@ -251,10 +250,10 @@ def load_ar_baseline(args, canvas, chars, device):
     return ar
 
 
-def compare_frames(ar, args, canvas, chars):
-    """The autoregressive baseline's frames on the same canvas: one character per pass."""
-    states = generate_ar_steps(ar, canvas, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                               seed=args.seed, precision=args.precision)
+def compare_frames(ar, config, seed, canvas, chars):
+    """The autoregressive baseline's frames on the same canvas: one character per pass, with the
+    same temperature, top-k/top-p and precision."""
+    states = generate_ar_steps(ar, canvas, config, seed)
     return collect_frames(states, canvas, chars, progress("sampling (autoregressive)", "characters"))
 
 
@@ -300,7 +299,7 @@ def play_terminal(panels, fps, hold, stream=sys.stdout):
 
 def main(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sampling_args(p, cuda_graph=False)  # the animation needs every step's state
+    add_sampling_flags(p, cuda_graph=False)  # the animation needs every step's state
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--save", metavar="OUT.gif",
                       help="write a GIF instead of opening a window (its folder is created if missing)")
@@ -312,7 +311,7 @@ def main(argv=None):
     p.add_argument("--hold", type=float, default=2.0, help="seconds to hold the final text (default %(default)s)")
     args = p.parse_args(argv)
     try:
-        check_sampling_args(args)
+        config, seed = sampling_config(args)
         if args.fps is None:
             args.fps = 24.0 if args.compare else 8.0
         if not 0 < args.fps <= 100 or not 0 <= args.hold <= 60:
@@ -323,14 +322,14 @@ def main(argv=None):
             check_writable(args.save)
         elif not args.terminal:
             check_display()
-        device, model, chars = load_for_sampling(args)
-        canvas = build_canvas(args, chars, 1, device)
+        device, model, chars = load_for_sampling(args, config)
+        canvas = make_canvas(args.prompt, args.length, chars, 1, device)
         ar = load_ar_baseline(args, canvas, chars, device) if args.compare else None
-        states = generate_steps(model, canvas, **sampler_kwargs(args))
+        states = generate_steps(model, canvas, config, seed)
         frames = collect_frames(states, canvas, chars, progress("sampling", "characters"))
         panels = [("tiny-diffusion", frames, len(frames) - 1)]  # (label, frames, steps)
         if args.compare:
-            ar_frames = compare_frames(ar, args, canvas, chars)
+            ar_frames = compare_frames(ar, config, seed, canvas, chars)
             diffusion, ar = on_one_clock(frames, ar_frames)
             panels = [("diffusion", diffusion, len(frames) - 1), ("autoregressive", ar, len(ar_frames) - 1)]
         if args.terminal:

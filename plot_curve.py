@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from model import ArgumentParser, UserError  # noqa: E402
+from cli import ArgumentParser, UserError  # noqa: E402
 
 
 def read(path):

@@ -26,23 +26,25 @@ import re
 import sys
 import time
 from collections import Counter
+from dataclasses import fields
 
 import torch
 import torch.nn.functional as F
 
-from model import (DATA_DEFAULT, ArgumentParser, UserError, autocast, check_sampler_options, decode, generate,
-                   load_model, load_text, mask_id_of, pick_device, split_text)
-from sample import sampler_options
+from checkpoint import (DATA_DEFAULT, DEFAULT_AR, DEFAULT_CKPT, autocast, decode, load_model_of_kind, load_text,
+                        mask_id_of, pick_device, split_text)
+from cli import ArgumentParser, UserError, field_type
+from sampler import SamplerConfig, generate
 
 DEFAULT_SETTINGS = ["default", "steps=256", "steps=32", "threshold=0.9", "temperature=1.0", "temperature=0.6",
                     "order=noisy", "remask=1.0", "top_p=0.9", "block=32", "block=32,cache=prefix",
                     "block=32,cache=dual", "block=64,cache=dual", "block=16,cache=dual"]
-TYPES = {"steps": int, "top_k": int, "block": int, "threshold": float, "temperature": float, "top_p": float,
-         "remask": float, "remask_by": str, "refresh": int, "schedule": str, "order": str, "cache": str, "precision": str}
+# a setting may change any field of SamplerConfig but the CUDA-only ones, with the field's type
+TYPES = {f.name: field_type(f) for f in fields(SamplerConfig) if f.name not in ("compile", "cuda_graph")}
 
 
 def parse_setting(text):
-    """'steps=64,temperature=0.8' -> sampler kwargs: sample.py's defaults with these changed."""
+    """'steps=64,temperature=0.8' -> a SamplerConfig: sample.py's defaults with these changed."""
     given = {}
     for part in text.split(","):
         if part == "default":
@@ -54,12 +56,10 @@ def parse_setting(text):
             given[key] = None if value == "none" else TYPES[key](value)
         except ValueError:
             raise UserError(f"bad value {value!r} for {key} in {text!r}") from None
-    kwargs = sampler_options(**given)
     try:
-        check_sampler_options(**{k: v for k, v in kwargs.items() if k != "precision"})
+        return SamplerConfig.from_options(**given)
     except ValueError as e:
         raise UserError(f"setting {text!r}: {e}") from None
-    return kwargs
 
 
 @torch.no_grad()
@@ -91,20 +91,23 @@ def has_run(text, length=3):
 
 def main(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default="weights/model.pt")
-    p.add_argument("--ar", default="weights/ar_baseline.pt", help="autoregressive scorer")
-    p.add_argument("--data", default=DATA_DEFAULT)
-    p.add_argument("--prompts", type=int, default=32, help="number of prompts (one batch)")
-    p.add_argument("--prompt-chars", type=int, default=32)
-    p.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--ckpt", default=DEFAULT_CKPT, help="diffusion model to score (default: weights/model.pt)")
+    p.add_argument("--ar", default=DEFAULT_AR, help="autoregressive scorer (default: weights/ar_baseline.pt)")
+    p.add_argument("--data", default=DATA_DEFAULT, help="the text; prompts come from its validation split")
+    p.add_argument("--prompts", type=int, default=32, help="number of prompts, one batch (default %(default)s)")
+    p.add_argument("--prompt-chars", type=int, default=32,
+                   help="characters of each prompt; the model writes the rest of the window (default %(default)s)")
+    p.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS,
+                   help="sampler settings to score, each 'default' or field=value[,field=value] over "
+                        "SamplerConfig's fields (default: a grid of 14)")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed; prompt i uses seed + i (default %(default)s)")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     args = p.parse_args(argv)
     try:
         device = pick_device(args.device)
-        model, chars, _ = load_model(args.ckpt, device)
-        ar_model, ar_chars, _ = load_model(args.ar, device)
-        if ar_chars != chars or not ar_model.config.causal:
+        model, chars, _ = load_model_of_kind(args.ckpt, device, causal=False)
+        ar_model, ar_chars, _ = load_model_of_kind(args.ar, device, causal=True)
+        if ar_chars != chars:
             raise UserError(f"{args.ar} is not an autoregressive model with the same vocabulary")
         settings = [(s, parse_setting(s)) for s in args.settings]
         T = model.config.block_size
@@ -135,15 +138,14 @@ def main(argv=None):
               f"{entropy:.3f} | {100 * runs:.1f} | {nfe if nfe else '-'} | {speed} |", flush=True)
 
     row("real validation text", real, 0, 0)
-    for name, kwargs in settings:
+    for name, config in settings:
         canvas = real.clone()
         canvas[:, P:] = mask_id_of(chars)
-        kwargs = {**kwargs, "seed": args.seed}
-        generate(model, canvas[:1], **kwargs)  # warm-up
+        generate(model, canvas[:1], config, args.seed)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.time()
-        out, nfe = generate(model, canvas, **kwargs)
+        out, nfe = generate(model, canvas, config, args.seed)
         if device.type == "cuda":
             torch.cuda.synchronize()
         row(name, out, nfe, time.time() - t0)

@@ -61,7 +61,7 @@ def tiny_ckpt(tiny_run):
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_ckpt):
-    from model import load_model
+    from checkpoint import load_model
     model, chars, _ = load_model(tiny_ckpt)
     return model, chars
 

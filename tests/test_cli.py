@@ -52,7 +52,7 @@ def test_sample_infills_underscores(tiny_ckpt):
     (["--threshold", "1.5"], ["--threshold must be in (0, 1]"]),
     (["--threshold", "0"], ["--threshold must be in (0, 1]"]),
     (["--temperature", "-1"], ["--temperature must be >= 0"]),
-    (["--steps", "0"], ["--steps must be >= 1"]),
+    (["--steps", "0"], ["--steps must be an integer >= 1"]),
     (["--steps", "4", "--threshold", "0.9"], ["not both"]),
     (["--threshold", "0.9", "--order", "random"], ["--order confidence"]),
     (["--device", "cuda"], ["not available"]),
@@ -66,10 +66,10 @@ def test_sample_infills_underscores(tiny_ckpt):
     (["--temperature", "nan"], ["--temperature must be"]),
     (["--remask", "nan"], ["--remask must be >= 0"]),
     (["--top-p", "0"], ["--top-p must be in (0, 1]"]),
-    (["--block", "0"], ["--block must be >= 1"]),
+    (["--block", "0"], ["--block must be an integer >= 1"]),
     (["--remask-by", "chance"], ["--remask-by", "invalid choice"]),
     (["--compile", "--block", "8", "--cache", "dual"], ["--compile works without --cache"]),
-    (["--block", "-4", "--cache", "dual"], ["--block must be >= 1"]),
+    (["--block", "-4", "--cache", "dual"], ["--block must be an integer >= 1"]),
     (["--cache", "dual"], ["--cache dual needs --block"]),
     (["--cache", "sparse", "--order", "confidence"], ["--cache sparse needs", "random or spread"]),
     (["--cache", "sparse", "--refresh", "0"], ["--refresh must be an integer >= 1"]),
@@ -78,7 +78,11 @@ def test_sample_infills_underscores(tiny_ckpt):
     (["--cuda-graph", "--device", "cpu"], ["--cuda-graph needs a CUDA device"]),
     (["--cuda-graph", "--threshold", "0.9"], ["--cuda-graph needs --steps"]),
     (["--cuda-graph", "--order", "random", "--cache", "sparse"], ["--cuda-graph works without --cache"]),
-    (["--cuda-graph", "--compile", "--compile-mode", "reduce-overhead"], ["--compile-mode default"]),
+    (["--cuda-graph", "--compile", "reduce-overhead"], ["--compile default"]),
+    (["--compile", "fastest"], ["--compile", "invalid choice"]),
+    (["--seed", "4294967296"], ["--seed must be in 0..2147483647"]),
+    (["--seed", "-1"], ["--seed must be in"]),
+    (["--prompt", "A" * 100_001], ["more than 100,000"]),
 ])
 def test_sample_bad_input_is_one_line(tiny_ckpt, args, needles):
     assert_one_line_error(run_script("sample.py", "--ckpt", tiny_ckpt, *args), *needles)
@@ -105,7 +109,7 @@ def test_train_bad_input_is_one_line(tmp_path, data_path):
     assert_one_line_error(run_script("train.py", "--data", tmp_path / "nope.txt"), "data file not found", "prepare.py")
     assert_one_line_error(run_script("train.py", "--objective", "gan"), "--objective")
     assert_one_line_error(run_script("train.py", "--n_embd", "100", "--n_head", "3"), "n_head")
-    assert_one_line_error(run_script("train.py", "--eval-only"), "--ckpt")
+    assert_one_line_error(run_script("train.py", "--eval-only"), "unrecognized arguments")  # evaluate.py's job
     assert_one_line_error(run_script("train.py", "--resume", "--out_dir", tmp_path, "--data", data_path),
                           "not found", "last.pt")
     assert_one_line_error(run_script("train.py", "--device", "cuda:3", "--data", data_path), "not available")
@@ -176,7 +180,7 @@ def test_diffusion_process_without_display_says_what_to_do(tiny_ckpt):
 def test_every_cli_has_help():
     for script, *flags in (("train.py",), ("sample.py",), ("diffusion_process.py",), ("data/prepare.py",),
                            ("bench.py",), ("bench.py", "--sample"), ("quality.py",), ("plot_curve.py",),
-                           ("tools/export_weights.py",)):
+                           ("tools/export_weights.py",), ("evaluate.py",)):
         r = run_script(script, *flags, "--help")
         assert r.returncode == 0 and "usage" in r.stdout, (script, r.stderr)
 

@@ -1,6 +1,7 @@
 import torch
 
-from model import ModelConfig, Transformer, draw_masks, training_masks
+from diffusion import draw_masks, training_masks
+from model import ModelConfig, Transformer
 
 
 def test_default_config_is_the_full_10_7M_model():

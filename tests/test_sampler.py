@@ -3,8 +3,17 @@ import shutil
 import pytest
 import torch
 
-from model import (KVCache, commit_schedule, decode, encode, generate, generate_ar_steps, generate_steps, native_bf16,
-                   plan_blocks, split_steps)
+from checkpoint import decode, encode, native_bf16
+from model import KVCache
+from sampler import (SamplerConfig, commit_schedule, generate, generate_ar_steps, generate_steps, plan_blocks,
+                     split_steps)
+
+
+def opts(**given):
+    """A config for the behaviour under test: the plainest sampler (confidence order, linear
+    schedule, temperature 1, no remasking) changed by `given`."""
+    base = dict(order="confidence", schedule="linear", temperature=1.0, remask=0.0, remask_by="prob")
+    return SamplerConfig.from_options(**{**base, **given})
 
 
 def canvas_for(chars, prompt, length, batch=1):
@@ -29,9 +38,9 @@ def test_cosine_schedule_commits_few_first_and_many_last():
 def test_sampler_is_deterministic_under_a_seed(tiny_model):
     model, chars = tiny_model
     c = canvas_for(chars, "ROMEO:", 32)
-    a, _ = generate(model, c, steps=8, temperature=1.0, seed=3)
-    b, _ = generate(model, c, steps=8, temperature=1.0, seed=3)
-    d, _ = generate(model, c, steps=8, temperature=1.0, seed=4)
+    a, _ = generate(model, c, opts(steps=8, temperature=1.0), 3)
+    b, _ = generate(model, c, opts(steps=8, temperature=1.0), 3)
+    d, _ = generate(model, c, opts(steps=8, temperature=1.0), 4)
     assert torch.equal(a, b) and not torch.equal(a, d)
 
 
@@ -42,7 +51,7 @@ def test_steps_unmask_everything_following_the_schedule(tiny_model, schedule):
     mask_id = len(chars)
     before = c.clone()
     per_step = []
-    for state in generate_steps(model, c, steps=9, temperature=1.0, schedule=schedule, seed=0):
+    for state in generate_steps(model, c, opts(steps=9, temperature=1.0, schedule=schedule), 0):
         assert not (state["committed"] & (before != mask_id)).any(), "only masked positions are committed"
         per_step.append(state["committed"].sum(1).tolist())
         before = state["canvas"].clone()
@@ -56,7 +65,7 @@ def test_steps_unmask_everything_following_the_schedule(tiny_model, schedule):
 def test_temperature_zero_commits_the_argmax(tiny_model):
     model, chars = tiny_model
     c = canvas_for(chars, "", 32)
-    for state in generate_steps(model, c, steps=32, temperature=0, seed=0, precision="fp32"):
+    for state in generate_steps(model, c, opts(steps=32, temperature=0, precision="fp32"), 0):
         with torch.no_grad():
             probs = model(c).softmax(-1)
         greedy = probs.argmax(-1)
@@ -71,15 +80,15 @@ def test_temperature_zero_commits_the_argmax(tiny_model):
 @pytest.fixture
 def drawn_confidences(monkeypatch):
     """A list that receives the confidences of every draw the sampler makes."""
-    import model as model_module
+    import sampler as sampler_module
     seen = []
-    real = model_module.draw_characters
+    real = sampler_module.draw_characters
 
     def spy(logits, temperature, top_k, top_p, u):
         drawn, conf = real(logits, temperature, top_k, top_p, u)
         seen.append(conf.clone())
         return drawn, conf
-    monkeypatch.setattr(model_module, "draw_characters", spy)
+    monkeypatch.setattr(sampler_module, "draw_characters", spy)
     return seen
 
 
@@ -88,7 +97,7 @@ def test_threshold_commits_every_confident_position_and_at_least_one(tiny_model,
     seen = drawn_confidences
     c = canvas_for(chars, "", 32, batch=2)
     tau = 0.1
-    for state in generate_steps(model, c, threshold=tau, temperature=0.7, seed=1):
+    for state in generate_steps(model, c, opts(threshold=tau, temperature=0.7), 1):
         masked_before = c == len(chars)
         conf = seen[-1]
         expected = masked_before & (conf >= tau)
@@ -105,7 +114,7 @@ def test_infilling_keeps_known_characters_and_fills_every_gap(tiny_model):
     model, chars = tiny_model
     prompt = "ROMEO:\nBut soft, what ____ thro_gh"
     c = canvas_for(chars, prompt, len(prompt))
-    out, nfe = generate(model, c, steps=5, temperature=1.0, seed=0)
+    out, nfe = generate(model, c, opts(steps=5, temperature=1.0), 0)
     text = decode(out[0].tolist(), chars)
     assert len(text) == len(prompt) and nfe == 5
     assert all(a == b for a, b in zip(text, prompt) if b != "_")
@@ -116,7 +125,7 @@ def test_long_generation_slides_a_window_and_keeps_context(tiny_model):
     model, chars = tiny_model
     c = canvas_for(chars, "First Citizen:\n", 100)  # context is 32
     windows, last = [], None
-    for state in generate_steps(model, c, steps=40, temperature=1.0, seed=0):
+    for state in generate_steps(model, c, opts(steps=40, temperature=1.0), 0):
         windows.append(state["window"])
         last = state
     text = decode(last["canvas"][0].tolist(), chars)
@@ -130,16 +139,16 @@ def test_long_generation_slides_a_window_and_keeps_context(tiny_model):
 
 def test_batched_and_single_sampling_agree_under_a_seed(tiny_model):
     model, chars = tiny_model
-    batch, _ = generate(model, canvas_for(chars, "A", 32, batch=3), steps=8, temperature=1.0, seed=10)
+    batch, _ = generate(model, canvas_for(chars, "A", 32, batch=3), opts(steps=8, temperature=1.0), 10)
     for i in range(3):
-        single, _ = generate(model, canvas_for(chars, "A", 32), steps=8, temperature=1.0, seed=10 + i)
+        single, _ = generate(model, canvas_for(chars, "A", 32), opts(steps=8, temperature=1.0), 10 + i)
         assert torch.equal(batch[i], single[0])
 
 
 def test_top_k_limits_the_draw_to_the_k_most_likely(tiny_model):
     model, chars = tiny_model
     c = canvas_for(chars, "", 32, batch=4)
-    for state in generate_steps(model, c, steps=8, temperature=2.0, top_k=2, seed=0, precision="fp32"):
+    for state in generate_steps(model, c, opts(steps=8, temperature=2.0, top_k=2, precision="fp32"), 0):
         with torch.no_grad():
             top2 = model(c).topk(2, dim=-1).indices
         drawn = state["canvas"][..., None].expand_as(top2)
@@ -152,21 +161,21 @@ def test_other_orders_follow_the_schedule_and_unmask_everything(tiny_model, orde
     model, chars = tiny_model
     c = canvas_for(chars, "KING:", 32, batch=2)
     counts, last = [], None
-    for state in generate_steps(model, c, steps=9, temperature=1.0, seed=0, order=order):
+    for state in generate_steps(model, c, opts(steps=9, temperature=1.0, order=order), 0):
         counts.append(state["committed"].sum(1).tolist())
         last = state
     assert [row[0] for row in counts] == commit_schedule(27, 9) and all(a == b for a, b in counts)
     assert (last["canvas"] != len(chars)).all() and decode(last["canvas"][0, :5].tolist(), chars) == "KING:"
-    confident, _ = generate(model, c, steps=9, temperature=1.0, seed=0)
+    confident, _ = generate(model, c, opts(steps=9, temperature=1.0), 0)
     assert not torch.equal(confident, last["canvas"]), "a different order gives different text"
 
 
 def test_bf16_forward_passes_on_cpu_still_unmask_everything(tiny_model):
     model, chars = tiny_model
     c = canvas_for(chars, "A", 32)
-    fp32, _ = generate(model, c, steps=8, seed=0, precision="fp32")
-    auto, _ = generate(model, c, steps=8, seed=0)
-    bf16, nfe = generate(model, c, steps=8, seed=0, precision="bf16")
+    fp32, _ = generate(model, c, opts(steps=8, precision="fp32"), 0)
+    auto, _ = generate(model, c, opts(steps=8), 0)
+    bf16, nfe = generate(model, c, opts(steps=8, precision="bf16"), 0)
     assert torch.equal(auto, bf16 if native_bf16(torch.device("cpu")) else fp32)
     assert nfe == 8 and (bf16 != len(chars)).all() and bf16[0, 0] == c[0, 0]
 
@@ -176,7 +185,7 @@ def test_rows_with_different_masks_are_rejected(tiny_model):
     c = canvas_for(chars, "", 32, batch=2)
     c[1, 0] = 0
     with pytest.raises(ValueError):
-        generate(model, c, steps=4)
+        generate(model, c, opts(steps=4))
 
 
 def test_remasking_reopens_the_least_likely_and_keeps_the_schedule(tiny_model, drawn_confidences):
@@ -187,7 +196,7 @@ def test_remasking_reopens_the_least_likely_and_keeps_the_schedule(tiny_model, d
     counts = commit_schedule(27, 9)
     written_prob = torch.zeros(c.shape)  # probability each written character was drawn with
     before, n_reopened = c.clone(), 0
-    for step, state in enumerate(generate_steps(model, c, steps=9, temperature=1.0, seed=0, remask=1.0)):
+    for step, state in enumerate(generate_steps(model, c, opts(steps=9, temperature=1.0, remask=1.0), 0)):
         canvas, reopened = state["canvas"], state["reopened"]
         assert torch.equal(reopened, (before != mask_id) & (canvas == mask_id))
         # net progress follows the schedule; each step re-opens what the rule allows
@@ -208,7 +217,7 @@ def test_remasking_reopens_the_least_likely_and_keeps_the_schedule(tiny_model, d
         before = canvas.clone()
     assert step == 8 and n_reopened > 0
     assert (before != mask_id).all() and decode(before[0, :5].tolist(), chars) == "KING:"
-    plain, _ = generate(model, c, steps=9, temperature=1.0, seed=0)
+    plain, _ = generate(model, c, opts(steps=9, temperature=1.0), 0)
     assert not torch.equal(plain, before), "remasking changes the text"
 
 
@@ -282,7 +291,7 @@ def test_block_decoding_writes_only_inside_the_current_block_left_to_right(tiny_
     c = canvas_for(chars, "KING:", 32, batch=2)
     mask_id = len(chars)
     last_block, n = (0, 0), 0
-    for state in generate_steps(model, c, steps=12, temperature=0.8, seed=0, block=8, cache=cache):
+    for state in generate_steps(model, c, opts(steps=12, temperature=0.8, block=8, cache=cache), 0):
         lo, hi = state["block"]
         written = state["committed"].any(0).nonzero().flatten()
         assert len(written) and lo <= written.min() and written.max() < hi and hi - lo <= 8
@@ -301,8 +310,7 @@ def test_sparse_cache_runs_full_passes_every_refresh_and_fills_every_mask(tiny_m
     hook = model.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(args[0].size(1)),
                                            with_kwargs=True)
     try:
-        out, nfe = generate(model, c, steps=16, temperature=1.0, seed=3, order=order, remask=0.5, block=block,
-                            cache="sparse", refresh=4)
+        out, nfe = generate(model, c, opts(steps=16, temperature=1.0, order=order, remask=0.5, block=block, cache="sparse", refresh=4), 3)
     finally:
         hook.remove()
     assert nfe == len(calls) == 16
@@ -318,9 +326,8 @@ def test_sparse_cache_runs_full_passes_every_refresh_and_fills_every_mask(tiny_m
 def test_sparse_cache_with_refresh_1_is_the_uncached_sampler(tiny_model):
     model, chars = tiny_model
     c = canvas_for(chars, "KING:", 40, batch=2)
-    plain, _ = generate(model, c, steps=10, temperature=1.0, seed=5, remask=0.5, order="random")
-    every_step, _ = generate(model, c, steps=10, temperature=1.0, seed=5, remask=0.5, order="random",
-                             cache="sparse", refresh=1)
+    plain, _ = generate(model, c, opts(steps=10, temperature=1.0, remask=0.5, order="random"), 5)
+    every_step, _ = generate(model, c, opts(steps=10, temperature=1.0, remask=0.5, order="random", cache="sparse", refresh=1), 5)
     assert torch.equal(plain, every_step)
 
 
@@ -328,7 +335,7 @@ def test_spread_order_writes_far_apart_positions_together(tiny_model):
     model, chars = tiny_model
     c = canvas_for(chars, "", 32)
     gaps = []
-    for state in generate_steps(model, c, steps=8, temperature=1.0, seed=0, order="spread", schedule="linear"):
+    for state in generate_steps(model, c, opts(steps=8, temperature=1.0, order="spread", schedule="linear"), 0):
         written = state["committed"][0].nonzero().flatten()
         if state["nfe"] <= 4:  # while at most half is written, the steps' positions are >= 4 apart
             gaps.append(int(torch.diff(written.sort().values).min()))
@@ -338,14 +345,14 @@ def test_spread_order_writes_far_apart_positions_together(tiny_model):
 def test_long_text_through_blocks_is_continuous_and_of_the_asked_length(tiny_model):
     model, chars = tiny_model
     c = canvas_for(chars, "ROMEO:", 150)
-    out, nfe = generate(model, c, steps=40, temperature=0.8, seed=1, block=16, cache="dual")
+    out, nfe = generate(model, c, opts(steps=40, temperature=0.8, block=16, cache="dual"), 1)
     text = decode(out[0].tolist(), chars)
     assert len(text) == 150 and text.startswith("ROMEO:") and "_" not in text
     assert nfe == 40, "exactly the asked passes: there are fewer blocks than steps"
 
 
 def test_top_p_keeps_the_smallest_set_that_reaches_p():
-    from model import Noise, draw_characters
+    from sampler import Noise, draw_characters
     logits = torch.tensor([[[2.0, 1.0, 0.5, -1.0]]]).log_softmax(-1)  # p = 0.61, 0.22, 0.14, 0.03
 
     def drawn(p):
@@ -357,10 +364,10 @@ def test_top_p_keeps_the_smallest_set_that_reaches_p():
 
 
 def test_autoregressive_sampler_writes_one_character_per_pass(tiny_ar_ckpt):
-    from model import load_model
+    from checkpoint import load_model
     ar, chars, _ = load_model(tiny_ar_ckpt)
     c = canvas_for(chars, "KING:", 60)
-    states = list(generate_ar_steps(ar, c, temperature=1.0, seed=0))
+    states = list(generate_ar_steps(ar, c, opts(temperature=1.0), 0))
     assert len(states) == 55 and states[-1]["nfe"] == 55
     assert all(s["committed"].sum() == 1 for s in states)
     assert decode(states[-1]["canvas"][0, :5].tolist(), chars) == "KING:"
@@ -368,7 +375,7 @@ def test_autoregressive_sampler_writes_one_character_per_pass(tiny_ar_ckpt):
 
 
 def test_noise_is_uniform_independent_and_the_same_for_a_row_in_any_batch():
-    from model import Noise
+    from sampler import Noise
     u = Noise(0, 4, "cpu").uniform(50_000)
     assert u.min() >= 0 and u.max() < 1
     assert abs(u.mean().item() - 0.5) < 0.005 and abs(u.var().item() - 1 / 12) < 0.002
@@ -383,7 +390,7 @@ def test_noise_is_uniform_independent_and_the_same_for_a_row_in_any_batch():
 
 
 def test_drawn_characters_follow_the_distribution():
-    from model import Noise, draw_characters
+    from sampler import Noise, draw_characters
     p = torch.tensor([0.5, 0.3, 0.15, 0.05])
     logits = p.log().expand(1, 20_000, 4)
     chars, conf = draw_characters(logits, 1.0, None, None, Noise(0, 1, "cpu").uniform(20_000))
@@ -400,10 +407,9 @@ def test_compiled_step_writes_what_the_eager_step_writes(tiny_model, order):
     model, chars = tiny_model
     mask_id = model.config.mask_id
     canvas = torch.tensor([encode("KING:\n", chars) + [mask_id] * 40] * 2)
-    kwargs = dict(steps=12, temperature=1.0, order=order, remask=0.5, schedule="cosine", seed=5,
-                  precision="fp32")
-    eager, _ = generate(model, canvas, **kwargs)
-    compiled, nfe = generate(model, canvas, compile="default", **kwargs)
+    kwargs = dict(steps=12, temperature=1.0, order=order, remask=0.5, schedule="cosine", precision="fp32")
+    eager, _ = generate(model, canvas, opts(**kwargs), 5)
+    compiled, nfe = generate(model, canvas, opts(compile="default", **kwargs), 5)
     assert nfe == 12 and torch.equal(eager, compiled)
 
 
@@ -411,21 +417,24 @@ def test_compiled_step_writes_what_the_eager_step_writes(tiny_model, order):
 def test_remask_by_ratio_scores_the_drawn_character_against_the_best(top_k):
     # prob ranks re-opening by p(drawn); ratio by p(drawn) / p(best): a position with many good
     # options (flat distribution) is not re-opened just for being uncertain
-    from model import Noise, denoise_step
+    from sampler import Noise, Pass, StepCounts, denoise_step
     torch.manual_seed(0)
     logits = torch.randn(2, 6, 12) * 2
 
-    def stub(x, cache=None, start=0):
-        return logits
-    region = torch.full((2, 6), 12)  # all masked (mask id 12)
-    plan = torch.tensor([6.0, 0.0, 1.0])  # commit all six, re-open none
+    class Stub:  # a "model" that returns these logits, with mask id 12
+        config = type("Config", (), {"mask_id": 12})
+
+        def __call__(self, x, cache=None, start=0):
+            return logits
+    region = torch.full((2, 6), 12)  # all masked
+    counts = StepCounts(*torch.tensor([6.0, 0.0, 1.0]))  # commit all six, re-open none
     keys = Noise(3, 2, "cpu").keys(1)[0]
     prior = torch.rand(12).softmax(0)
     out = {}
     for by in ("prob", "ratio", "pmi"):
-        new, commit, _, score = denoise_step(stub, region, None, 0, 0, 6, region, region == 12,
-                                             torch.zeros(2, 6), keys, plan, 12, 1.3, top_k, None, "random",
-                                             None, by, None, prior)
+        config = SamplerConfig(temperature=1.3, top_k=top_k, order="random", remask_by=by)
+        new, commit, _, score = denoise_step(Stub(), Pass(region, None, 0, 0, 6), region, region == 12,
+                                             torch.zeros(2, 6), keys, counts, config, None, prior)
         assert commit.all()
         out[by] = (new, score)
     assert torch.equal(out["prob"][0], out["ratio"][0])  # the same characters are drawn
@@ -441,14 +450,14 @@ def test_remask_by_ratio_scores_the_drawn_character_against_the_best(top_k):
 
 
 def test_char_prior_is_the_models_all_mask_prediction_made_once(tiny_model):
-    from model import char_prior
+    from sampler import char_prior
     model, chars = tiny_model
     model.char_prior = None
     prior = char_prior(model, "fp32")
     assert prior.shape == (len(chars),) and torch.allclose(prior.sum(), torch.tensor(1.0))
     assert char_prior(model) is prior  # kept on the model
     c = canvas_for(chars, "KING:", 32)
-    out, nfe = generate(model, c, steps=8, temperature=1.0, seed=0, order="spread", remask=0.5, remask_by="pmi")
+    out, nfe = generate(model, c, opts(steps=8, temperature=1.0, order="spread", remask=0.5, remask_by="pmi"), 0)
     assert nfe == 8 and (out != len(chars)).all() and decode(out[0, :5].tolist(), chars) == "KING:"
 
 
@@ -456,22 +465,53 @@ def test_without_remasking_pmi_costs_no_prior_pass_and_changes_nothing(tiny_mode
     model, chars = tiny_model
     model.char_prior = None
     c = canvas_for(chars, "KING:", 32)
-    runs = {by: generate(model, c, steps=8, temperature=1.0, seed=3, order="spread", remask=0.0, remask_by=by)[0]
+    runs = {by: generate(model, c, opts(steps=8, temperature=1.0, order="spread", remask=0.0, remask_by=by), 3)[0]
             for by in ("pmi", "prob")}
     assert model.char_prior is None  # the prior's forward pass was skipped
     assert torch.equal(runs["pmi"], runs["prob"])
 
 
-def test_sample_py_defaults_are_spread_order_pmi_remasking():
-    from sample import SAMPLER_DEFAULTS, sampler_options
-    assert (SAMPLER_DEFAULTS["order"], SAMPLER_DEFAULTS["remask_by"]) == ("spread", "pmi")
-    assert SAMPLER_DEFAULTS["remask"] > 0 and 0 < SAMPLER_DEFAULTS["temperature"] < 1
-    assert sampler_options(threshold=0.9)["remask"] == 0.0  # a threshold needs no re-opening
+def test_sampler_config_defaults_are_spread_order_pmi_remasking():
+    default = SamplerConfig()
+    assert (default.order, default.remask_by, default.schedule, default.steps) == ("spread", "pmi", "cosine", 64)
+    assert default.remask > 0 and 0 < default.temperature < 1
+
+
+def test_a_threshold_takes_confidence_order_and_no_remasking_unless_given():
+    config = SamplerConfig.from_options(threshold=0.9)
+    assert (config.steps, config.order, config.remask) == (None, "confidence", 0.0)
+    assert SamplerConfig.from_options(threshold=0.9, temperature=0.5).temperature == 0.5
+    with pytest.raises(ValueError, match="--threshold needs confidences"):
+        SamplerConfig.from_options(threshold=0.9, order="spread")
+    with pytest.raises(ValueError, match="not both"):
+        SamplerConfig.from_options(threshold=0.9, steps=10)
+
+
+@pytest.mark.parametrize("bad, needle", [(dict(steps=0), "--steps"), (dict(steps=2.5), "--steps"),
+                                         (dict(temperature=float("nan")), "--temperature"),
+                                         (dict(top_p=1.5), "--top-p"), (dict(cache="dual"), "needs --block"),
+                                         (dict(order="best"), "--order"), (dict(precision="fp64"), "--precision"),
+                                         (dict(cache="sparse", order="confidence"), "--cache sparse")])
+def test_sampler_config_rejects_bad_options_naming_the_flag(bad, needle):
+    with pytest.raises(ValueError, match=needle):
+        SamplerConfig(**bad)
+
+
+def test_generate_from_python_writes_what_sample_py_writes(tiny_ckpt):
+    # the library's defaults are the CLI's: same prompt, same seed, same text
+    from checkpoint import load_model
+    from conftest import run_script
+    model, chars, _ = load_model(tiny_ckpt)
+    r = run_script("sample.py", "--ckpt", tiny_ckpt, "--prompt", "KING:", "--length", "60", "--seed", "7",
+                   "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    out, nfe = generate(model, canvas_for(chars, "KING:", 60), SamplerConfig(), 7)
+    assert r.stdout == decode(out[0].tolist(), chars) + "\n"
 
 
 def test_noise_takes_its_seed_as_an_int_or_a_tensor():
     # a CUDA graph replays with the seed as a tensor input; the numbers must not change with it
-    from model import Noise
+    from sampler import Noise
     as_int, as_tensor = Noise(11, 3, "cpu"), Noise(torch.tensor(11), 3, "cpu")
     for _ in range(2):
         assert torch.equal(as_int.uniform(64), as_tensor.uniform(64))
@@ -484,8 +524,8 @@ def test_stepping_needs_no_host_sync_once_generate_steps_returns(tiny_model, mon
     # only queue device work: no reading a tensor on the host, no tensor made from host data
     model, chars = tiny_model
     canvas = torch.tensor([encode("KING:\n", chars) + [model.config.mask_id] * 40] * 2)
-    expected, _ = generate(model, canvas, steps=10, seed=3, precision="fp32", **kwargs)
-    steps = generate_steps(model, canvas, steps=10, seed=torch.tensor(3), precision="fp32", **kwargs)
+    expected, _ = generate(model, canvas, opts(steps=10, precision="fp32", **kwargs), 3)
+    steps = generate_steps(model, canvas, opts(steps=10, precision="fp32", **kwargs), torch.tensor(3))
 
     def host_sync(*args, **kw):
         raise AssertionError("a host sync or a host-to-device copy inside a step")
@@ -509,6 +549,6 @@ def test_cuda_graph_replays_write_what_the_plain_sampler_writes(tiny_model):
     # a capture, then replays with another prompt of the same shape and other seeds
     for prompt, seed in [("KING:\n", 5), ("QUEEN:", 6), ("KING:\n", 7)]:
         canvas = torch.tensor([encode(prompt, chars) + [mask_id] * (46 - len(prompt))] * 2, device="cuda")
-        plain, _ = generate(model, canvas, seed=seed, **kwargs)
-        graphed, nfe = generate(model, canvas, seed=seed, cuda_graph=True, **kwargs)
+        plain, _ = generate(model, canvas, opts(**kwargs), seed)
+        graphed, nfe = generate(model, canvas, opts(cuda_graph=True, **kwargs), seed)
         assert nfe == 12 and torch.equal(plain, graphed)

@@ -63,7 +63,7 @@ def test_plot_curve_missing_file_is_one_line_error(tmp_path):
 
 def test_plot_curve_bad_logs_are_user_errors(tmp_path):
     import plot_curve
-    from model import UserError
+    from cli import UserError
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"step": 1, "train_loss": 2.0, "time": 1}\nnot json\n')
     with pytest.raises(UserError, match="line 2 is not a train.py log row"):

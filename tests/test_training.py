@@ -8,9 +8,13 @@ import sys
 import pytest
 import torch
 
+import diffusion
 import train
+import trainer
+from checkpoint import load_model, read_checkpoint, split_text
 from conftest import ROOT, TINY, read_log, run_script
-from model import ModelConfig, Transformer, draw_masks, load_model, read_checkpoint, split_text
+from diffusion import draw_masks
+from model import ModelConfig, Transformer
 
 
 def test_tiny_model_loss_falls(tiny_run):
@@ -35,13 +39,13 @@ def test_best_checkpoint_round_trips(tiny_run):
 
 def _interrupt_at(monkeypatch, step):
     calls = itertools.count(1)
-    real = train.get_batch
+    real = trainer.get_batch
 
     def get_batch(*args, **kwargs):
         if next(calls) > step:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
-    monkeypatch.setattr(train, "get_batch", get_batch)
+    monkeypatch.setattr(trainer, "get_batch", get_batch)
 
 
 def test_ctrl_c_then_resume_continues_the_same_run(tmp_path, data_path, monkeypatch):
@@ -126,21 +130,21 @@ def test_monte_carlo_nelbo_matches_exact_enumeration(context):
     model = _random_tiny_model(T)
     x = torch.randint(0, 65, (1, T))
     exact = _exact_conditional_nelbo(model, x, context)
-    per_block = train.diffusion_block_nll(model, x[0], T, [(T, T - context)], mc=3000, seed=5)
+    per_block = diffusion.diffusion_block_nll(model, x[0], T, [(T, T - context)], mc=3000, seed=5)
     # the error of the mean of 3000 stratified draws, measured on repeated seeds
-    draws = torch.stack([train.diffusion_block_nll(model, x[0], T, [(T, T - context)], mc=3000, seed=s)[0]
+    draws = torch.stack([diffusion.diffusion_block_nll(model, x[0], T, [(T, T - context)], mc=3000, seed=s)[0]
                          for s in range(6, 14)])
     se = draws.std().item()
     assert 0 < se < 0.05
     assert abs(per_block[0].item() - exact) < 4 * se + 1e-3, (per_block[0].item(), exact, se)
-    again = train.diffusion_block_nll(model, x[0], T, [(T, T - context)], mc=3000, seed=5)
+    again = diffusion.diffusion_block_nll(model, x[0], T, [(T, T - context)], mc=3000, seed=5)
     assert torch.equal(per_block, again)  # the same seed gives the same masks
 
 
 @pytest.mark.parametrize("n,T,context", [(1000, 256, 0), (1000, 256, 128), (1000, 256, 192), (257, 256, 100),
                                          (111540, 256, 128)])
 def test_eval_blocks_score_every_character_once_with_enough_context(n, T, context):
-    blocks = train.eval_blocks(n, T, context)
+    blocks = diffusion.eval_blocks(n, T, context)
     scored = [i for end, length in blocks for i in range(end - length, end)]
     assert sorted(scored) == list(range(n)), "every character exactly once"
     assert blocks[0] == (T, T)
@@ -165,8 +169,8 @@ def test_context_zero_reproduces_the_isolated_window_estimator():
         logp = torch.log_softmax(model(x.masked_fill(masked, model.config.mask_id)).double(), -1)
     nll = -logp.gather(-1, x[..., None])[..., 0]
     reference = ((nll * masked).sum(1) / k).mean().item()
-    per_block, lengths = train.block_scores(model, val, context=0, mc=mc, seed=seed)
-    mean, se = train.summarize(per_block, lengths)
+    per_block, lengths = diffusion.block_scores(model, val, context=0, mc=mc, seed=seed)
+    mean, se = diffusion.summarize(per_block, lengths)
     assert mean == pytest.approx(reference, abs=1e-6)  # fp32 logits
     assert 0 < se < 1
 
@@ -181,8 +185,8 @@ def test_ar_sliding_windows_give_each_character_its_preceding_context():
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)
     val = torch.randint(0, 65, (50,))
-    per_block, lengths = train.block_scores(model, val, context=T - 1)
-    mean, se = train.summarize(per_block, lengths)
+    per_block, lengths = diffusion.block_scores(model, val, context=T - 1)
+    mean, se = diffusion.summarize(per_block, lengths)
     nll = []
     for i in range(1, len(val)):
         logp = torch.log_softmax(model(val[None, max(0, i - T):i])[0, -1].double(), -1)
@@ -205,14 +209,13 @@ def test_ar_objective_trains_and_evaluates(tmp_path, data_path):
     text = open(data_path).read()
     ids = torch.tensor([chars.index(c) for c in split_text(text)[1]])
     with torch.no_grad():  # what training logged is the sliding-window estimator on the whole split
-        mean, se = train.summarize(*train.block_scores(model, ids, context=0))
+        mean, se = diffusion.summarize(*diffusion.block_scores(model, ids, context=0))
     assert ckpt["val"] == pytest.approx(mean, abs=1e-4) and ckpt["val_se"] == pytest.approx(se, rel=1e-3)
     assert ckpt["val_se"] > 0
 
 
-def test_eval_only_prints_nats_and_bits(tiny_ckpt, data_path):
-    r = run_script("train.py", "--eval-only", "--ckpt", tiny_ckpt, "--data", data_path, "--eval_mc", "1",
-                   "--device", "cpu")
+def test_evaluate_prints_nats_and_bits(tiny_ckpt, data_path):
+    r = run_script("evaluate.py", "--ckpt", tiny_ckpt, "--data", data_path, "--mc", "1", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     line = r.stdout.strip()
     nats = float(line.split("NELBO ")[1].split()[0])
@@ -327,7 +330,7 @@ def test_resume_from_a_weights_only_checkpoint_is_a_one_line_error(tmp_path, dat
 
 
 def test_stale_temp_files_of_dead_processes_are_removed_at_the_next_save(tmp_path):
-    from model import save_checkpoint
+    from checkpoint import save_checkpoint
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale = tmp_path / f"best.pt.tmp{dead.pid}"
@@ -340,7 +343,7 @@ def test_stale_temp_files_of_dead_processes_are_removed_at_the_next_save(tmp_pat
 
 
 def test_flipped_weight_bytes_are_a_one_line_error(tmp_path):
-    from model import save_checkpoint
+    from checkpoint import save_checkpoint
     path = tmp_path / "m.pt"
     save_checkpoint(str(path), Transformer(ModelConfig(n_layer=1, n_embd=64, n_head=2)), "ab" * 32 + "c")
     data = bytearray(path.read_bytes())
@@ -363,11 +366,11 @@ def test_resume_may_start_an_ema_but_not_change_the_optimizer(tmp_path, data_pat
 
 
 def test_torchrun_with_more_processes_than_gpus_is_a_clear_error(monkeypatch):
-    from model import UserError
+    from cli import UserError
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(UserError, match="--nproc_per_node 1 or fewer"):
-        train.setup_distributed(train.TrainConfig())
+        trainer.setup_distributed(trainer.TrainConfig())

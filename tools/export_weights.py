@@ -12,7 +12,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from model import ArgumentParser, UserError, read_checkpoint, write_checkpoint  # noqa: E402
+from checkpoint import read_checkpoint, write_checkpoint  # noqa: E402
+from cli import ArgumentParser, UserError  # noqa: E402
 
 
 def main():

@@ -1,0 +1,206 @@
+"""
+The masked-diffusion maths: the forward (masking) process, the training losses of both
+objectives, and the estimators that evaluation reports (the NELBO of the diffusion model and
+the exact NLL of the autoregressive one, on isolated windows or with context, with standard
+errors over blocks).
+"""
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from checkpoint import autocast
+
+
+# -----------------------------------------------------------------------------
+# Forward process: absorbing ("masked") diffusion, linear schedule.
+#
+# At noise level t every generated position is replaced by MASK with probability t. The
+# continuous-time negative ELBO per character equals
+#     E_{k ~ Uniform{1..L}} [ mean over k uniformly chosen masked positions of -log p(x_i | x_t) ]
+# (integrate t out: k ~ Binomial(L, t) with t ~ U(0,1) is uniform on {0..L}). We train and
+# evaluate on exactly this form: it has lower variance than 1/t-weighting at the same
+# expectation, and every sequence gets equal weight.
+
+def lowest(score, count):
+    """(B, n) bool: the `count` positions of each row with the lowest score (count may be a
+    tensor: no data-dependent shapes, so this compiles into one graph)."""
+    return score.argsort(dim=1, stable=True).argsort(dim=1) < count
+
+
+def draw_masks(B, T, num_clean, u, generator=None, device=None, span=None):
+    """Masks for B sequences of length T.
+
+    num_clean: (B,) clean prefix length per row (never masked); span: (B,) how many positions
+    after the prefix may be masked (default: all the rest); u: (B,) in [0, 1), which sets how
+    many of those n positions are masked: k = 1 + floor(u * n).
+    Returns (masked (B, T) bool, k (B,) long)."""
+    n = T - num_clean if span is None else span
+    k = 1 + (u * n).long().clamp(max=n - 1)
+    scores = torch.rand(B, T, generator=generator, device=device)
+    positions = torch.arange(T, device=device)
+    outside = (positions[None, :] < num_clean[:, None]) | (positions[None, :] >= (num_clean + n)[:, None])
+    scores = scores.masked_fill(outside, 2.0)  # prefix (and anything past the span) never chosen
+    return lowest(scores, k[:, None]), k  # k positions in a random order
+
+
+def training_block_lengths(T):
+    """Block lengths that block-shaped training masks draw from: 8, 16, ... up to T / 2."""
+    return [2 ** i for i in range(3, 16) if 2 ** i <= T // 2] or [max(1, T // 2)]
+
+
+def training_masks(x, prefix_prob, generator=None, block_prob=0.0):
+    """Masks for a training batch, stratified in k over the batch. Each row is one of:
+    - random (the default): k ~ U{1..T} positions masked anywhere;
+    - prefix (prefix_prob): a clean prefix of random length, the rest masked at random, so the
+      model learns to continue prompts;
+    - block (block_prob): what block-wise decoding (sample.py --block) shows the model: a clean
+      prefix, a block of random length with k ~ U{1..block} masks, and everything after it
+      masked. Only the block is scored (its conditional NELBO given the prefix).
+    Returns (hidden: positions replaced by MASK, scored: positions in the loss, k: scored count)."""
+    B, T = x.shape
+    dev = x.device
+    u = (torch.arange(B, device=dev) + torch.rand(B, generator=generator, device=dev)) / B
+    u = u[torch.randperm(B, generator=generator, device=dev)]
+    kind = torch.rand(B, generator=generator, device=dev)
+    is_block = kind < block_prob
+    has_prefix = (kind >= block_prob) & (kind < block_prob + prefix_prob)
+    lengths = torch.tensor(training_block_lengths(T), device=dev)
+    block_len = lengths[torch.randint(len(lengths), (B,), generator=generator, device=dev)]
+    block_start = (torch.rand(B, generator=generator, device=dev) * (T - block_len + 1)).long()
+    prefix_len = torch.randint(1, T, (B,), generator=generator, device=dev)
+    num_clean = torch.where(is_block, block_start, torch.where(has_prefix, prefix_len, torch.zeros_like(prefix_len)))
+    span = torch.where(is_block, block_len, T - num_clean)
+    scored, k = draw_masks(B, T, num_clean, u, generator=generator, device=dev, span=span)
+    after_block = torch.arange(T, device=dev)[None, :] >= (num_clean + span)[:, None]
+    return scored | after_block, scored, k
+
+
+def masked_nll_per_sequence(logits, x, masked, k):
+    """Mean cross-entropy over the masked positions of each sequence: (B,)."""
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), x.flatten(), reduction="none").view(x.shape)
+    return (ce * masked).sum(dim=1) / k
+
+
+def diffusion_loss(model, x, mask_id, prefix_prob=0.0, generator=None, block_prob=0.0):
+    """Negative ELBO in nats/char (the training objective, see the block comment above).
+    `model` may be wrapped (compiled, DDP), so the mask id is passed in."""
+    hidden, scored, k = training_masks(x, prefix_prob, generator, block_prob)
+    return masked_nll_per_sequence(model(x.masked_fill(hidden, mask_id)), x, scored, k).mean()
+
+
+def autoregressive_loss(model, x):
+    """Next-character cross-entropy (the AR baseline): x is (B, T + 1)."""
+    logits = model(x[:, :-1])
+    return F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten())
+
+
+# -----------------------------------------------------------------------------
+# Evaluation: the chain rule over blocks, the same blocks for both objectives.
+#
+# -log p(val) <= sum over blocks b of NELBO(block_b | the C clean characters before it): the first
+# window is scored whole, every later block of T - C characters given the C before it, so every
+# character is scored exactly once and C = 0 is the isolated-window estimator. The AR model is
+# scored on the same blocks with sliding windows (its exact NLL). Standard errors are over blocks.
+
+def eval_blocks(n, T, context):
+    """Blocks that score each of n characters exactly once: [(end, length)]. Block b is the last
+    `length` characters of the window [end - T, end): the first window is scored whole, every
+    later block of T - context characters sees at least `context` clean characters before it
+    (the last block may be shorter, and then sees more)."""
+    blocks = [(T, T)]
+    while blocks[-1][0] < n:
+        end = min(blocks[-1][0] + T - context, n)
+        blocks.append((end, end - blocks[-1][0]))
+    return blocks
+
+
+def summarize(per_block, lengths):
+    """Per-character mean of per-block means, weighted by block length, and its standard error
+    over blocks (a ratio estimator: the spread of the per-block means is the estimator's error)."""
+    x, w = per_block.double().cpu(), lengths.double().cpu()
+    mean = (w * x).sum() / w.sum()
+    nb = len(x)
+    se = ((w * (x - mean)).square().sum() * nb / max(nb - 1, 1)).sqrt() / w.sum()
+    return mean.item(), se.item()
+
+
+@torch.no_grad()
+def diffusion_block_nll(model, val, T, blocks, mc=4, seed=1234, batch_size=64, rank=0, world=1):
+    """Per block: the conditional NELBO per character, averaged over `mc` draws. A draw masks
+    k ~ U{1..length} of the block's positions (k stratified over all draws, a CPU generator with a
+    fixed seed: the same masks on any device) and scores their mean -log p given the window."""
+    device = val.device
+    ends = torch.tensor([e for e, _ in blocks]).repeat(mc)
+    lengths = torch.tensor([L for _, L in blocks]).repeat(mc)
+    n_draws = len(ends)
+    g = torch.Generator().manual_seed(seed)
+    u = ((torch.arange(n_draws) + torch.rand(n_draws, generator=g)) / n_draws)[torch.randperm(n_draws, generator=g)]
+    masked, k = draw_masks(n_draws, T, T - lengths, u, generator=g)
+    per_draw = torch.zeros(n_draws, dtype=torch.float64, device=device)
+    for i in range(rank * batch_size, n_draws, world * batch_size):
+        sl = slice(i, min(i + batch_size, n_draws))
+        x = val[(ends[sl].to(device) - T)[:, None] + torch.arange(T, device=device)]
+        m, kk = masked[sl].to(device), k[sl].to(device)
+        with autocast(device):
+            logits = model(x.masked_fill(m, model.config.mask_id))
+        per_draw[sl] = masked_nll_per_sequence(logits, x, m, kk).double()
+    if world > 1:
+        dist.all_reduce(per_draw)
+    return per_draw.view(mc, len(blocks)).mean(0)
+
+
+@torch.no_grad()
+def ar_block_nll(model, val, T, blocks, batch_size=64, rank=0, world=1):
+    """Per block: the exact mean NLL of its characters, each given everything before it in a
+    window of T characters (sliding windows). The very first character has nothing to be
+    predicted from, so the first block scores its last T - 1 characters."""
+    device = val.device
+    per_block = torch.zeros(len(blocks), dtype=torch.float64, device=device)
+
+    def score(inputs, targets, length):
+        with autocast(device):
+            logits = model(inputs)
+        ce = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+        keep = torch.arange(targets.size(1), device=device)[None, :] >= targets.size(1) - length[:, None]
+        return (ce * keep).sum(1).double() / length
+
+    if rank == 0:  # the first block on its own: T - 1 inputs
+        per_block[0] = score(val[None, :T - 1], val[None, 1:T], torch.tensor([T - 1], device=device))[0]
+    for i in range(1 + rank * batch_size, len(blocks), world * batch_size):
+        chunk = blocks[i:i + batch_size]
+        ends = torch.tensor([e for e, _ in chunk], device=device)
+        lengths = torch.tensor([L for _, L in chunk], device=device)
+        window = val[(ends - T - 1)[:, None] + torch.arange(T + 1, device=device)]
+        per_block[i:i + len(chunk)] = score(window[:, :-1], window[:, 1:], lengths)
+    if world > 1:
+        dist.all_reduce(per_block)
+    return per_block
+
+
+def block_scores(model, val, context, mc=4, seed=1234, rank=0, world=1):
+    """(per-block mean NLL or NELBO, characters scored per block) on the whole split."""
+    T = model.config.block_size
+    blocks = eval_blocks(len(val), T, context)
+    lengths = torch.tensor([float(L) for _, L in blocks])
+    batch = 256 if val.device.type == "cuda" else 64
+    if model.config.causal:
+        lengths[0] = T - 1
+        return ar_block_nll(model, val, T, blocks, batch, rank, world), lengths
+    return diffusion_block_nll(model, val, T, blocks, mc, seed, batch, rank, world), lengths
+
+
+def evaluate(model, val, context=0, mc=4, seed=1234, rank=0, world=1):
+    """(val NLL or NELBO in nats/char, standard error) of the whole split `val` at this context."""
+    was_training = model.training
+    model.eval()
+    per_block, lengths = block_scores(model, val, context, mc, seed, rank, world)
+    model.train(was_training)
+    return summarize(per_block, lengths)
+
+
+def format_eval(mean, se, causal):
+    name = "NLL" if causal else "NELBO"
+    return f"val {name} {mean:.4f} ± {se:.4f} nats/char ({mean / math.log(2):.4f} bits/char)"

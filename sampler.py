@@ -1,0 +1,757 @@
+"""
+The samplers. Masked diffusion: every step runs one forward pass, draws a character for every
+masked position and commits some of them (confidence-ordered parallel unmasking, or another
+order), with prompts, infilling, remasking, block-wise decoding with a key/value cache (or a
+sparse one without blocks), windowed generation of texts longer than the context, one step
+that torch.compile can capture whole, and on CUDA the whole generation as one CUDA graph.
+The autoregressive baseline's sampler writes one character per pass, for comparisons.
+
+Every option lives in SamplerConfig: its field defaults are the defaults of `python sample.py`
+(chosen with quality.py), its checks are the sampler's rules, and the CLIs build their flags
+from its fields. From Python:
+
+    from sampler import SamplerConfig, generate
+    canvas, nfe = generate(model, canvas, SamplerConfig(), seed=0)     # what sample.py writes
+    generate(model, canvas, SamplerConfig.from_options(threshold=0.9), seed=0)
+"""
+
+import math
+import random
+from dataclasses import dataclass, replace
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+from checkpoint import (DEFAULT_CKPT, MASK_GLYPH, autocast, encode, load_model_of_kind, mask_id_of, pick_device,
+                        sampling_precision)
+from cli import UserError, add_config_flags, config_values
+from diffusion import lowest
+from model import KVCache
+
+ORDERS = ("confidence", "random", "noisy", "spread")
+CACHES = ("none", "prefix", "dual", "sparse")
+REMASK_BY = ("prob", "ratio", "pmi")
+SCHEDULES = ("linear", "cosine")
+PRECISIONS = ("auto", "bf16", "fp32")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+# -----------------------------------------------------------------------------
+# The options
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Every option of the diffusion sampler. The defaults are sample.py's, chosen with
+    quality.py on 64 validation prompts (RESULTS.md). A threshold replaces the step count and
+    needs confidences: build such a config with `from_options`, which applies that rule."""
+    steps: Optional[int] = 64
+    threshold: Optional[float] = None
+    temperature: float = 0.95
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    schedule: str = "cosine"
+    order: str = "spread"
+    remask: float = 0.5
+    remask_by: str = "pmi"
+    block: Optional[int] = None
+    cache: str = "none"
+    refresh: int = 8
+    context_keep: Optional[int] = None
+    precision: str = "auto"
+    compile: Optional[str] = None
+    cuda_graph: bool = False
+
+    @classmethod
+    def from_options(cls, **given):
+        """The defaults changed by `given` (None = not given). A threshold replaces the step
+        count and, unless they are given, takes confidence order and no remasking."""
+        given = {k: v for k, v in given.items() if v is not None}
+        if "threshold" in given:
+            given = {"steps": None, "order": "confidence", "remask": 0.0, **given}
+        return cls(**given)
+
+    def __post_init__(self):
+        check_options(self)
+
+
+# one help line per option: the CLIs' flags are made from these and the fields above
+SAMPLER_HELP = {
+    "steps": "forward passes to unmask everything (at most one per character, at least one per block)",
+    "threshold": "instead of --steps: each pass commits every character with confidence >= this, in (0, 1], "
+                 "at least one (order confidence and no remasking unless given)",
+    "temperature": "0 = greedy",
+    "top_k": "draw only from the k most likely characters",
+    "top_p": "draw only from the most likely characters whose probabilities sum to p (nucleus)",
+    "schedule": "characters committed per step with --steps: linear, or cosine (few first, many last)",
+    "order": "which masked characters to commit each step: spread, bit-reversed positions, those written "
+             "together far apart; random (MDLM's ancestral order); confidence, the most confident (spells "
+             "best, repeats most); noisy, confidence plus annealed Gumbel noise (MaskGIT)",
+    "remask": "with --steps: each step also re-opens REMASK x its count of written characters, the least likely "
+              "(--remask-by), and writes as many more; same number of passes (ReMDM)",
+    "remask_by": "which written characters count as least likely: prob, the probability each was drawn with; "
+                 "ratio, that over the best character's there; pmi, that over the model's prior for the "
+                 "character (spares rare characters: capitals, colons)",
+    "block": "semi-autoregressive: write left to right in blocks of BLOCK characters, each unmasked in parallel "
+             "over its share of the steps (default: the whole window; blocks cost quality with the shipped "
+             "model)",
+    "cache": "reuse keys/values across steps. With --block, those outside the block for all its steps "
+             "(prefix: the left side; dual: both sides, each step runs on the block alone). sparse (order "
+             "random or spread): each step runs only on the positions it writes and those changed since the "
+             "last full pass",
+    "refresh": "with --cache sparse: a full pass every REFRESH steps",
+    "context_keep": "characters of context kept before a block as the window slides (default: the context "
+                    "minus the block, or half the context without blocks)",
+    "precision": "auto = bf16 where it is native (CUDA; CPUs with AVX-512 BF16 or AMX), fp32 elsewhere",
+    "compile": "torch.compile each step, forward pass and sampling together (pays off on CUDA after a "
+               "warm-up; not with --cache); a bare --compile is mode default, reduce-overhead uses CUDA graphs",
+    "cuda_graph": "CUDA: capture the whole generation as one CUDA graph and replay it (needs --steps, no "
+                  "--cache; pays off from the second generation of a shape)",
+}
+SAMPLER_CHOICES = {"schedule": SCHEDULES, "order": ORDERS, "remask_by": REMASK_BY, "cache": CACHES,
+                   "precision": PRECISIONS, "compile": COMPILE_MODES}
+
+
+def check_options(c):
+    """Every rule of the sampler's options, in one place. Raises ValueError with a message that
+    names the option as the CLIs spell it."""
+    finite = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    integer = lambda v: isinstance(v, int) and not isinstance(v, bool)
+    if c.steps is not None and c.threshold is not None:
+        raise ValueError("give --steps or --threshold, not both")
+    if c.steps is None and c.threshold is None:
+        raise ValueError("give --steps or --threshold")
+    if c.steps is not None and not (integer(c.steps) and c.steps >= 1):
+        raise ValueError(f"--steps must be an integer >= 1, got {c.steps!r}")
+    if c.threshold is not None and not (finite(c.threshold) and 0 < c.threshold <= 1):
+        raise ValueError(f"--threshold must be in (0, 1], got {c.threshold}")
+    if c.order not in ORDERS:
+        raise ValueError(f"--order must be one of {', '.join(ORDERS)}, got {c.order!r}")
+    if c.order != "confidence" and c.threshold is not None:
+        raise ValueError("--threshold needs confidences: use it with --order confidence")
+    if not (finite(c.remask) and c.remask >= 0):
+        raise ValueError(f"--remask must be >= 0, got {c.remask}")
+    if c.remask and c.threshold is not None:
+        raise ValueError("--remask needs --steps, not --threshold")
+    if not (finite(c.temperature) and c.temperature >= 0):
+        raise ValueError(f"--temperature must be >= 0, got {c.temperature}")
+    if c.top_k is not None and not (integer(c.top_k) and c.top_k >= 1):
+        raise ValueError(f"--top-k must be an integer >= 1, got {c.top_k!r}")
+    if c.top_p is not None and not (finite(c.top_p) and 0 < c.top_p <= 1):
+        raise ValueError(f"--top-p must be in (0, 1], got {c.top_p}")
+    if c.block is not None and not (integer(c.block) and c.block >= 1):
+        raise ValueError(f"--block must be an integer >= 1, got {c.block!r}")
+    if c.context_keep is not None and not (integer(c.context_keep) and c.context_keep >= 0):
+        raise ValueError(f"--context-keep must be an integer >= 0, got {c.context_keep!r}")
+    if c.cache not in CACHES:
+        raise ValueError(f"--cache must be one of {', '.join(CACHES)}, got {c.cache!r}")
+    if c.cache in ("prefix", "dual") and c.block is None:
+        raise ValueError(f"--cache {c.cache} needs --block (the cache is rebuilt once per block)")
+    if c.cache == "sparse" and (c.order not in ("random", "spread") or c.steps is None):
+        raise ValueError("--cache sparse needs --steps and --order random or spread (it picks the positions "
+                         "to write before the pass)")
+    if not (integer(c.refresh) and c.refresh >= 1):
+        raise ValueError(f"--refresh must be an integer >= 1, got {c.refresh!r}")
+    if c.schedule not in SCHEDULES:
+        raise ValueError(f"--schedule must be linear or cosine, got {c.schedule!r}")
+    if c.remask_by not in REMASK_BY:
+        raise ValueError(f"--remask-by must be one of {', '.join(REMASK_BY)}, got {c.remask_by!r}")
+    if c.precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {c.precision!r}")
+    if c.compile is not None and c.compile not in COMPILE_MODES:
+        raise ValueError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {c.compile!r}")
+    if c.compile and c.cache != "none":
+        raise ValueError("--compile works without --cache (the cache's keys/values are not compile-friendly)")
+    if c.cuda_graph and c.steps is None:
+        raise ValueError("--cuda-graph needs --steps, not --threshold (the number of passes must be fixed)")
+    if c.cuda_graph and c.cache != "none":
+        raise ValueError("--cuda-graph works without --cache (the cache's shapes change from pass to pass)")
+    if c.cuda_graph and c.compile not in (None, "default"):
+        raise ValueError("--cuda-graph captures its own CUDA graph: use it with --compile default or without "
+                         "--compile")
+
+
+# -----------------------------------------------------------------------------
+# Schedules, random numbers, drawing characters
+
+def commit_schedule(n, steps, schedule="linear"):
+    """How many of n masked positions to commit at each of `steps` steps (each >= 1, sum n).
+
+    linear: the same number every step. cosine: the fraction still masked after step i is
+    cos(pi/2 * i/steps) (MaskGIT), so few characters are committed while little is known
+    and more at the end."""
+    if not 1 <= steps <= n:
+        raise ValueError(f"steps must be in 1..{n}, got {steps}")
+    done = []
+    for i in range(1, steps + 1):
+        if schedule == "linear":
+            d = (n * i) // steps
+        elif schedule == "cosine":
+            d = n - math.ceil(n * math.cos(math.pi / 2 * i / steps) - 1e-9)
+        else:
+            raise ValueError(f"unknown schedule {schedule!r}")
+        prev = done[-1] if done else 0
+        done.append(min(max(d, prev + 1), n - (steps - i)))  # >= 1 per step, room for the rest
+    return [b - a for a, b in zip([0] + done[:-1], done)]
+
+
+class Noise:
+    """The sampler's random numbers: a counter-based generator (a 32-bit integer hash of seed,
+    draw and position), so row i of a batch gets the numbers of a batch of one with seed + i,
+    CPU and GPU draw the same numbers, and a draw for the whole batch is a few elementwise ops
+    (no per-row generator, no host round trip, nothing that stops torch.compile)."""
+
+    def __init__(self, seed, batch, device):
+        # seed: an int, or a 0-dim long tensor on `device` (a CUDA graph's input, see generate)
+        self.rows = mix32((torch.arange(batch, device=device, dtype=torch.long) + seed) & 0xFFFFFFFF)
+        self.draws = 0
+
+    def keys(self, n):
+        """(n, batch) keys for the next n draws; `uniform(keys[i], ...)` turns one into numbers."""
+        draws = torch.arange(self.draws + 1, self.draws + n + 1, device=self.rows.device)
+        self.draws += n
+        return mix32(self.rows[None, :] ^ draws[:, None])
+
+    def uniform(self, n):
+        """(batch, n) uniforms in [0, 1) from a new draw."""
+        return uniform(self.keys(1)[0], n)
+
+
+def uniform(keys, n, stream=0):
+    """(batch, n) uniforms in [0, 1), 24 bits each, from (batch,) keys; streams 0..255 of one key
+    are independent."""
+    index = torch.arange(n, device=keys.device, dtype=torch.long) | (stream << 24)
+    return (mix32(keys[:, None] ^ index) >> 8).float() / 2 ** 24
+
+
+def mix32(x):
+    """A 32-bit integer hash (Mueller's; every output bit depends on every input bit) on int64
+    tensors holding values below 2**32; the constant is below 2**31, so nothing overflows."""
+    for _ in range(2):
+        x = ((x ^ (x >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def draw_characters(logits, temperature, top_k, top_p, u):
+    """Draw one character per position (u: one uniform per position) and return (chars, confidence).
+
+    The confidence is the probability of the drawn character under the distribution it was
+    drawn from (at temperature 0: the largest probability of the model's distribution).
+    top_k keeps the k most likely characters, top_p the smallest set whose probability
+    reaches p (nucleus sampling)."""
+    logits = logits.float()
+    if temperature == 0:
+        probs = logits.softmax(-1)
+        conf, chars = probs.max(-1)
+        return chars, conf
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_probs, order = logits.softmax(-1).sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # the most likely is always kept
+        logits = logits.masked_fill(outside.scatter(-1, order, outside), float("-inf"))
+    probs = logits.softmax(-1)
+    # inverse CDF: one uniform per position
+    cdf = probs.cumsum(-1)
+    chars = (cdf <= u[..., None] * cdf[..., -1:]).sum(-1).clamp(max=probs.size(-1) - 1)
+    return chars, probs.gather(-1, chars[..., None]).squeeze(-1)
+
+
+
+
+# -----------------------------------------------------------------------------
+# The host's plan: blocks, and per block the counts of every step, decided before any step
+
+class Block(NamedTuple):
+    """A stretch of masked columns decoded together, and the window the model sees for it."""
+    start: int      # the window: canvas columns [start, end)
+    end: int
+    first: int      # the block: canvas columns [first, block_end), every mask in it is written
+    block_end: int
+    n_masked: int
+
+
+class StepCounts(NamedTuple):
+    """One step's numbers as device tensors (0-dim; (steps,) for a whole block): characters
+    to commit (re-opened ones included), characters to re-open, the Gumbel noise scale."""
+    commit: torch.Tensor
+    reopen: torch.Tensor
+    noise_scale: torch.Tensor
+
+
+@dataclass
+class BlockPlan:
+    block: Block
+    counts: Optional[list]    # net characters written per step (None: threshold)
+    steps: StepCounts         # on the device, one entry per step
+    run_size: Optional[list]  # sparse cache: positions each pass runs on
+
+
+@dataclass
+class GenerationPlan:
+    """Everything the host decides before the first step (`plan_generation`)."""
+    blocks: list
+    config: SamplerConfig
+    seed: object        # an int, or a 0-dim long tensor (a CUDA graph's input)
+    precision: str      # "bf16" or "fp32"
+    step_fn: object     # denoise_step, or its compiled version
+    prior: Optional[torch.Tensor]
+
+
+class Pass(NamedTuple):
+    """What one forward pass runs on: ids `x` placed at `at` in the window (an int, or (B, n)
+    positions for a sparse pass), against `cache`; the block is columns [lo, hi) of its output
+    (of the window, for a sparse pass)."""
+    x: torch.Tensor
+    cache: Optional[KVCache]
+    at: object
+    lo: int
+    hi: int
+
+
+def plan_blocks(masked_cols, N, T, block, keep):
+    """Split the masked columns (sorted) into blocks, decoded left to right, each filled before
+    the next. A block is the next `block` columns from the first masked one (None: the rest of
+    the window), cut at the window's end; its window of T columns keeps `keep` columns before
+    it where it can. Past the context the window slides with the blocks: one mechanism for any
+    length."""
+    plan, i = [], 0
+    while i < len(masked_cols):
+        first = masked_cols[i]
+        start = max(0, min(first - keep, N - T))
+        end = min(start + T, N)
+        block_end = end if block is None else min(first + block, end)
+        j = i
+        while j < len(masked_cols) and masked_cols[j] < block_end:
+            j += 1
+        plan.append(Block(start, end, first, block_end, j - i))
+        i = j
+    return plan
+
+
+def split_steps(steps, sizes):
+    """Forward passes per block: in proportion to the square root of its masked count, at least
+    1 and at most the count each. They sum to `steps` exactly when len(sizes) <= steps <=
+    sum(sizes); with more blocks than steps every block still takes one pass.
+    Why the root: a pass that writes c of a block's n masks writes about c^2 / n neighbouring
+    pairs, drawn independently of each other. Over k passes that is n / k such pairs, and
+    k_i ~ sqrt(n_i) minimises their sum. Proportional shares gave a 6-character tail after a
+    full window (a prompt plus 256 characters) one or two passes, and it came out garbled."""
+    total = min(max(steps, len(sizes)), sum(sizes))
+    roots = [math.sqrt(s) for s in sizes]
+    share = [total * r / sum(roots) for r in roots]
+    alloc = [min(max(1, math.floor(x)), s) for x, s in zip(share, sizes)]
+    while sum(alloc) < total:
+        i = max((i for i in range(len(sizes)) if alloc[i] < sizes[i]), key=lambda i: share[i] - alloc[i])
+        alloc[i] += 1
+    while sum(alloc) > total:
+        i = max((i for i in range(len(sizes)) if alloc[i] > 1), key=lambda i: alloc[i] - share[i])
+        alloc[i] -= 1
+    return alloc
+
+
+
+
+def plan_generation(model, canvas, config, seed):
+    """The host's part of generation, done before any step: the blocks and their step counts
+    (on the device), the prior. After it, the steps only queue device work, which is what
+    lets `generate` capture them whole as a CUDA graph."""
+    remask_by = config.remask_by if config.remask else "prob"  # nothing re-opened: no ranking (nor prior pass)
+    prior = char_prior(model, config.precision) if remask_by == "pmi" else None
+    T = model.config.block_size
+    block = config.block
+    keep = config.context_keep
+    if keep is None:
+        keep = T - block if block is not None and block < T else T // 2
+    is_masked = canvas == model.config.mask_id
+    if not torch.equal(is_masked, is_masked[:1].expand_as(is_masked)):
+        raise ValueError("every row of the canvas must have the same masked positions")
+    blocks = plan_blocks(is_masked[0].nonzero().flatten().tolist(), canvas.size(1), T, block, keep)  # host sync
+    steps = split_steps(config.steps, [b.n_masked for b in blocks]) if config.steps is not None else [None] * len(blocks)
+    plans = [step_plan(b, n, config, canvas.device) for b, n in zip(blocks, steps)]
+    if config.remask_by != remask_by:
+        config = replace(config, remask_by=remask_by)
+    return GenerationPlan(plans, config, seed, sampling_precision(config.precision, canvas.device),
+                          compiled_step(config.compile) if config.compile else denoise_step, prior)
+
+
+def step_plan(block, n_steps, config, device):
+    """What the host decides for one block before it starts: per step the commit count, the
+    re-open count and the noise scale, and for the sparse cache how many positions each pass
+    runs on."""
+    remask, refresh = config.remask, config.refresh
+    counts = commit_schedule(block.n_masked, n_steps, config.schedule) if n_steps is not None else None
+    n_steps = len(counts) if counts is not None else block.block_end - block.first  # threshold: <= one pass per mask
+    plan = torch.zeros(n_steps, 3)
+    reopen = [0] * n_steps
+    if counts is not None:
+        done = [sum(counts[:i]) for i in range(n_steps)]
+        reopen = [min(round(remask * c), d, sum(counts) - d - c) if remask else 0 for c, d in zip(counts, done)]
+        plan[:, 0] = torch.tensor([c + r for c, r in zip(counts, reopen)], dtype=torch.float)
+        plan[:, 1] = torch.tensor(reopen, dtype=torch.float)
+    plan[:, 2] = 1.0 - torch.arange(n_steps, dtype=torch.float) / n_steps
+    run_size = None
+    if config.cache == "sparse":  # positions per sparse pass: (written now | changed since the refresh) is at
+        # most this; the spare ones up to it get fresh keys/values too, which measured no worse
+        changes = [c + 2 * r for c, r in zip(counts, reopen)]  # written, and re-opened ones twice
+        run_size = [min(block.block_end - block.first, changes[i] + sum(changes[i - i % refresh:i]))
+                    for i in range(n_steps)]
+    return BlockPlan(block, counts, StepCounts(*plan.to(device).unbind(1)), run_size)
+
+
+@torch.inference_mode()
+def denoise_canvas(model, canvas, plan):
+    """Denoise a copy of canvas block by block (plan: `plan_generation`'s) and yield after every
+    forward pass."""
+    B, N = canvas.shape
+    canvas = canvas.clone()
+    noise = Noise(plan.seed, B, canvas.device)
+    nfe = 0
+    for block_plan in plan.blocks:
+        start, end, first, block_end, _ = block_plan.block
+        for commit, reopened in denoise_block(model, canvas, block_plan, plan, noise):
+            nfe += 1
+            widen = (first, N - block_end)  # block columns -> canvas columns (a copy: see denoise_block)
+            yield {"canvas": canvas, "committed": F.pad(commit, widen), "reopened": F.pad(reopened, widen), "nfe": nfe,
+                   "window": (start, end), "block": (first, block_end)}
+
+
+def denoise_block(model, canvas, block_plan, plan, noise):
+    """Fill the masks of canvas[:, first:block_end] in place, the model seeing canvas[:, start:end].
+    Yields (written, re-opened) masks over the block after every forward pass. The host decided
+    the counts in advance; everything per step runs in `plan.step_fn`."""
+    config = plan.config
+    cache, refresh, order = config.cache, config.refresh, config.order
+    mask_id = model.config.mask_id
+    start, end, first, block_end, _ = block_plan.block
+    counts, run_size = block_plan.counts, block_plan.run_size
+    lo, hi = first - start, block_end - start  # the block inside the window
+    kv = KVCache() if cache in ("prefix", "dual") else None  # sparse: made at every refresh below
+    run_to = hi if cache == "dual" else end - start  # cached passes run on [lo, run_to)
+    region = canvas[:, first:block_end]
+    generated = region == mask_id  # the block's positions to write
+    commit_prob = torch.zeros(generated.shape, device=canvas.device)  # what re-opening ranks by (remask_by)
+    n_steps = block_plan.steps.commit.size(0)
+    keys = noise.keys(n_steps)
+    priority = None
+    if order == "spread":  # one rotation per row and block, from a draw of its own
+        priority = spread_priority(hi - lo, (noise.uniform(1)[:, 0] * (hi - lo)).long())
+    for step in range(n_steps):
+        if counts is None and not (region == mask_id).any():
+            return
+        if cache == "sparse" and step % refresh == 0:
+            kv, at_refresh = KVCache(), region.clone()
+        fills_cache = kv is not None and not kv
+        this_step = StepCounts(*(c[step] for c in block_plan.steps))
+        with autocast(canvas.device, plan.precision):
+            if kv and cache == "sparse":  # what this step writes and all changed since the full pass
+                still_masked = region == mask_id
+                run = choose_commits(None, still_masked, this_step, keys[step], config, priority)
+                run |= region != at_refresh
+                # those first, then spare positions up to the bound (a fixed size for every row)
+                positions = (~run).float().argsort(dim=1, stable=True)[:, :run_size[step]]
+                run_on = Pass(region.gather(1, positions), kv, positions + lo, lo, hi)
+            elif kv:  # the block (and, prefix cache, the right side) against the cached keys/values
+                run_on = Pass(canvas[:, first:start + run_to], kv, lo, 0, hi - lo)
+            else:  # a full pass over the window (fills the cache at a block's first step)
+                run_on = Pass(canvas[:, start:end], kv, 0, lo, hi)
+            new, commit, reopened, commit_prob = plan.step_fn(
+                model, run_on, region, generated, commit_prob, keys[step], this_step, config, priority, plan.prior)
+        if fills_cache:
+            kv.own()
+        region.copy_(new)
+        commit_prob = commit_prob.clone()  # under CUDA graphs the next replay overwrites outputs
+        yield commit, reopened  # valid until the next step: copy them to keep them
+
+
+def denoise_step(model, run, region, generated, commit_prob, keys, counts, config, priority=None, prior=None):
+    """One forward pass and what it writes, a pure function of tensors (torch.compile captures
+    it whole, CUDA graphs included). run: a Pass; counts: this step's StepCounts.
+    Returns the block's new content, the written and re-opened masks, and the scores of the
+    written characters that remasking ranks by."""
+    logits = model(run.x, cache=run.cache, start=run.at)
+    lo, hi = run.lo, run.hi
+    if torch.is_tensor(run.at):  # a sparse pass: back to block columns (the others are not written)
+        logits = logits.new_zeros(region.shape + logits.shape[2:]).scatter(
+            1, (run.at - lo)[..., None].expand_as(logits), logits)
+    else:
+        logits = logits[:, lo:hi]
+    n = hi - lo
+    temperature = config.temperature
+    chars, prob = draw_characters(logits, temperature, config.top_k, config.top_p, uniform(keys, n, stream=0))
+    still_masked = region == model.config.mask_id
+    commit = choose_commits(prob, still_masked, counts, keys, config, priority)
+    written = generated & ~still_masked
+    reopened = lowest(commit_prob.masked_fill(~written, float("inf")), counts.reopen)  # drawn least likely
+    new = torch.where(commit, chars, region).masked_fill(reopened, model.config.mask_id)
+    score = prob
+    if config.remask_by == "pmi":  # p(drawn | context) / p(drawn): how much the context backs it
+        score = prob / prior[chars]
+    if config.remask_by == "ratio" and temperature > 0:  # p(drawn) / p(best), unchanged by top-k/top-p
+        logits = logits.float()
+        score = ((logits.gather(-1, chars[..., None]).squeeze(-1) - logits.amax(-1)) / temperature).exp()
+    return new, commit, reopened, torch.where(commit, score, commit_prob)
+
+
+def commit_positions(conf, still_masked, count, threshold):
+    """Which still-masked positions to write: the `count` highest `conf`, or (threshold) all with
+    conf >= threshold and at least the best one in every row that has a mask left."""
+    conf = conf.masked_fill(~still_masked, float("-inf"))  # never re-commit
+    if threshold is None:
+        commit = lowest(-conf, count)
+    else:
+        commit = conf >= threshold
+        best = F.one_hot(conf.argmax(1), conf.size(1)).bool()
+        commit |= best & still_masked.any(1, keepdim=True)
+    return commit & still_masked
+
+
+def choose_commits(prob, still_masked, counts, keys, config, priority):
+    """(B, n) bool: the positions a step writes. Orders random and spread do not look at
+    `prob`: the sparse cache chooses before the pass."""
+    u = uniform(keys, still_masked.size(1), stream=1)
+    rank = rank_for_commit(prob, config.order, counts.noise_scale, u, priority)
+    return commit_positions(rank, still_masked, counts.commit, config.threshold)
+
+
+def rank_for_commit(conf, order, noise_scale, u, priority=None):
+    """The score that decides which masked positions are written first (u: uniforms;
+    priority: the fixed ranks of order "spread", `spread_priority`)."""
+    if order == "random":  # MDLM's ancestral order: which positions to commit is chance
+        return u
+    if order == "spread":
+        return priority
+    if order == "noisy":  # MaskGIT: Gumbel noise on log-confidence, annealed to zero
+        return conf.clamp_min(1e-9).log() - noise_scale * torch.log(-torch.log(u.clamp_min(2 ** -25)))
+    return conf
+
+
+def spread_priority(n, offset):
+    """(B, n) ranks for order "spread" (dilated scheduling, as DUS): position j of the block ranks
+    by the bit-reversal of (j + offset) mod n, so the positions written in one step lie far
+    apart (0, n/2, n/4, 3n/4, ...) and the last ones sit between neighbours already written.
+    offset: (B,) ints, a rotation per row, fixed for the whole block."""
+    bits = max(1, (n - 1).bit_length())
+    j = (torch.arange(n, device=offset.device) + offset[:, None]) % n
+    reversed_j = torch.zeros_like(j)
+    for b in range(bits):
+        reversed_j |= ((j >> b) & 1) << (bits - 1 - b)
+    return -reversed_j.float()  # commit_positions writes the highest first
+
+
+
+
+def char_prior(model, precision="auto"):
+    """(vocab_size - 1,) the model's prior over characters: its prediction with every position
+    masked, averaged over a window (its unigram belief, close to the training text's). One
+    forward pass, made once per model and kept on it."""
+    if getattr(model, "char_prior", None) is None:
+        device = next(model.parameters()).device
+        x = torch.full((1, model.config.block_size), model.config.mask_id, device=device)
+        with torch.inference_mode(), autocast(device, sampling_precision(precision, device)):
+            model.char_prior = model(x).float().softmax(-1).mean(1)[0]
+    return model.char_prior
+
+
+
+COMPILED_STEPS = {}
+
+
+def compiled_step(mode):
+    """denoise_step under torch.compile (one compiled function per mode, made once)."""
+    if mode not in COMPILED_STEPS:
+        COMPILED_STEPS[mode] = torch.compile(denoise_step, mode=mode, dynamic=False)
+    return COMPILED_STEPS[mode]
+
+
+# -----------------------------------------------------------------------------
+# Generation
+
+@torch.inference_mode()
+def generate_steps(model, canvas, config=None, seed=0):
+    """Denoise `canvas` and yield after every forward pass.
+
+    canvas: (B, N) ids; positions equal to the mask id are generated, all others are kept
+    verbatim (prompt, known text for infilling). Every row must have the same masked
+    positions; row i draws the numbers a batch of one would with seed + i. Generation goes
+    left to right in blocks (`plan_blocks`): config.block=B takes the next B columns from the
+    first masked one (semi-autoregressive, as LLaDA and Fast-dLLM); None takes the whole
+    window. The model sees a window of block_size columns around the block, keeping
+    config.context_keep columns before it, so texts longer than the context need nothing else.
+
+    Each step predicts every masked position of the block, draws a character for each
+    (temperature 0 = argmax; top_k / top_p narrow the distribution), and commits some:
+      - steps=S: a schedule (`commit_schedule`) per block; S is spread over the blocks by
+        the square root of their masked counts (`split_steps`), so exactly S forward passes
+        unmask the whole text (or one per block, if there are more blocks than S)
+      - threshold=tau: all with confidence >= tau, and at least one per row.
+    order: which to commit: "confidence", the most confident; "random" (MDLM's ancestral
+    order); "noisy": log-confidence plus Gumbel noise whose scale falls from 1 to 0 (MaskGIT);
+    "spread": a fixed order that keeps the positions of one step far apart (`spread_priority`).
+    remask=rho (with steps): each step also re-opens round(rho * that step's count) of the
+    block's written characters, the least likely, and commits as many more: the passes and
+    the net progress stay as scheduled (ReMDM's confidence remasking). remask_by: what "least
+    likely" means: "prob", the probability the character was drawn with; "ratio", that over
+    the most likely character's there (a position with many good options, a speaker's name
+    say, is not re-opened for it); "pmi", that over the model's prior for the character
+    (`char_prior`), so a rare character (a capital, a colon) is not re-opened for being rare.
+    cache (with block): "prefix" computes the keys/values left of the block once per block and
+    runs each later step on the block and what follows it; "dual" caches the right side too and
+    runs each step on the block alone (Fast-dLLM). Both rebuild the cache at each block start.
+    "sparse" (order random or spread) needs no blocks: which positions a step writes does not
+    depend on its predictions, so it chooses them first and runs the network only on them and
+    on the positions changed since the last full pass, against cached keys/values for the
+    rest; a full pass rebuilds the cache every `refresh` steps.
+    precision: "bf16" or "fp32" for the forward passes; "auto" is bf16 where it is native.
+    compile: a torch.compile mode for the whole step, forward pass and sampling together.
+    Yields dicts: canvas (B, N) after the step, committed (B, N) bool (written this step),
+    reopened (B, N) bool (masked again this step), nfe, window (start, end), block (start, end).
+    """
+    config = config or SamplerConfig()
+    return denoise_canvas(model, canvas, plan_generation(model, canvas, config, seed))
+
+
+def generate(model, canvas, config=None, seed=0):
+    """Run the sampler to the end. Returns (canvas, nfe). With config.cuda_graph (CUDA, with
+    steps and no cache), the whole generation is one CUDA graph (`generate_graphed`)."""
+    config = config or SamplerConfig()
+    if config.cuda_graph:
+        return generate_graphed(model, canvas, config, seed)
+    state = {"canvas": canvas, "nfe": 0}
+    for state in generate_steps(model, canvas, config, seed):
+        pass
+    return state["canvas"], state["nfe"]
+
+
+GRAPHS = {}
+
+
+@torch.inference_mode()
+def generate_graphed(model, canvas, config, seed=0):
+    """The whole generation, every step of every block, captured once as one CUDA graph and
+    replayed with this canvas and seed copied into its inputs, so the host launches one graph
+    instead of a few dozen kernels per step (at batch 1 those launches take as long as the
+    GPU's work). A graph is kept per model, canvas shape, masked columns and config; the first
+    call for one also runs two warm-up generations (compilation with compile="default") and
+    the capture."""
+    if canvas.device.type != "cuda":
+        raise ValueError(f"--cuda-graph needs a CUDA device, not {canvas.device.type}")
+    masked_cols = tuple((canvas[0] == model.config.mask_id).nonzero().flatten().tolist())
+    key = (id(model), tuple(canvas.shape), masked_cols, config)
+    if key not in GRAPHS:
+        inputs = canvas.clone(), torch.tensor(seed, device=canvas.device)
+        plan = plan_generation(model, inputs[0], config, inputs[1])  # the host's work, done before the capture
+        side = torch.cuda.Stream()  # warm-up off the default stream, as torch.cuda.graph wants
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                for _ in denoise_canvas(model, inputs[0], plan):
+                    pass
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for state in denoise_canvas(model, inputs[0], plan):
+                pass
+        # the plan's tensors live outside the graph's memory pool: they must outlive the graph
+        GRAPHS[key] = graph, inputs, plan, state["canvas"], state["nfe"]
+    graph, (canvas_in, seed_in), _, canvas_out, nfe = GRAPHS[key]
+    canvas_in.copy_(canvas)
+    seed_in.fill_(seed)
+    graph.replay()
+    return canvas_out.clone(), nfe
+
+
+@torch.inference_mode()
+def generate_ar_steps(model, canvas, config=None, seed=0):
+    """The autoregressive baseline's sampler, for side-by-side comparisons: writes the masked
+    positions of canvas left to right, one character per forward pass, each given up to
+    block_size characters before it; config's temperature, top_k, top_p and precision apply.
+    Yields the same dicts as generate_steps."""
+    config = config or SamplerConfig()
+    mask_id, T = model.config.mask_id, model.config.block_size
+    B, N = canvas.shape
+    dev = canvas.device
+    canvas = canvas.clone()
+    noise = Noise(seed, B, dev)
+    precision = sampling_precision(config.precision, dev)
+    masked_cols = (canvas[0] == mask_id).nonzero().flatten().tolist()
+    if masked_cols and masked_cols[0] == 0:
+        raise ValueError("the autoregressive model needs at least one character before the first mask")
+    for nfe, i in enumerate(masked_cols, start=1):
+        start = max(0, i - T)
+        with autocast(dev, precision):
+            logits = model(canvas[:, start:i])[:, -1:]
+        chars, _ = draw_characters(logits, config.temperature, config.top_k, config.top_p,
+                                   noise.uniform(logits.size(1)))
+        canvas[:, i] = chars[:, 0]
+        committed = torch.zeros_like(canvas, dtype=torch.bool)
+        committed[:, i] = True
+        yield {"canvas": canvas, "committed": committed, "reopened": torch.zeros_like(committed), "nfe": nfe,
+               "window": (start, i + 1), "block": (i, i + 1)}
+
+
+# -----------------------------------------------------------------------------
+# The command line of the sampling scripts (sample.py, diffusion_process.py, bench.py --sample)
+
+MAX_LENGTH = 100_000
+SEED_RANGE = 2 ** 31  # seeds 0 .. 2**31 - 1: sample i of a batch uses seed + i, hashed as 32 bits
+
+
+def add_sampling_flags(parser, cuda_graph=True):
+    """The flags the sampling scripts share: what to sample from and what to write, and one flag
+    per SamplerConfig field (the animation, which shows every step, goes without --cuda-graph)."""
+    parser.add_argument("--ckpt", default=DEFAULT_CKPT, help="checkpoint (default: weights/model.pt)")
+    parser.add_argument("--prompt", default="", help="text to start from; `_` marks characters to fill in, "
+                                                     "`\\n` is a newline")
+    parser.add_argument("--length", type=int, default=None,
+                        help="total characters, prompt included (default: 256 after the prompt, or the "
+                             "prompt's length when it contains `_`); beyond the context the text is "
+                             "written window by window")
+    parser.add_argument("--seed", type=int, default=None,
+                        help=f"same seed, same text; 0..{SEED_RANGE - 1} (default: random)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    helps = SAMPLER_HELP if cuda_graph else {**SAMPLER_HELP, "cuda_graph": None}
+    add_config_flags(parser, SamplerConfig, helps, SAMPLER_CHOICES, bare={"compile": "default"})
+
+
+def sampling_config(args):
+    """(SamplerConfig, seed) from the parsed flags: the config's defaults changed by the flags
+    given, the CLI's own limits checked; every problem is one UserError."""
+    if args.length is not None and not 1 <= args.length <= MAX_LENGTH:
+        raise UserError(f"--length must be in 1..{MAX_LENGTH}, got {args.length}")
+    seed = random.randrange(SEED_RANGE) if args.seed is None else args.seed
+    if not 0 <= seed < SEED_RANGE:
+        raise UserError(f"--seed must be in 0..{SEED_RANGE - 1}, got {seed}")
+    try:
+        return SamplerConfig.from_options(**config_values(SamplerConfig, args)), seed
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def make_canvas(prompt, length, chars, num_samples, device):
+    """The starting state: prompt characters, `_` and the continuation as masks. length: total
+    characters (None: 256 after the prompt, or the prompt's own length if it has a `_`)."""
+    prompt = prompt.replace("\\n", "\n")
+    ids = encode(prompt, chars, allow_mask=True)
+    if length is None:
+        length = len(ids) if MASK_GLYPH in prompt else len(ids) + 256
+    if length > MAX_LENGTH:
+        raise UserError(f"the text would have {length:,} characters, more than {MAX_LENGTH:,} (--length, --prompt)")
+    if length < len(ids):
+        raise UserError(f"--length {length} is shorter than the prompt ({len(ids)} characters)")
+    mask_id = mask_id_of(chars)
+    ids = ids + [mask_id] * (length - len(ids))
+    if mask_id not in ids:
+        raise UserError("nothing to generate: the prompt has no `_` and --length adds no characters")
+    return torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
+
+
+def load_for_sampling(args, config):
+    """(device, diffusion model, vocabulary) for the sampling CLIs."""
+    device = pick_device(args.device)
+    if config.cuda_graph and device.type != "cuda":
+        raise UserError(f"--cuda-graph needs a CUDA device; this run is on {device.type}")
+    model, chars, _ = load_model_of_kind(args.ckpt, device, causal=False)
+    return device, model, chars
