@@ -33,6 +33,7 @@ from cli import ArgumentParser, UserError
 from sampler import add_sampling_flags, generate, load_for_sampling, make_canvas, sampling_config
 from trainer import Trainer, add_train_flags, check_config, configs_from_args, shutdown_distributed
 
+MAX_BATCH = 4096  # samples at once: a larger batch needs more memory than a GPU has
 PATHS = {"fast": ("fast: bf16 + compile + fused AdamW", ["--precision", "auto", "--compile", "auto"]),
          "plain": ("plain: fp32 eager", ["--precision", "fp32", "--compile", "off"])}
 
@@ -80,12 +81,17 @@ def sample_benchmark(argv):
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default %(default)s)")
     args = p.parse_args(argv)
     try:
-        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-        if args.runs < 1 or args.warmup < 0 or min(batch_sizes) < 1:
-            raise UserError("--runs must be >= 1, --warmup >= 0 and every batch size >= 1")
+        try:
+            batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+        except ValueError:
+            raise UserError(f"--batch-sizes must be a comma list of integers, got {args.batch_sizes!r}") from None
+        if not (1 <= args.runs <= 1000 and 0 <= args.warmup <= 1000 and 1 <= min(batch_sizes)
+                and max(batch_sizes) <= MAX_BATCH):
+            raise UserError(f"--runs must be in 1..1000, --warmup in 0..1000 and every batch size in 1..{MAX_BATCH}")
         args.seed = 0 if args.seed is None else args.seed
         config, seed = sampling_config(args)
         device, model, chars = load_for_sampling(args, config)
+        canvases = {batch: make_canvas(args.prompt, args.length, chars, batch, device) for batch in batch_sizes}
     except UserError as e:
         sys.exit(f"bench.py: error: {e}")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -109,7 +115,7 @@ def sample_benchmark(argv):
     precision = sampling_precision(config.precision, device)
     forward = torch.compile(model, mode=config.compile) if config.compile else model  # for the reference
     for batch in batch_sizes:
-        canvas = make_canvas(args.prompt, args.length, chars, batch, device)
+        canvas = canvases[batch]
         n_new = int((canvas[0] == mask_id).sum())
         nfe = generate(model, canvas, config, seed)[1]
         seconds = median_time(lambda: generate(model, canvas, config, seed))

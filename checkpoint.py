@@ -30,6 +30,8 @@ TRAIN_FRACTION = 0.9  # first 90% of the file trains, the last 10% is held out, 
 
 def load_text(path):
     """The training text as a str; every problem is one UserError."""
+    if os.path.isdir(path):
+        raise UserError(f"--data {path} is a folder: give the text file")
     if not os.path.isfile(path):
         raise UserError(f"data file not found: {path} (run: python data/prepare.py)")
     try:
@@ -165,17 +167,22 @@ def weights_checksum(state_dict):
 def write_checkpoint(ckpt, path):
     """Stamp the weights' checksum and write the checkpoint atomically (a temp file, then a
     rename): a crash never leaves a half-written checkpoint. Temp files that killed processes
-    left beside `path` are removed first."""
+    left beside `path` are removed first; a failed write removes its own."""
+    if os.path.isdir(path):
+        raise UserError(f"cannot write checkpoint {path}: it is a folder (give a file path)")
     ckpt["checksum"] = weights_checksum(ckpt["model"])
     folder = os.path.dirname(os.path.abspath(path))
+    tmp = f"{path}.tmp{os.getpid()}"
     try:
         os.makedirs(folder, exist_ok=True)
         remove_stale_temp_files(path)
-        tmp = f"{path}.tmp{os.getpid()}"
-        torch.save(ckpt, tmp)
+        with open(tmp, "wb") as f:  # opened here, so a folder we may not write to is a plain OSError
+            torch.save(ckpt, f)
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save raises RuntimeError when it cannot open the file
-        reason = e.strerror if isinstance(e, OSError) else str(e).splitlines()[0][:120]
+    except (OSError, RuntimeError) as e:  # torch.save raises RuntimeError when the disk is full
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "the write failed (disk full?)"
         raise UserError(f"cannot write checkpoint {path}: {reason}") from None
 
 
@@ -198,6 +205,8 @@ def pid_alive(pid):
 
 def read_checkpoint(path):
     """Load and validate a checkpoint dict; every failure is one UserError naming the file."""
+    if os.path.isdir(path):
+        raise UserError(f"checkpoint {path} is a folder: give a .pt file")
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
     try:

@@ -31,14 +31,15 @@ from dataclasses import fields
 import torch
 import torch.nn.functional as F
 
-from checkpoint import (DATA_DEFAULT, DEFAULT_AR, DEFAULT_CKPT, autocast, decode, load_model_of_kind, load_text,
-                        mask_id_of, pick_device, split_text)
+from checkpoint import (DATA_DEFAULT, DEFAULT_AR, DEFAULT_CKPT, autocast, decode, encode, load_model_of_kind,
+                        load_text, mask_id_of, pick_device, split_text)
 from cli import ArgumentParser, UserError, field_type
 from sampler import SamplerConfig, generate
 
 DEFAULT_SETTINGS = ["default", "steps=256", "steps=32", "threshold=0.9", "temperature=1.0", "temperature=0.6",
                     "order=noisy", "remask=1.0", "top_p=0.9", "block=32", "block=32,cache=prefix",
                     "block=32,cache=dual", "block=64,cache=dual", "block=16,cache=dual"]
+MAX_PROMPTS = 1024  # prompts are one batch: this bounds its memory
 # a setting may change any field of SamplerConfig but the CUDA-only ones, with the field's type
 TYPES = {f.name: field_type(f) for f in fields(SamplerConfig) if f.name not in ("compile", "cuda_graph")}
 
@@ -111,15 +112,18 @@ def main(argv=None):
             raise UserError(f"{args.ar} is not an autoregressive model with the same vocabulary")
         settings = [(s, parse_setting(s)) for s in args.settings]
         T = model.config.block_size
-        if not 0 < args.prompt_chars < T or args.prompts < 1:
-            raise UserError(f"--prompt-chars must be in 1..{T - 1} and --prompts >= 1")
-        text = load_text(args.data)
-        train_text, val = split_text(text)
+        if not 0 < args.prompt_chars < T:
+            raise UserError(f"--prompt-chars must be in 1..{T - 1}, got {args.prompt_chars}")
+        if not 1 <= args.prompts <= MAX_PROMPTS:
+            raise UserError(f"--prompts must be in 1..{MAX_PROMPTS} (one batch), got {args.prompts}")
+        train_text, val = split_text(load_text(args.data))
+        if len(val) - T < args.prompts:  # every prompt its own window
+            raise UserError(f"{args.data}: its validation split has {len(val):,} characters, too few for "
+                            f"{args.prompts} windows of {T} (--prompts, --data)")
         vocabulary = {w.lower() for w in re.findall(r"[A-Za-z']+", train_text)}
-        index = {c: i for i, c in enumerate(chars)}
         stride = (len(val) - T) // args.prompts
-        real = torch.tensor([[index[c] for c in val[i * stride:i * stride + T]] for i in range(args.prompts)],
-                            device=device)
+        windows = [val[i * stride:i * stride + T] for i in range(args.prompts)]
+        real = torch.tensor([encode(w, chars) for w in windows], device=device)  # one error for unknown characters
     except UserError as e:
         sys.exit(f"quality.py: error: {e}")
 

@@ -45,7 +45,7 @@ class SamplerConfig:
     """Every option of the diffusion sampler. The defaults are sample.py's, chosen with
     quality.py on 64 validation prompts (RESULTS.md). A threshold replaces the step count and
     needs confidences: build such a config with `from_options`, which applies that rule."""
-    steps: Optional[int] = 64
+    steps: Optional[int] = None  # None: PASSES_PER_256 per 256 characters written (`default_steps`)
     threshold: Optional[float] = None
     temperature: float = 0.95
     top_k: Optional[int] = None
@@ -68,7 +68,7 @@ class SamplerConfig:
         count and, unless they are given, takes confidence order and no remasking."""
         given = {k: v for k, v in given.items() if v is not None}
         if "threshold" in given:
-            given = {"steps": None, "order": "confidence", "remask": 0.0, **given}
+            given = {"order": "confidence", "remask": 0.0, **given}
         return cls(**given)
 
     def __post_init__(self):
@@ -77,7 +77,8 @@ class SamplerConfig:
 
 # one help line per option: the CLIs' flags are made from these and the fields above
 SAMPLER_HELP = {
-    "steps": "forward passes to unmask everything (at most one per character, at least one per block)",
+    "steps": "forward passes to unmask everything (at most one per character, at least one per block); "
+             "default: 64 per 256 characters to write, at least 64 (fewer passes per character cost quality)",
     "threshold": "instead of --steps: each pass commits every character with confidence >= this, in (0, 1], "
                  "at least one (order confidence and no remasking unless given)",
     "temperature": "0 = greedy",
@@ -119,8 +120,6 @@ def check_options(c):
     integer = lambda v: isinstance(v, int) and not isinstance(v, bool)
     if c.steps is not None and c.threshold is not None:
         raise ValueError("give --steps or --threshold, not both")
-    if c.steps is None and c.threshold is None:
-        raise ValueError("give --steps or --threshold")
     if c.steps is not None and not (integer(c.steps) and c.steps >= 1):
         raise ValueError(f"--steps must be an integer >= 1, got {c.steps!r}")
     if c.threshold is not None and not (finite(c.threshold) and 0 < c.threshold <= 1):
@@ -147,9 +146,9 @@ def check_options(c):
         raise ValueError(f"--cache must be one of {', '.join(CACHES)}, got {c.cache!r}")
     if c.cache in ("prefix", "dual") and c.block is None:
         raise ValueError(f"--cache {c.cache} needs --block (the cache is rebuilt once per block)")
-    if c.cache == "sparse" and (c.order not in ("random", "spread") or c.steps is None):
-        raise ValueError("--cache sparse needs --steps and --order random or spread (it picks the positions "
-                         "to write before the pass)")
+    if c.cache == "sparse" and (c.order not in ("random", "spread") or c.threshold is not None):
+        raise ValueError("--cache sparse needs a step schedule (not --threshold) and --order random or spread "
+                         "(it picks the positions to write before the pass)")
     if not (integer(c.refresh) and c.refresh >= 1):
         raise ValueError(f"--refresh must be an integer >= 1, got {c.refresh!r}")
     if c.schedule not in SCHEDULES:
@@ -162,8 +161,8 @@ def check_options(c):
         raise ValueError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {c.compile!r}")
     if c.compile and c.cache != "none":
         raise ValueError("--compile works without --cache (the cache's keys/values are not compile-friendly)")
-    if c.cuda_graph and c.steps is None:
-        raise ValueError("--cuda-graph needs --steps, not --threshold (the number of passes must be fixed)")
+    if c.cuda_graph and c.threshold is not None:
+        raise ValueError("--cuda-graph needs a step schedule, not --threshold (the number of passes must be fixed)")
     if c.cuda_graph and c.cache != "none":
         raise ValueError("--cuda-graph works without --cache (the cache's shapes change from pass to pass)")
     if c.cuda_graph and c.compile not in (None, "default"):
@@ -369,12 +368,26 @@ def plan_generation(model, canvas, config, seed):
     if not torch.equal(is_masked, is_masked[:1].expand_as(is_masked)):
         raise ValueError("every row of the canvas must have the same masked positions")
     blocks = plan_blocks(is_masked[0].nonzero().flatten().tolist(), canvas.size(1), T, block, keep)  # host sync
-    steps = split_steps(config.steps, [b.n_masked for b in blocks]) if config.steps is not None else [None] * len(blocks)
+    sizes = [b.n_masked for b in blocks]
+    if config.threshold is None:
+        steps = split_steps(config.steps or default_steps(sum(sizes)), sizes)
+    else:
+        steps = [None] * len(blocks)
     plans = [step_plan(b, n, config, canvas.device) for b, n in zip(blocks, steps)]
     if config.remask_by != remask_by:
         config = replace(config, remask_by=remask_by)
     return GenerationPlan(plans, config, seed, sampling_precision(config.precision, canvas.device),
                           compiled_step(config.compile) if config.compile else denoise_step, prior)
+
+
+PASSES_PER_256 = 64  # the default's passes per 256 characters written (quality.py chose 64 for 256)
+
+
+def default_steps(n_masked):
+    """Forward passes when --steps is not given: PASSES_PER_256 per 256 characters to write, and
+    never fewer than PASSES_PER_256, so a long text gets as many passes per character as a
+    window does (at a fixed 64, 5,000 characters came out 23% real words, at 1,000 passes 92%)."""
+    return max(PASSES_PER_256, math.ceil(PASSES_PER_256 * n_masked / 256))
 
 
 def step_plan(block, n_steps, config, device):

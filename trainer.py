@@ -6,6 +6,7 @@ lines, and the loop that ties them together, on CPU, CUDA (bf16, torch.compile, 
 
 import gc
 import json
+import math
 import os
 import signal
 import sys
@@ -54,6 +55,7 @@ class TrainConfig:
     compile: str = "auto"
     precision: str = "auto"
     resume: bool = False
+    overwrite: bool = False
 
 
 # one line of --help per flag (nanochat style)
@@ -97,6 +99,7 @@ HELP = {
     "compile": "torch.compile: auto (on for CUDA), on or off",
     "precision": "auto (bf16 autocast on CUDA), bf16 or fp32",
     "resume": "continue the run in --out_dir from its last.pt",
+    "overwrite": "start afresh in an --out_dir that holds a run, removing its checkpoints and log",
 }
 
 PRESETS = {
@@ -139,34 +142,51 @@ def configs_from_args(args):
     return model_cfg, train_cfg, set(chosen)
 
 
+# The range of every numeric field: (low, high, whether low itself is allowed). NaN and inf
+# are never allowed; the upper bounds are sanity limits (what a laptop or one GPU can hold).
+RANGES = {
+    "block_size": (1, 8192, True), "n_layer": (1, 64, True), "n_head": (1, 64, True), "n_embd": (2, 8192, True),
+    "dropout": (0, 0.99, True), "attn_dropout": (0, 0.99, True), "embd_dropout": (0, 0.99, True),
+    "logit_softcap": (0, 1e4, True),
+    "batch_size": (1, 65536, True), "max_steps": (1, 10 ** 9, True), "time_budget": (0, 10 ** 6, True),
+    "lr": (0, 10, False), "muon_lr": (0, 10, False), "min_lr_ratio": (0, 1, True), "cooldown": (0, 1, True),
+    "warmup_steps": (0, 10 ** 9, True), "weight_decay": (0, 10, True), "beta2": (0, 0.9999, True),
+    "grad_clip": (0, 1e6, False), "ema": (0, 0.99999, True), "prefix_prob": (0, 1, True),
+    "block_prob": (0, 1, True), "eval_interval": (1, 10 ** 9, True), "eval_mc": (1, 1024, True),
+    "eval_seed": (0, 2 ** 63 - 1, True), "eval_context": (0, 8191, True), "log_interval": (1, 10 ** 9, True),
+    "seed": (0, 2 ** 63 - 1, True),
+}
+CHOICES = {"objective": ("diffusion", "ar"), "optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd"),
+           "compile": ("auto", "on", "off"), "precision": ("auto", "bf16", "fp32")}
+MAX_TOKENS_PER_STEP = 2 ** 24  # batch x context: beyond this one step needs more memory than a GPU has
+
+
+def range_problem(name, value, low, high, low_ok):
+    """A one-line complaint about a field outside its range, or None."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value)):
+        return f"--{name} must be a finite number, got {value}"
+    if value < low or (value == low and not low_ok) or value > high:
+        return f"--{name} must be in {'[' if low_ok else '('}{low}, {high}], got {value}"
+    return None
+
+
 def check_config(mc, tc):
-    problems = []
-    if tc.objective not in ("diffusion", "ar"):
-        problems.append(f"--objective must be diffusion or ar, got {tc.objective!r}")
-    if tc.optimizer not in ("adamw", "muon") or tc.schedule not in ("cosine", "wsd"):
-        problems.append("--optimizer must be adamw or muon and --schedule cosine or wsd")
-    if mc.n_embd % mc.n_head or (mc.n_embd // mc.n_head) % 2:
-        problems.append("--n_embd / --n_head must be an even integer (rotary embeddings)")
-    for name in ("batch_size", "max_steps", "block_size", "n_layer", "n_head", "eval_interval",
-                 "eval_mc", "log_interval"):
-        value = getattr(tc, name, getattr(mc, name, None))
-        if value < 1:
-            problems.append(f"--{name} must be >= 1, got {value}")
-    for name in ("dropout", "attn_dropout", "embd_dropout"):
-        if not 0 <= getattr(mc, name) < 1:
-            problems.append(f"--{name} must be in [0, 1)")
-    if not 0 <= tc.prefix_prob <= 1 or not 0 <= tc.ema < 1 or not 0 <= tc.cooldown <= 1:
-        problems.append("--prefix_prob and --cooldown must be in [0, 1], --ema in [0, 1)")
-    if not (0 <= tc.block_prob <= 1 and tc.prefix_prob + tc.block_prob <= 1):
-        problems.append("--block_prob must be in [0, 1] and --prefix_prob + --block_prob <= 1")
-    if not 0 <= tc.eval_context < mc.block_size:
-        problems.append(f"--eval_context must be in 0..{mc.block_size - 1} (less than --block_size)")
-    if tc.compile not in ("auto", "on", "off") or tc.precision not in ("auto", "bf16", "fp32"):
-        problems.append("--compile must be auto, on or off and --precision auto, bf16 or fp32")
-    if not (tc.lr > 0 and tc.muon_lr > 0):  # also rejects nan
-        problems.append("--lr and --muon_lr must be > 0")
-    if not tc.time_budget >= 0 or mc.logit_softcap < 0 or tc.weight_decay < 0 or tc.warmup_steps < 0:
-        problems.append("--time_budget, --logit_softcap, --weight_decay and --warmup_steps must be >= 0")
+    """Every field's range and the rules between fields; all problems in one UserError."""
+    problems = [range_problem(name, getattr(tc, name, getattr(mc, name, None)), *limits)
+                for name, limits in RANGES.items()]
+    problems += [f"--{name} must be one of {', '.join(allowed)}, got {getattr(tc, name)!r}"
+                 for name, allowed in CHOICES.items() if getattr(tc, name) not in allowed]
+    problems = [p for p in problems if p]
+    if not problems:  # the rules between fields, once every field is in range
+        if mc.n_embd % mc.n_head or (mc.n_embd // mc.n_head) % 2:
+            problems.append("--n_embd / --n_head must be an even integer (rotary embeddings)")
+        if tc.prefix_prob + tc.block_prob > 1:
+            problems.append("--prefix_prob + --block_prob must be <= 1")
+        if tc.eval_context >= mc.block_size:
+            problems.append(f"--eval_context must be in 0..{mc.block_size - 1} (less than --block_size)")
+        if tc.batch_size * mc.block_size > MAX_TOKENS_PER_STEP:
+            problems.append(f"--batch_size x --block_size = {tc.batch_size * mc.block_size:,} tokens per step, "
+                            f"more than {MAX_TOKENS_PER_STEP:,}")
     if problems:
         raise UserError("; ".join(problems))
 
@@ -275,6 +295,7 @@ class Trainer:
         self.optimizers = make_optimizers(self.model, tc, fused=self.bf16 and self.device.type == "cuda")
         self.ema = EMA(self.model, tc.ema) if tc.ema else None
         self.step, self.best_val, self.elapsed_before = 0, float("inf"), 0.0
+        self.saved_once = bool(ckpt)  # is there a last.pt to fall back on
         self.gen = torch.Generator(device=self.device).manual_seed(tc.seed + 1000 * self.rank)  # batches, masks
         if ckpt:
             self.restore(ckpt)
@@ -323,6 +344,7 @@ class Trainer:
                         **extra)
 
     def save_last(self):
+        self.saved_once = True
         rng = {"cpu": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
         extra = {"ema": {k: v.detach().cpu() for k, v in self.ema.model.state_dict().items()}} if self.ema else {}
@@ -378,6 +400,8 @@ class Trainer:
         if self.ema:  # the raw weights too, so the EMA's effect is measured in every run
             row["val_raw"], row["val_raw_se"] = run_evaluation(self.model, self.val_ids, self.tc, self.rank, self.world)
         val, se = run_evaluation(self.eval_model, self.val_ids, self.tc, self.rank, self.world)
+        if not math.isfinite(val):
+            raise DivergedError(f"the validation loss is {val} at step {self.step}")
         improved = val < self.best_val
         self.best_val = min(self.best_val, val)
         if improved:
@@ -413,13 +437,7 @@ class Trainer:
             self.log(f"{tc.out_dir}/last.pt: this run already finished at step {self.step} "
                      f"(raise --max_steps or --time_budget to train on)")
             return
-        log_file = None
-        if self.master:
-            try:
-                os.makedirs(tc.out_dir, exist_ok=True)
-                log_file = open(os.path.join(tc.out_dir, "log.jsonl"), "a")
-            except OSError as e:
-                raise UserError(f"cannot write to --out_dir {tc.out_dir}: {e.strerror}") from None
+        log_file = self.open_log()
         self.log(f"{tc.objective} model: {self.model.num_params() / 1e6:.2f}M parameters, {mc.n_layer} layers, "
                  f"width {mc.n_embd}, context {mc.block_size} | device {self.device} x{self.world}, compile "
                  f"{self.use_compile}, {'bf16' if self.bf16 else 'fp32'}, {tc.optimizer}"
@@ -429,11 +447,14 @@ class Trainer:
         t_last, step_last = time.time(), self.step
         loss_sum = torch.zeros((), device=self.device)
         self.model.train()
-        # Ctrl-C and schedulers' SIGTERM both save; set for SIGINT too, because a process started in
-        # the background inherits SIGINT ignored and Python then installs no KeyboardInterrupt
-        previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # Ctrl-C and schedulers' SIGTERM stop the run at the end of the step in progress, so the
+        # saved state is that of a whole step wherever the signal lands (a second signal stops at
+        # once and saves nothing). Set for SIGINT too: a process started in the background
+        # inherits SIGINT ignored, and Python then installs no handler of its own.
+        stop = StopRequest()
+        previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            while self.progress() < 1:
+            while self.progress() < 1 and not stop.requested:
                 lr_mult = lr_factor(self.step, self.progress(), tc)
                 loss_sum += self.train_step(lr_mult)
                 # the clock: after every step with one process (no sync), so the budget is kept to
@@ -444,6 +465,9 @@ class Trainer:
                     if self.world > 1:
                         dist.all_reduce(loss_sum)
                     loss = loss_sum.item() / ((self.step - step_last) * self.world)  # the one host sync
+                    if not math.isfinite(loss):
+                        raise DivergedError(f"the training loss became {loss} between steps {step_last + 1} "
+                                            f"and {self.step}")
                     now = time.time()
                     self.log(self.progress_line(loss, lr_mult, self.step - step_last, now - t_last))
                     if log_file:
@@ -455,13 +479,17 @@ class Trainer:
                     self.evaluate_and_save(log_file)
                     self.refresh_time_progress()  # a slow evaluation may use up the budget
                     t_last = time.time()  # keep evaluation out of tokens/s
-        except KeyboardInterrupt:
-            self.save_last()
-            if not os.path.exists(os.path.join(tc.out_dir, "best.pt")):
-                self.save("best.pt")
-            self.log(f"\ninterrupted at step {self.step}: saved {tc.out_dir}/last.pt "
-                     f"(continue with --resume --out_dir {tc.out_dir})")
+            if stop.requested:
+                self.save_last()  # a whole step: resuming continues bit for bit
+                self.log(f"\ninterrupted at step {self.step}: saved {tc.out_dir}/last.pt "
+                         f"(continue with --resume --out_dir {tc.out_dir})")
+                sys.exit(130)
+        except KeyboardInterrupt:  # the second signal: the step in progress is lost, last.pt is the last saved
+            self.log(f"\nstopped during step {self.step + 1}; {tc.out_dir}/last.pt is the last saved state")
             sys.exit(130)
+        except DivergedError as e:
+            saved = f"{tc.out_dir}/last.pt holds the last evaluated step" if self.saved_once else "nothing was saved"
+            raise UserError(f"{e}: the run diverged ({saved}); lower --lr or --muon_lr, or check --grad_clip") from None
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -471,9 +499,42 @@ class Trainer:
         self.log(f"done: {self.step} steps in {format_time(self.elapsed())}; best val {name} "
                  f"{self.best_val:.4f} nats/char -> {tc.out_dir}/best.pt")
 
+    def open_log(self):
+        """log.jsonl of this run, appended to when resuming. A fresh run refuses a folder that
+        holds another run's files, unless --overwrite, which removes them first."""
+        tc = self.tc
+        run_files = [os.path.join(tc.out_dir, name) for name in ("last.pt", "best.pt", "log.jsonl")]
+        found = [path for path in run_files if os.path.exists(path)]
+        if found and not tc.resume:
+            if not tc.overwrite:
+                raise UserError(f"{tc.out_dir} holds a run ({', '.join(os.path.basename(f) for f in found)}): "
+                                f"continue it with --resume, replace it with --overwrite, or choose another --out_dir")
+            for path in found if self.master else []:
+                os.remove(path)
+        if not self.master:
+            return None
+        try:
+            os.makedirs(tc.out_dir, exist_ok=True)
+            return open(os.path.join(tc.out_dir, "log.jsonl"), "a")
+        except OSError as e:
+            raise UserError(f"cannot write to --out_dir {tc.out_dir}: {e.strerror}") from None
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+
+class StopRequest:
+    """The first SIGINT/SIGTERM asks the loop to stop after the step in progress; the second
+    raises KeyboardInterrupt at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+class DivergedError(Exception):
+    """A loss that is NaN or infinite: the run stops, keeping the last good checkpoint."""
 
 
 def portable(train_config):

@@ -473,13 +473,23 @@ def test_without_remasking_pmi_costs_no_prior_pass_and_changes_nothing(tiny_mode
 
 def test_sampler_config_defaults_are_spread_order_pmi_remasking():
     default = SamplerConfig()
-    assert (default.order, default.remask_by, default.schedule, default.steps) == ("spread", "pmi", "cosine", 64)
+    assert (default.order, default.remask_by, default.schedule) == ("spread", "pmi", "cosine")
     assert default.remask > 0 and 0 < default.temperature < 1
+
+
+def test_default_passes_scale_with_the_characters_to_write(tiny_model):
+    from sampler import default_steps
+    assert default_steps(256) == default_steps(100) == 64  # a window: 64 passes, as chosen
+    assert default_steps(5000) == 1250  # a long text: 64 per 256 characters
+    model, chars = tiny_model
+    _, nfe = generate(model, canvas_for(chars, "KING:", 5 + 600), SamplerConfig(), 0)
+    assert nfe == 150
 
 
 def test_a_threshold_takes_confidence_order_and_no_remasking_unless_given():
     config = SamplerConfig.from_options(threshold=0.9)
     assert (config.steps, config.order, config.remask) == (None, "confidence", 0.0)
+    assert SamplerConfig.from_options(steps=16).order == "spread"  # without a threshold, the defaults
     assert SamplerConfig.from_options(threshold=0.9, temperature=0.5).temperature == 0.5
     with pytest.raises(ValueError, match="--threshold needs confidences"):
         SamplerConfig.from_options(threshold=0.9, order="spread")

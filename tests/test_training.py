@@ -37,15 +37,26 @@ def test_best_checkpoint_round_trips(tiny_run):
     assert torch.equal(model(x), again.eval()(x))
 
 
-def _interrupt_at(monkeypatch, step):
-    calls = itertools.count(1)
-    real = trainer.get_batch
+# where in a training step a signal can land: patched functions that step `step` calls
+SIGNAL_POINTS = {
+    "batch": (trainer, "get_batch"),                        # the step's start
+    "loss": (trainer, "diffusion_loss"),                    # after the batch was drawn
+    "clip": (torch.nn.utils, "clip_grad_norm_"),            # after backward, before the optimiser
+    "ema": (trainer.EMA, "update"),                         # after the optimiser, the step's end
+}
 
-    def get_batch(*args, **kwargs):
-        if next(calls) > step:
-            raise KeyboardInterrupt
+
+def _interrupt_at(monkeypatch, step, where="batch"):
+    """A real SIGINT to this process during training step `step` (1-based), at `where`."""
+    owner, name = SIGNAL_POINTS[where]
+    real = getattr(owner, name)
+    calls = itertools.count(1)
+
+    def wrapper(*args, **kwargs):
+        if next(calls) == step:
+            os.kill(os.getpid(), signal.SIGINT)
         return real(*args, **kwargs)
-    monkeypatch.setattr(trainer, "get_batch", get_batch)
+    monkeypatch.setattr(owner, name, wrapper)
 
 
 def test_ctrl_c_then_resume_continues_the_same_run(tmp_path, data_path, monkeypatch):
@@ -56,7 +67,9 @@ def test_ctrl_c_then_resume_continues_the_same_run(tmp_path, data_path, monkeypa
     with pytest.raises(SystemExit) as stop:
         train.main(args + ["--out_dir", str(tmp_path / "split")])
     assert stop.value.code == 130
-    assert read_checkpoint(str(tmp_path / "split" / "last.pt"))["step"] == 25
+    assert read_checkpoint(str(tmp_path / "split" / "last.pt"))["step"] == 25  # the step in progress finished
+    assert not (tmp_path / "split" / "best.pt").exists() or read_checkpoint(
+        str(tmp_path / "split" / "best.pt"))["step"] == 20, "best.pt only ever holds evaluated weights"
     monkeypatch.undo()
     train.main(args + ["--out_dir", str(tmp_path / "split"), "--resume"])
 
@@ -255,19 +268,31 @@ def _final_weights(out_dir):
     return ckpt, {**ckpt["model"], **{"ema." + k: v for k, v in ckpt.get("ema", {}).items()}}
 
 
-def test_resume_with_dropout_muon_and_ema_is_bit_exact(tmp_path, data_path, monkeypatch):
-    """N steps, Ctrl-C, resume, M steps == N + M steps straight through: weights, EMA copy and
-    optimiser state, with dropout on (the RNG states are part of last.pt)."""
-    args = TINY + ["--data", data_path, "--max_steps", "30", "--eval_interval", "15", "--log_interval", "5",
-                   "--dropout", "0.1", "--attn_dropout", "0.1", "--embd_dropout", "0.1", "--optimizer", "muon",
-                   "--ema", "0.9"]
-    train.main(args + ["--out_dir", str(tmp_path / "straight")])
-    _interrupt_at(monkeypatch, 17)
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, data_path):
+    """30 steps straight through with dropout, Muon and EMA (what interrupted runs must match)."""
+    out = tmp_path_factory.mktemp("straight")
+    train.main(BIT_EXACT + ["--data", data_path, "--out_dir", str(out)])
+    return out
+
+
+BIT_EXACT = TINY + ["--max_steps", "30", "--eval_interval", "15", "--log_interval", "5", "--dropout", "0.1",
+                    "--attn_dropout", "0.1", "--embd_dropout", "0.1", "--optimizer", "muon", "--ema", "0.9"]
+
+
+@pytest.mark.parametrize("where", sorted(SIGNAL_POINTS))
+def test_resume_after_a_signal_anywhere_in_a_step_is_bit_exact(tmp_path, data_path, monkeypatch, straight_run,
+                                                               where):
+    """Ctrl-C at any point of step 17, resume: == 30 steps straight through, bit for bit: weights,
+    EMA copy and optimiser state, with dropout on (the RNG states are part of last.pt)."""
+    args = BIT_EXACT + ["--data", data_path]
+    _interrupt_at(monkeypatch, 17, where)
     with pytest.raises(SystemExit):
         train.main(args + ["--out_dir", str(tmp_path / "split")])
     monkeypatch.undo()
+    assert read_checkpoint(str(tmp_path / "split" / "last.pt"))["step"] == 17
     train.main(args + ["--out_dir", str(tmp_path / "split"), "--resume"])
-    (a, wa), (b, wb) = _final_weights(str(tmp_path / "straight")), _final_weights(str(tmp_path / "split"))
+    (a, wa), (b, wb) = _final_weights(str(straight_run)), _final_weights(str(tmp_path / "split"))
     assert a["step"] == b["step"] == 30 and len(a["optimizer"]) == 2, "Muon and AdamW states"
     assert wa.keys() == wb.keys() and any(k.startswith("ema.") for k in wa)
     for name in wa:
