@@ -89,7 +89,7 @@ def sample_benchmark(argv):
             raise UserError("--runs must be >= 1, --warmup >= 0 and every batch size >= 1")
         args.seed = 0 if args.seed is None else args.seed
         config, seed = sampling_config(args)
-        device, model, chars = load_for_sampling(args, config)
+        device, model, chars, config = load_for_sampling(args, config)
         ar = None if args.ar == "none" else load_model_of_kind(args.ar, device, causal=True)[0]
     except UserError as e:
         sys.exit(f"bench.py: error: {e}")

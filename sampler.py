@@ -756,9 +756,19 @@ def make_canvas(prompt, length, chars, num_samples, device):
 
 
 def load_for_sampling(args, config):
-    """(device, diffusion model, vocabulary) for the sampling CLIs."""
+    """(device, diffusion model, vocabulary, config) for the sampling CLIs. A checkpoint may
+    carry the step count it was made for (ckpt["sampler"]["steps"]: a distilled student's);
+    the config takes it when the command line gives neither --steps nor --threshold."""
     device = pick_device(args.device)
     if config.cuda_graph and device.type != "cuda":
         raise UserError(f"--cuda-graph needs a CUDA device; this run is on {device.type}")
-    model, chars, _ = load_model_of_kind(args.ckpt, device, causal=False)
-    return device, model, chars
+    model, chars, ckpt = load_model_of_kind(args.ckpt, device, causal=False)
+    return device, model, chars, with_checkpoint_steps(config, args, ckpt)
+
+
+def with_checkpoint_steps(config, args, ckpt):
+    """config with the checkpoint's recommended step count, unless --steps or --threshold was given."""
+    steps = ckpt.get("sampler", {}).get("steps")
+    if steps is None or getattr(args, "steps", None) is not None or getattr(args, "threshold", None) is not None:
+        return config
+    return replace(config, steps=steps)

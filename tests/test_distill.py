@@ -121,3 +121,19 @@ def test_distillation_flags_are_checked(tiny_ckpt, small_data, tmp_path):
         with pytest.raises(SystemExit) as stop:
             train.main(base + bad)
         assert message in str(stop.value.code)
+
+
+def test_sample_py_takes_the_checkpoints_step_count_unless_steps_is_given(tiny_ckpt, tmp_path):
+    from checkpoint import write_checkpoint
+    from conftest import run_script
+    ckpt = read_checkpoint(tiny_ckpt)
+    ckpt.pop("checksum", None)
+    write_checkpoint({**ckpt, "sampler": {"steps": 5}}, str(tmp_path / "student.pt"))
+    common = ["--ckpt", tmp_path / "student.pt", "--prompt", "KING:", "--length", "30", "--seed", "0", "--stats",
+              "--device", "cpu"]
+    for extra, nfe in [([], 5), (["--steps", "7"], 7)]:
+        r = run_script("sample.py", *common, *extra)
+        assert r.returncode == 0, r.stderr
+        assert f"[stats] {nfe} forward passes" in r.stderr
+    r = run_script("sample.py", "--ckpt", tiny_ckpt, *common[2:])
+    assert "[stats] 25 forward passes" in r.stderr, "no recommendation: the default 64, at most one per character"
