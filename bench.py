@@ -13,7 +13,9 @@ peak) and the speed-up. Any train.py flag (e.g. --optimizer muon) also works her
 Sampling (--sample): 256 new characters from the shipped weights with sample.py's sampler
 flags, at each batch size: --warmup untimed runs (compilation, CUDA-graph capture), then the
 median of --runs timed runs; and, for scale, the same number of full forward passes of the
-model alone. Prints chars/s and the device.
+model alone. Prints chars/s and the device; and beside them the autoregressive baseline's
+(--ar, default weights/ar_baseline.pt; --ar none skips it): the same number of new characters,
+one per pass with its key/value cache, eager, after a newline when there is no prompt.
 
     python bench.py --sample                          # the default sampler, batch 1 and 64
     python bench.py --sample --device cpu --precision fp32 --batch-sizes 1
@@ -28,9 +30,9 @@ import time
 
 import torch
 
-from checkpoint import autocast, mask_id_of, sampling_precision
+from checkpoint import DEFAULT_AR, autocast, load_model_of_kind, mask_id_of, sampling_precision
 from cli import ArgumentParser, UserError
-from sampler import add_sampling_flags, generate, load_for_sampling, make_canvas, sampling_config
+from sampler import add_sampling_flags, generate, generate_ar_steps, load_for_sampling, make_canvas, sampling_config
 from trainer import Trainer, add_train_flags, check_config, configs_from_args, shutdown_distributed
 
 MAX_BATCH = 4096  # samples at once: a larger batch needs more memory than a GPU has
@@ -79,6 +81,8 @@ def sample_benchmark(argv):
     p.add_argument("--batch-sizes", default="1,64", help="comma list (default %(default)s)")
     p.add_argument("--runs", type=int, default=5, help="timed runs; the median is reported (default %(default)s)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default %(default)s)")
+    p.add_argument("--ar", default=DEFAULT_AR, help="autoregressive baseline timed beside the diffusion model, "
+                                                    "with its key/value cache (default weights/ar_baseline.pt; none: skip)")
     args = p.parse_args(argv)
     try:
         try:
@@ -90,7 +94,8 @@ def sample_benchmark(argv):
             raise UserError(f"--runs must be in 1..1000, --warmup in 0..1000 and every batch size in 1..{MAX_BATCH}")
         args.seed = 0 if args.seed is None else args.seed
         config, seed = sampling_config(args)
-        device, model, chars = load_for_sampling(args, config)
+        device, model, chars, config = load_for_sampling(args, config)
+        ar = None if args.ar == "none" else load_model_of_kind(args.ar, device, causal=True)[0]
         canvases = {batch: make_canvas(args.prompt, args.length, chars, batch, device) for batch in batch_sizes}
     except UserError as e:
         sys.exit(f"bench.py: error: {e}")
@@ -129,6 +134,23 @@ def sample_benchmark(argv):
         print(f"batch {batch:>4}: {n_new * batch / seconds:>12,.0f} chars/s | {seconds * 1e3:9.1f} ms for {n_new} "
               f"new chars x {batch}, NFE {nfe} | {nfe} full forward passes alone: {reference * 1e3:9.1f} ms "
               f"({seconds / reference:.2f}x)", flush=True)
+        if ar is not None:
+            ar_canvas = ar_canvas_for(canvas, chars)
+
+            def ar_run():
+                for _ in generate_ar_steps(ar, ar_canvas, config, seed):
+                    pass
+            ar_seconds = median_time(ar_run)
+            print(f"  autoregressive, cached: {n_new * batch / ar_seconds:>12,.0f} chars/s | {ar_seconds * 1e3:9.1f} ms, "
+                  f"NFE {n_new} | diffusion {ar_seconds / seconds:.2f}x as fast", flush=True)
+
+
+def ar_canvas_for(canvas, chars):
+    """The diffusion benchmark's canvas for the autoregressive model, which cannot write the
+    first character: a newline before it when it starts with a mask (as the data's lines do)."""
+    if canvas[0, 0] != mask_id_of(chars):
+        return canvas
+    return torch.cat([canvas.new_full((canvas.size(0), 1), chars.index("\n")), canvas], dim=1)
 
 
 def main(argv=None):

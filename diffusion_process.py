@@ -322,7 +322,7 @@ def main(argv=None):
             check_writable(args.save)
         elif not args.terminal:
             check_display()
-        device, model, chars = load_for_sampling(args, config)
+        device, model, chars, config = load_for_sampling(args, config)
         canvas = make_canvas(args.prompt, args.length, chars, 1, device)
         ar = load_ar_baseline(args, canvas, chars, device) if args.compare else None
         states = generate_steps(model, canvas, config, seed)

@@ -55,10 +55,14 @@ class KVCache:
     positions [start, start + n) (or a list of positions per row) and attend to their own fresh
     keys/values there and to the stored ones everywhere else. The stored ones go stale as the
     fresh positions change (the attention is bidirectional): rebuild the cache once per block,
-    or every few steps (the sparse cache)."""
+    or every few steps (the sparse cache).
+    append=True (autoregressive decoding): a pass on positions [start, start + n), start being the
+    cached length, keeps its fresh keys/values, so the cache grows by n and the next pass runs on
+    the next characters alone."""
 
-    def __init__(self):
+    def __init__(self, append=False):
         self.layers = {}
+        self.append = append
 
     def __bool__(self):
         return bool(self.layers)
@@ -96,8 +100,15 @@ class Attention(nn.Module):
             else:  # fresh keys/values for our positions, the stored ones elsewhere
                 k, v = (torch.cat([old[:, :, :start], new, old[:, :, start + T:]], dim=2)
                         for old, new in zip(stored, (k, v)))
+                if cache.append:
+                    cache.layers[self.layer_idx] = (k, v)
+        causal, mask = self.causal, None
+        if causal and k.size(2) != T:  # queries at start.. against more keys: is_causal would align them
+            causal = False              # top-left, so mask by position (none needed for one last query)
+            if not (T == 1 and start == k.size(2) - 1):
+                mask = torch.arange(k.size(2), device=x.device) <= start + torch.arange(T, device=x.device)[:, None]
         p = self.attn_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
 

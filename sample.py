@@ -53,7 +53,7 @@ def main(argv=None):
             raise UserError(f"--num-samples must be in 1..{MAX_SAMPLES}, got {args.num_samples}")
         if args.warmup < 0:
             raise UserError(f"--warmup must be >= 0, got {args.warmup}")
-        device, model, chars = load_for_sampling(args, config)
+        device, model, chars, config = load_for_sampling(args, config)
         canvas = make_canvas(args.prompt, args.length, chars, min(args.num_samples, BATCH), device)
         n_new = int((canvas[0] == mask_id_of(chars)).sum())
         for _ in range(args.warmup):

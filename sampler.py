@@ -677,11 +677,14 @@ def generate_graphed(model, canvas, config, seed=0):
 
 
 @torch.inference_mode()
-def generate_ar_steps(model, canvas, config=None, seed=0):
+def generate_ar_steps(model, canvas, config=None, seed=0, cached=True):
     """The autoregressive baseline's sampler, for side-by-side comparisons: writes the masked
     positions of canvas left to right, one character per forward pass, each given up to
     block_size characters before it; config's temperature, top_k, top_p and precision apply.
-    Yields the same dicts as generate_steps."""
+    cached: keep the window's keys/values (KVCache append mode), so a pass runs on the newly
+    written characters alone; past the context the window slides every character and its
+    rotary positions start anew, so each pass there re-encodes the window whole, as uncached.
+    The same characters either way. Yields the same dicts as generate_steps."""
     config = config or SamplerConfig()
     mask_id, T = model.config.mask_id, model.config.block_size
     B, N = canvas.shape
@@ -692,10 +695,14 @@ def generate_ar_steps(model, canvas, config=None, seed=0):
     masked_cols = (canvas[0] == mask_id).nonzero().flatten().tolist()
     if masked_cols and masked_cols[0] == 0:
         raise ValueError("the autoregressive model needs at least one character before the first mask")
+    kv, window_start, encoded = None, None, 0  # encoded: canvas columns [window_start, encoded) are cached
     for nfe, i in enumerate(masked_cols, start=1):
         start = max(0, i - T)
+        if not cached or start != window_start:  # a new window: encode it from its first column
+            kv, window_start, encoded = (KVCache(append=True) if cached else None), start, start
         with autocast(dev, precision):
-            logits = model(canvas[:, start:i])[:, -1:]
+            logits = model(canvas[:, encoded:i], cache=kv, start=encoded - start)[:, -1:]
+        encoded = i if cached else start
         chars, _ = draw_characters(logits, config.temperature, config.top_k, config.top_p,
                                    noise.uniform(logits.size(1)))
         canvas[:, i] = chars[:, 0]
@@ -762,9 +769,19 @@ def make_canvas(prompt, length, chars, num_samples, device):
 
 
 def load_for_sampling(args, config):
-    """(device, diffusion model, vocabulary) for the sampling CLIs."""
+    """(device, diffusion model, vocabulary, config) for the sampling CLIs. A checkpoint may
+    carry the step count it was made for (ckpt["sampler"]["steps"]: a distilled student's);
+    the config takes it when the command line gives neither --steps nor --threshold."""
     device = pick_device(args.device)
     if config.cuda_graph and device.type != "cuda":
         raise UserError(f"--cuda-graph needs a CUDA device; this run is on {device.type}")
-    model, chars, _ = load_model_of_kind(args.ckpt, device, causal=False)
-    return device, model, chars
+    model, chars, ckpt = load_model_of_kind(args.ckpt, device, causal=False)
+    return device, model, chars, with_checkpoint_steps(config, args, ckpt)
+
+
+def with_checkpoint_steps(config, args, ckpt):
+    """config with the checkpoint's recommended step count, unless --steps or --threshold was given."""
+    steps = ckpt.get("sampler", {}).get("steps")
+    if steps is None or getattr(args, "steps", None) is not None or getattr(args, "threshold", None) is not None:
+        return config
+    return replace(config, steps=steps)

@@ -4,6 +4,7 @@ Trainer: one optimisation step (what bench.py times), evaluation with checkpoint
 lines, and the loop that ties them together, on CPU, CUDA (bf16, torch.compile, DDP) or MPS.
 """
 
+import copy
 import gc
 import json
 import math
@@ -20,6 +21,7 @@ from checkpoint import (DATA_DEFAULT, ROOT, autocast, encode_splits, load_text, 
                         save_checkpoint)
 from cli import UserError, add_config_flags
 from diffusion import autoregressive_loss, diffusion_loss, evaluate, format_eval
+from distill import DISTILL_ORDERS, DIVERGENCES, distill_loss, teacher_passes
 from model import ModelConfig, Transformer
 from optim import EMA, lr_factor, make_optimizers
 
@@ -56,6 +58,13 @@ class TrainConfig:
     precision: str = "auto"
     resume: bool = False
     overwrite: bool = False
+    distill_from: str = ""
+    distill_rounds: int = 3
+    distill_round_steps: int = 1000
+    distill_start_passes: int = 64
+    divergence: str = "kl"
+    distill_order: str = "random"
+    distill_ema: bool = False
 
 
 # one line of --help per flag (nanochat style)
@@ -100,6 +109,17 @@ HELP = {
     "precision": "auto (bf16 autocast on CUDA), bf16 or fp32",
     "resume": "continue the run in --out_dir from its last.pt",
     "overwrite": "start afresh in an --out_dir that holds a run, removing its checkpoints and log",
+    "distill_from": "SDTT: distill this diffusion checkpoint into fewer sampling passes (student and teacher start "
+                    "as its copies, its model config is kept; --max_steps = rounds x round steps)",
+    "distill_rounds": "SDTT rounds: after each the student becomes the teacher and the step doubles",
+    "distill_round_steps": "optimizer steps per SDTT round (N)",
+    "distill_start_passes": "the first teacher's sampling passes (dt = 1/this): 64 -> 32 -> 16 -> 8 over 3 rounds",
+    "divergence": "SDTT loss on the masked positions: kl = KL(student || teacher) (the paper's), fkl = KL(teacher "
+                  "|| student), tvd, mse (of log-probabilities)",
+    "distill_order": "which masked positions the teacher's two steps commit: random (MDLM's ancestral order, the "
+                     "paper's) or spread (the sampler's default order; no remasking)",
+    "distill_ema": "with --ema: at each round's end the EMA copy becomes the teacher and the student, and the "
+                   "average restarts (SDTT's use_ema_on_growth); else the raw student becomes the teacher",
 }
 
 PRESETS = {
@@ -154,7 +174,8 @@ RANGES = {
     "grad_clip": (0, 1e6, False), "ema": (0, 0.99999, True), "prefix_prob": (0, 1, True),
     "block_prob": (0, 1, True), "eval_interval": (1, 10 ** 9, True), "eval_mc": (1, 1024, True),
     "eval_seed": (0, 2 ** 63 - 1, True), "eval_context": (0, 8191, True), "log_interval": (1, 10 ** 9, True),
-    "seed": (0, 2 ** 63 - 1, True),
+    "seed": (0, 2 ** 63 - 1, True), "distill_rounds": (1, 10, True), "distill_round_steps": (1, 10 ** 9, True),
+    "distill_start_passes": (2, 4096, True),
 }
 CHOICES = {"objective": ("diffusion", "ar"), "optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd"),
            "compile": ("auto", "on", "off"), "precision": ("auto", "bf16", "fp32")}
@@ -187,8 +208,32 @@ def check_config(mc, tc):
         if tc.batch_size * mc.block_size > MAX_TOKENS_PER_STEP:
             problems.append(f"--batch_size x --block_size = {tc.batch_size * mc.block_size:,} tokens per step, "
                             f"more than {MAX_TOKENS_PER_STEP:,}")
+        problems += distill_problems(tc)
     if problems:
         raise UserError("; ".join(problems))
+
+
+def distill_problems(tc):
+    """The distillation flags' rules (none apply without --distill_from)."""
+    if not tc.distill_from:
+        return []
+    problems = []
+    if tc.objective != "diffusion":
+        problems.append("--distill_from distils a diffusion model: drop --objective ar")
+    if tc.distill_rounds < 1 or tc.distill_round_steps < 1:
+        problems.append("--distill_rounds and --distill_round_steps must be >= 1")
+    elif not (tc.distill_start_passes >= 2 ** tc.distill_rounds and tc.distill_start_passes % 2 ** tc.distill_rounds == 0):
+        problems.append(f"--distill_start_passes must be a multiple of 2 ** --distill_rounds "
+                        f"({2 ** tc.distill_rounds}): every round halves it")
+    if tc.divergence not in DIVERGENCES:
+        problems.append(f"--divergence must be one of {', '.join(DIVERGENCES)}, got {tc.divergence!r}")
+    if tc.distill_order not in DISTILL_ORDERS:
+        problems.append(f"--distill_order must be one of {', '.join(DISTILL_ORDERS)}, got {tc.distill_order!r}")
+    if tc.distill_ema and not tc.ema:
+        problems.append("--distill_ema needs --ema > 0")
+    if tc.time_budget:
+        problems.append("--time_budget does not work with --distill_from (rounds are counted in steps)")
+    return problems
 
 
 # -----------------------------------------------------------------------------
@@ -268,6 +313,16 @@ def load_resume_state(mc, tc, explicit_flags):
     return ckpt, replace(TrainConfig(**saved), **given)
 
 
+def distill_source(path, mc, explicit_flags):
+    """(checkpoint, ModelConfig) of the model to distil: its config, with the dropout flags
+    this command line gives (the student may train with other dropout than its teacher did)."""
+    source = read_checkpoint(path)
+    if source["config"].get("causal"):
+        raise UserError(f"--distill_from {path} is an autoregressive baseline; distillation needs a diffusion model")
+    dropouts = {k: getattr(mc, k) for k in ("dropout", "attn_dropout", "embd_dropout") if k in explicit_flags}
+    return source, replace(ModelConfig(**source["config"]), **dropouts)
+
+
 class Trainer:
     """The run's state and its pieces: one optimisation step (also what bench.py times),
     evaluation with checkpointing, progress lines, and the loop that ties them together."""
@@ -281,17 +336,27 @@ class Trainer:
         torch.backends.cudnn.allow_tf32 = self.bf16
 
         text = load_text(tc.data)
-        ckpt = None
+        ckpt = source = None
         if tc.resume:
             ckpt, tc = load_resume_state(mc, tc, explicit_flags)
             chars, mc = ckpt["chars"], ModelConfig(**ckpt["config"])
+        elif tc.distill_from:
+            source, mc = distill_source(tc.distill_from, mc, explicit_flags)
+            chars = source["chars"]
         else:
             chars = sorted(set(text))
             mc = replace(mc, vocab_size=len(chars) + 1, causal=tc.objective == "ar")
+        if tc.distill_from:  # the run's length is its rounds
+            tc = replace(tc, max_steps=tc.distill_rounds * tc.distill_round_steps)
         self.mc, self.tc, self.chars = mc, tc, chars
         self.train_ids, self.val_ids = encode_splits(text, chars, self.device, mc.block_size + 2)
 
         self.model = Transformer(mc).to(self.device)
+        if source:
+            self.model.load_state_dict(source["model"])
+        self.teacher, self.teacher_round = None, 0
+        if tc.distill_from:  # frozen; restored from last.pt on --resume
+            self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizers = make_optimizers(self.model, tc, fused=self.bf16 and self.device.type == "cuda")
         self.ema = EMA(self.model, tc.ema) if tc.ema else None
         self.step, self.best_val, self.elapsed_before = 0, float("inf"), 0.0
@@ -301,6 +366,8 @@ class Trainer:
             self.restore(ckpt)
         self.use_compile = tc.compile == "on" or (tc.compile == "auto" and self.device.type == "cuda")
         self.fwd_model = torch.compile(self.model) if self.use_compile else self.model
+        if self.teacher is not None:
+            self.fwd_teacher = torch.compile(self.teacher) if self.use_compile else self.teacher
         if self.world > 1:
             self.fwd_model = torch.nn.parallel.DistributedDataParallel(
                 self.fwd_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -325,6 +392,9 @@ class Trainer:
         if self.ema:  # a run resumed with --ema for the first time starts its average here
             self.ema.model.load_state_dict(ckpt.get("ema", ckpt["model"]))
         self.step, self.best_val = ckpt["step"], ckpt["best_val"]
+        if self.teacher is not None:
+            self.teacher.load_state_dict(ckpt["teacher"])
+            self.teacher_round = ckpt["teacher_round"]
         self.elapsed_before = ckpt.get("elapsed", 0.0)
         if self.world == 1 and ckpt["world"] == 1:  # bit-exact continuation
             self.gen.set_state(ckpt["generator"])
@@ -338,7 +408,7 @@ class Trainer:
         """best.pt holds the weights that were evaluated (the EMA copy if there is one)."""
         if not self.master:
             return
-        model = self.eval_model if name == "best.pt" else self.model
+        model = self.model if name == "last.pt" else self.eval_model
         save_checkpoint(os.path.join(self.tc.out_dir, name), model, self.chars, step=self.step,
                         best_val=self.best_val, train_config=portable(asdict(self.tc)), world=self.world,
                         **extra)
@@ -348,6 +418,9 @@ class Trainer:
         rng = {"cpu": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
         extra = {"ema": {k: v.detach().cpu() for k, v in self.ema.model.state_dict().items()}} if self.ema else {}
+        if self.teacher is not None:
+            extra.update(teacher={k: v.detach().cpu() for k, v in self.teacher.state_dict().items()},
+                         teacher_round=self.teacher_round)
         self.save("last.pt", optimizer=[opt.state_dict() for opt in self.optimizers], generator=self.gen.get_state(),
                   rng=rng, elapsed=self.elapsed(), **extra)
 
@@ -371,12 +444,17 @@ class Trainer:
 
     # --- one step --------------------------------------------------------------
     def loss(self, x):
+        if self.teacher is not None:
+            passes = teacher_passes(self.tc.distill_start_passes, self.teacher_round)
+            return distill_loss(self.fwd_model, self.fwd_teacher, x, self.mc.mask_id, passes, self.tc, self.gen)
         if self.mc.causal:
             return autoregressive_loss(self.fwd_model, x)
         return diffusion_loss(self.fwd_model, x, self.mc.mask_id, self.tc.prefix_prob, self.gen, self.tc.block_prob)
 
     def train_step(self, lr_mult):
         """One optimiser step on a fresh batch. Returns the loss as a device tensor (no sync)."""
+        if self.teacher is not None:
+            self.next_round()
         for opt in self.optimizers:
             for group in opt.param_groups:
                 group["lr"] = group["peak_lr"] * lr_mult
@@ -393,6 +471,27 @@ class Trainer:
             self.ema.update(self.model, self.step)
         return loss.detach()
 
+    # --- distillation rounds ------------------------------------------------------
+    def student_passes(self):
+        """The passes the student is learning to sample with: half its teacher's."""
+        return teacher_passes(self.tc.distill_start_passes, self.teacher_round) // 2
+
+    def next_round(self):
+        """At each round's end (every distill_round_steps steps, and when the run ends): save
+        the student as student<passes>.pt, with the step count it was distilled for as its
+        sampler default, and make it the teacher. Keyed on the teacher's round, not the step,
+        so a resumed run never repeats a round's end."""
+        while self.teacher_round < self.step // self.tc.distill_round_steps:
+            name = f"student{self.student_passes()}.pt"
+            self.save(name, sampler={"steps": self.student_passes()})
+            if self.tc.distill_ema:  # the average becomes student and teacher, and restarts
+                self.model.load_state_dict(self.ema.model.state_dict())
+                self.ema = EMA(self.model, self.tc.ema)
+            self.teacher.load_state_dict(self.model.state_dict())
+            self.teacher_round += 1
+            self.log(f"round {self.teacher_round} done at step {self.step}: saved {self.tc.out_dir}/{name}; "
+                     f"the teacher now takes {2 * self.student_passes()} passes")
+
     # --- evaluation and checkpoints ----------------------------------------------
     def evaluate_and_save(self, log_file):
         t0 = time.time()
@@ -404,7 +503,9 @@ class Trainer:
             raise DivergedError(f"the validation loss is {val} at step {self.step}")
         improved = val < self.best_val
         self.best_val = min(self.best_val, val)
-        if improved:
+        if self.teacher is not None:  # distillation: the latest student (its NELBO may rise; quality.py judges)
+            self.save("best.pt", val=val, val_se=se, sampler={"steps": self.student_passes()})
+        elif improved:
             self.save("best.pt", val=val, val_se=se)
         self.save_last()
         raw = f" (raw weights {row['val_raw']:.4f})" if self.ema else ""
@@ -424,7 +525,11 @@ class Trainer:
         else:
             total, eta = f"{self.tc.max_steps}", (self.tc.max_steps - self.step) * seconds / steps
         tok_s = steps * self.tokens_per_step / seconds
-        return (f"step {self.step:>6}/{total} | loss {loss:.4f} | lr {self.tc.lr * lr_mult:.2e} | "
+        rounds = ""
+        if self.teacher is not None:
+            rounds = (f"round {self.teacher_round + 1}/{self.tc.distill_rounds}, passes "
+                      f"{2 * self.student_passes()} -> {self.student_passes()} | ")
+        return (f"step {self.step:>6}/{total} | {rounds}loss {loss:.4f} | lr {self.tc.lr * lr_mult:.2e} | "
                 f"{tok_s / 1e3:,.1f}k tok/s | ETA {format_time(max(eta, 0))}")
 
     # --- the loop ----------------------------------------------------------------
@@ -495,6 +600,8 @@ class Trainer:
                 signal.signal(sig, handler)
             if log_file:
                 log_file.close()
+        if self.teacher is not None:
+            self.next_round()  # the last round's student
         name = "NLL" if mc.causal else "NELBO"
         self.log(f"done: {self.step} steps in {format_time(self.elapsed())}; best val {name} "
                  f"{self.best_val:.4f} nats/char -> {tc.out_dir}/best.pt")
@@ -542,7 +649,7 @@ def portable(train_config):
     become relative to it, others keep only their file name."""
     root = ROOT
     out = dict(train_config)
-    for key in ("data", "out_dir"):
+    for key in ("data", "out_dir", "distill_from"):
         path = out.get(key)
         if path and os.path.isabs(path):
             rel = os.path.relpath(path, root)

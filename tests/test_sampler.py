@@ -374,6 +374,37 @@ def test_autoregressive_sampler_writes_one_character_per_pass(tiny_ar_ckpt):
     assert (states[-1]["canvas"] != len(chars)).all()
 
 
+@pytest.mark.parametrize("prompt,length", [("KING:", 30), ("KING:", 75), ("K_NG:__ my lord,__ the", 40)])
+def test_cached_autoregressive_sampler_equals_the_uncached_one(tiny_ar_ckpt, prompt, length):
+    # inside the context (30 <= 32), sliding past it (75), and masks between kept characters
+    # (passes on several new positions at once); batch 3, fp32
+    from checkpoint import load_model
+    ar, chars, _ = load_model(tiny_ar_ckpt)
+    c = canvas_for(chars, prompt, length, batch=3)
+    config = opts(temperature=1.0, precision="fp32")
+    cached = list(generate_ar_steps(ar, c, config, 7, cached=True))
+    uncached = list(generate_ar_steps(ar, c, config, 7, cached=False))
+    assert len(cached) == len(uncached) == int((c[0] == len(chars)).sum())
+    for a, b in zip(cached, uncached):  # every pass's character, not only the end
+        assert torch.equal(a["canvas"], b["canvas"]) and a["window"] == b["window"]
+    assert not torch.equal(cached[-1]["canvas"][0], cached[-1]["canvas"][1])  # rows draw their own text
+
+
+def test_append_cache_gives_the_full_pass_logits_of_the_last_position(tiny_ar_ckpt):
+    from checkpoint import load_model
+    ar, _, _ = load_model(tiny_ar_ckpt)
+    x = torch.randint(0, ar.config.vocab_size - 1, (2, 32))
+    with torch.inference_mode():
+        full = ar(x)
+        kv = KVCache(append=True)
+        ar(x[:, :10], cache=kv)
+        three = ar(x[:, 10:13], cache=kv, start=10)  # a causal mask by position
+        one = ar(x[:, 13:14], cache=kv, start=13)
+    assert kv.layers[0][0].size(2) == 14
+    torch.testing.assert_close(three, full[:, 10:13], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(one, full[:, 13:14], rtol=1e-4, atol=1e-4)
+
+
 def test_noise_is_uniform_independent_and_the_same_for_a_row_in_any_batch():
     from sampler import Noise
     u = Noise(0, 4, "cpu").uniform(50_000)

@@ -23,7 +23,7 @@ def main():
     args = p.parse_args()
     try:
         ckpt = read_checkpoint(args.src)
-        for training_only in ("optimizer", "generator", "elapsed", "rng", "ema"):
+        for training_only in ("optimizer", "generator", "elapsed", "rng", "ema", "teacher", "teacher_round"):
             ckpt.pop(training_only, None)
         ckpt["model"] = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
         write_checkpoint(ckpt, args.dst)  # a UserError too when dst cannot be written

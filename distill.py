@@ -1,0 +1,78 @@
+"""
+Self-distillation through time (SDTT; Deschenaux & Gulcehre, arXiv 2410.21035, code
+jdeschena/sdtt): teach the network to take in one pass the step that a frozen copy of itself
+(the teacher) takes in two, then let the student become the teacher and double the step
+again: 64 -> 32 -> 16 -> 8 passes. The loss of `train.py --distill_from CKPT`; the loop, the
+rounds and the checkpoints are trainer.Trainer's.
+
+A training sequence is masked as in training (x_t); the teacher takes two sampler steps of
+size dt = 1 / passes from x_t: a forward pass, a character drawn at every masked position
+from its distribution, and T * dt of them committed (in random order, MDLM's ancestral
+sampler, or in the sampler's spread order). A position's target is the teacher's distribution
+at the step that committed it; still masked after both, the second step's. The student, in
+one pass from x_t, matches the targets on the masked positions.
+"""
+
+import torch
+
+from diffusion import training_masks
+from sampler import commit_positions, draw_characters, rank_for_commit, spread_priority
+
+DIVERGENCES = ("kl", "fkl", "tvd", "mse")
+DISTILL_ORDERS = ("random", "spread")
+
+
+def teacher_passes(start_passes, round_index):
+    """The teacher's passes in round `round_index` (0-based): its student learns half as many."""
+    return start_passes // 2 ** round_index
+
+
+@torch.no_grad()
+def teacher_targets(teacher, x_t, mask_id, passes, order, generator):
+    """(B, T, V) log-probabilities: the teacher's distribution for every position at the step
+    of its two that committed it, the second step's where neither did. Each step commits
+    round(T / passes) masked positions per row (at least one), characters drawn at
+    temperature 1, the teacher's randomness from `generator`."""
+    B, T = x_t.shape
+    count = max(1, round(T / passes))
+    priority = None
+    if order == "spread":  # the sampler's order over the window, one rotation per row
+        priority = spread_priority(T, torch.randint(T, (B,), generator=generator, device=x_t.device))
+    x = x_t
+    for step in range(2):
+        logp = teacher(x).float().log_softmax(-1)
+        u = torch.rand(2, B, T, generator=generator, device=x.device)
+        chars, _ = draw_characters(logp, 1.0, None, None, u[0])
+        still_masked = x == mask_id
+        commit = commit_positions(rank_for_commit(None, order, None, u[1], priority), still_masked, count, None)
+        x = torch.where(commit, chars, x)
+        if step == 0:
+            first_logp, first_commit = logp, commit
+    return torch.where(first_commit[..., None], first_logp, logp)
+
+
+def divergence(student_logp, teacher_logp, kind):
+    """Per-position divergence (..., V) -> (...). kl: KL(student || teacher), the paper's choice
+    (mode-seeking: the student commits to one of the teacher's options); fkl: KL(teacher ||
+    student); tvd: total variation; mse: squared error of the log-probabilities."""
+    s, t = student_logp, teacher_logp
+    if kind == "kl":
+        return (s.exp() * (s - t)).sum(-1)
+    if kind == "fkl":
+        return (t.exp() * (t - s)).sum(-1)
+    if kind == "tvd":
+        return 0.5 * (s.exp() - t.exp()).abs().sum(-1)
+    if kind == "mse":
+        return (s - t).square().mean(-1)
+    raise ValueError(f"unknown divergence {kind!r}")
+
+
+def distill_loss(student, teacher, x, mask_id, passes, tc, generator):
+    """The SDTT loss of a batch x (B, T): the divergence tc.divergence of the student's one pass
+    from the teacher's two-step targets, averaged over every masked position of the batch.
+    x_t is drawn as training draws it (tc.prefix_prob, tc.block_prob)."""
+    hidden, _, _ = training_masks(x, tc.prefix_prob, generator, tc.block_prob)
+    x_t = x.masked_fill(hidden, mask_id)
+    target = teacher_targets(teacher, x_t, mask_id, passes, tc.distill_order, generator)
+    per_position = divergence(student(x_t).float().log_softmax(-1), target, tc.divergence)
+    return (per_position * hidden).sum() / hidden.sum()
