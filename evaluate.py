@@ -4,6 +4,7 @@ Score checkpoints on the held-out split (the last 10% of the data), every charac
     python evaluate.py                                           # weights/model.pt, isolated windows
     python evaluate.py --context 128                             # each block given 128 chars before it
     python evaluate.py --ckpt weights/model.pt --paired weights/ar_baseline.pt --context 128
+    python evaluate.py --order l2r --paired weights/ar_baseline.pt   # the diffusion network read left to right
 
 A diffusion model reports its negative ELBO (an upper bound on its NLL), an autoregressive
 model its exact NLL, both in nats/char, on the same blocks: the first window whole, then
@@ -12,6 +13,12 @@ isolated windows). The diffusion estimate averages --mc mask draws per block (k 
 masked positions, stratified, a fixed --seed: the same masks on any device). The standard
 error is over blocks; with --paired the second model is scored on the same blocks and the
 paired difference (first - second) gets its own standard error.
+
+--order l2r reads a diffusion model in one order instead: each character predicted from the
+clean characters before it in the window, with MASK at it and after it. That is an exact NLL
+(one forward pass per character, no mask draws), directly comparable with the AR model's; the
+NELBO (--order any) is the mean of such exact NLLs over all orders. An AR model's NLL is exact
+in its own order already: --order does not change it.
 """
 
 import argparse
@@ -20,7 +27,7 @@ import time
 
 from checkpoint import DATA_DEFAULT, DEFAULT_CKPT, encode_splits, load_model, load_text, pick_device
 from cli import ArgumentParser, UserError
-from diffusion import block_scores, format_eval, summarize
+from diffusion import EVAL_ORDERS, block_scores, format_eval, summarize
 
 
 def check_args(args):
@@ -28,6 +35,8 @@ def check_args(args):
         raise UserError(f"--mc must be >= 1, got {args.mc}")
     if not args.context >= 0:
         raise UserError(f"--context must be >= 0, got {args.context}")
+    if args.order not in EVAL_ORDERS:
+        raise UserError(f"--order must be one of {', '.join(EVAL_ORDERS)}, got {args.order!r}")
 
 
 def load_for_evaluation(path, device, context):
@@ -39,6 +48,14 @@ def load_for_evaluation(path, device, context):
     return model, chars
 
 
+def describe_estimator(causal, args):
+    if causal:
+        return "exact" + ("; an AR model has one order, --order l2r does not apply" if args.order == "l2r" else "")
+    if args.order == "l2r":
+        return "exact, read left to right, one pass per character"
+    return f"{args.mc} mask draws per block, seed {args.seed}"
+
+
 def main(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default=DEFAULT_CKPT, help="checkpoint to score (default: weights/model.pt)")
@@ -48,6 +65,9 @@ def main(argv=None):
                    help="characters of clean context before every block after the first (default %(default)s)")
     p.add_argument("--mc", type=int, default=4, help="mask draws per block, diffusion models (default %(default)s)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the mask draws (default %(default)s)")
+    p.add_argument("--order", default="any", choices=EVAL_ORDERS,
+                   help="diffusion models: any = the NELBO (every order); l2r = the exact left-to-right NLL "
+                        "(one pass per character); an AR model's NLL is exact already (default %(default)s)")
     p.add_argument("--data", default=DATA_DEFAULT, help="the text (default: data/tiny_shakespeare.txt)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     args = p.parse_args(argv)
@@ -64,10 +84,10 @@ def main(argv=None):
             T = model.config.block_size
             _, val = encode_splits(text, chars, device, T + 1)
             t0 = time.time()
-            per_block, lengths = block_scores(model, val, args.context, args.mc, args.seed)
+            per_block, lengths = block_scores(model, val, args.context, args.mc, args.seed, order=args.order)
             mean, se = summarize(per_block, lengths)
-            how = "exact" if model.config.causal else f"{args.mc} mask draws per block, seed {args.seed}"
-            print(f"{path}: {format_eval(mean, se, model.config.causal)} on {len(val):,} held-out chars "
+            how = describe_estimator(model.config.causal, args)
+            print(f"{path}: {format_eval(mean, se, model.config.causal, args.order)} on {len(val):,} held-out chars "
                   f"[context {args.context}: {len(lengths)} blocks; {how}; {device}, {time.time() - t0:.1f}s]",
                   flush=True)
             results.append((per_block, lengths))
