@@ -18,12 +18,15 @@ paired difference (first - second) gets its own standard error.
 clean characters before it in the window, with MASK at it and after it. That is an exact NLL
 (one forward pass per character, no mask draws), directly comparable with the AR model's; the
 NELBO (--order any) is the mean of such exact NLLs over all orders. An AR model's NLL is exact
-in its own order already: --order does not change it.
+in its own order already: --order does not change it. --as-ar reads the --ckpt diffusion
+network as an AR model instead (causal attention, next-character head): for models trained
+with train.py --objective mixed, whose AR half is scored that way for the record.
 """
 
 import argparse
 import sys
 import time
+from dataclasses import replace
 
 from checkpoint import DATA_DEFAULT, DEFAULT_CKPT, encode_splits, load_model, load_text, pick_device
 from cli import ArgumentParser, UserError
@@ -39,9 +42,12 @@ def check_args(args):
         raise UserError(f"--order must be one of {', '.join(EVAL_ORDERS)}, got {args.order!r}")
 
 
-def load_for_evaluation(path, device, context):
-    """The model and its vocabulary, with the context checked against its length."""
+def load_for_evaluation(path, device, context, as_ar=False):
+    """The model and its vocabulary, with the context checked against its length; as_ar: its
+    network read causally, as an AR model (the forward pass follows config.causal)."""
     model, chars, _ = load_model(path, device)
+    if as_ar:
+        model.config = replace(model.config, causal=True)
     T = model.config.block_size
     if context >= T:
         raise UserError(f"--context must be in 0..{T - 1} for {path} (its context is {T})")
@@ -68,6 +74,8 @@ def main(argv=None):
     p.add_argument("--order", default="any", choices=EVAL_ORDERS,
                    help="diffusion models: any = the NELBO (every order); l2r = the exact left-to-right NLL "
                         "(one pass per character); an AR model's NLL is exact already (default %(default)s)")
+    p.add_argument("--as-ar", dest="as_ar", action="store_true",
+                   help="score --ckpt's network as an AR model (causal attention; for --objective mixed models)")
     p.add_argument("--data", default=DATA_DEFAULT, help="the text (default: data/tiny_shakespeare.txt)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     args = p.parse_args(argv)
@@ -76,7 +84,8 @@ def main(argv=None):
         device = pick_device(args.device)
         text = load_text(args.data)
         paths = [args.ckpt] + ([args.paired] if args.paired else [])
-        models = [load_for_evaluation(path, device, args.context) for path in paths]  # all checked first
+        models = [load_for_evaluation(path, device, args.context, args.as_ar and i == 0)
+                  for i, path in enumerate(paths)]  # all checked first
         if len({m.config.block_size for m, _ in models}) > 1:
             raise UserError(f"--paired needs the same context length ({' vs '.join(str(m.config.block_size) for m, _ in models)})")
         results = []
@@ -87,6 +96,8 @@ def main(argv=None):
             per_block, lengths = block_scores(model, val, args.context, args.mc, args.seed, order=args.order)
             mean, se = summarize(per_block, lengths)
             how = describe_estimator(model.config.causal, args)
+            if args.as_ar and model is models[0][0]:
+                how += "; its network read as an AR model (--as-ar)"
             print(f"{path}: {format_eval(mean, se, model.config.causal, args.order)} on {len(val):,} held-out chars "
                   f"[context {args.context}: {len(lengths)} blocks; {how}; {device}, {time.time() - t0:.1f}s]",
                   flush=True)
