@@ -1,11 +1,13 @@
 """
 The masked-diffusion maths: the forward (masking) process, the training losses of both
-objectives, and the estimators that evaluation reports (the NELBO of the diffusion model and
-the exact NLL of the autoregressive one, on isolated windows or with context, with standard
+objectives, and the estimators that evaluation reports (the NELBO of the diffusion model, its exact
+left-to-right NLL, and the exact NLL of the autoregressive one, on isolated windows or with context, with standard
 errors over blocks).
 """
 
 import math
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -51,15 +53,74 @@ def training_block_lengths(T):
     return [2 ** i for i in range(3, 16) if 2 ** i <= T // 2] or [max(1, T // 2)]
 
 
-def training_masks(x, prefix_prob, generator=None, block_prob=0.0):
+T_DISTS = ("uniform", "bell", "clipped")
+LOSS_WEIGHTS = ("elbo", "none")
+
+
+@dataclass(frozen=True)
+class MaskRate:
+    """How training draws the masked fraction t of a row's n maskable positions, k = 1 +
+    floor(t * n) (so P(k) = F(k / n) - F((k - 1) / n) with F the CDF of t):
+    - uniform: t ~ U(0, 1), k ~ U{1..n}: the NELBO itself;
+    - bell: t ~ Beta(2, 2), density 6t(1 - t): more middle mask rates, fewer extreme ones (Hong et
+      al., arXiv 2605.13026, report the same NLL up to ~4x sooner with a bell-shaped t; the exact
+      shape they use is not known here: Beta(2, 2) is the symmetric bell with a closed-form CDF);
+    - clipped: t ~ U[t_min, t_max] (BD3-LM's clipped schedule: k outside the range never drawn)."""
+    dist: str = "uniform"
+    t_min: float = 0.0
+    t_max: float = 1.0
+
+    def quantile(self, u):
+        if self.dist == "bell":  # the inverse of F(t) = 3t^2 - 2t^3
+            return 0.5 - torch.sin(torch.asin(1 - 2 * u) / 3)
+        if self.dist == "clipped":
+            return self.t_min + u * (self.t_max - self.t_min)
+        return u
+
+    def cdf(self, t):
+        t = t.clamp(0, 1)
+        if self.dist == "bell":
+            return t * t * (3 - 2 * t)
+        if self.dist == "clipped":
+            return ((t - self.t_min) / (self.t_max - self.t_min)).clamp(0, 1)
+        return t
+
+    def k_probabilities(self, n, T):
+        """(B, T) P(k = j + 1) for each row's maskable count n (B,): F(k / n) - F((k - 1) / n)."""
+        j = torch.arange(1, T + 1, device=n.device)[None, :]
+        p = self.cdf(j / n[:, None]) - self.cdf((j - 1) / n[:, None])
+        return p.masked_fill(j > n[:, None], 0.0)
+
+    def draw_k(self, u, n, T):
+        """(k, weight) for uniforms u (B,) and maskable counts n (B,). k: the smallest with
+        P(<= k) > u, so only k of positive probability come out (floor(F^-1(u) * n) could land, by
+        rounding, on a k of probability 0 at the edge of a clipped range). weight: 1 / (m P(k))
+        with m the k of positive probability (n, but for clipped), the importance weight that
+        makes a row's expected weighted loss the mean of its per-k losses over those m: the
+        NELBO itself for uniform and bell, its terms inside the range for clipped (biased, as
+        BD3-LM's clipping is; the weights still undo the range's uneven edges)."""
+        p = self.k_probabilities(n, T)
+        k = 1 + (p.cumsum(1)[:, :-1] <= u[:, None]).logical_and(torch.arange(1, T, device=u.device) < n[:, None]).sum(1)
+        m = (p > 0).sum(1)
+        return k, 1.0 / (m * p.gather(1, (k - 1)[:, None])[:, 0])
+
+
+class TrainingMasks(NamedTuple):
+    hidden: torch.Tensor  # (B, T) positions replaced by MASK
+    scored: torch.Tensor  # (B, T) positions in the loss
+    k: torch.Tensor       # (B,) scored count
+    weight: torch.Tensor  # (B,) importance weight of the row's loss (MaskRate.k_weight; 1 for uniform)
+
+
+def draw_training_masks(x, prefix_prob, generator=None, block_prob=0.0, rate=MaskRate()):
     """Masks for a training batch, stratified in k over the batch. Each row is one of:
-    - random (the default): k ~ U{1..T} positions masked anywhere;
-    - prefix (prefix_prob): a clean prefix of random length, the rest masked at random, so the
-      model learns to continue prompts;
+    - random (the default): k of the T positions masked anywhere;
+    - prefix (prefix_prob): a clean prefix of random length, k of the rest masked at random, so
+      the model learns to continue prompts;
     - block (block_prob): what block-wise decoding (sample.py --block) shows the model: a clean
-      prefix, a block of random length with k ~ U{1..block} masks, and everything after it
+      prefix, a block of random length with k of its positions masked, and everything after it
       masked. Only the block is scored (its conditional NELBO given the prefix).
-    Returns (hidden: positions replaced by MASK, scored: positions in the loss, k: scored count)."""
+    k follows `rate` over the n positions a row may mask (uniform: k ~ U{1..n})."""
     B, T = x.shape
     dev = x.device
     u = (torch.arange(B, device=dev) + torch.rand(B, generator=generator, device=dev)) / B
@@ -73,9 +134,18 @@ def training_masks(x, prefix_prob, generator=None, block_prob=0.0):
     prefix_len = torch.randint(1, T, (B,), generator=generator, device=dev)
     num_clean = torch.where(is_block, block_start, torch.where(has_prefix, prefix_len, torch.zeros_like(prefix_len)))
     span = torch.where(is_block, block_len, T - num_clean)
+    weight = torch.ones(B, device=dev)
+    if rate.dist != "uniform":  # k from the rate's distribution, as the u that draw_masks turns into it
+        k, weight = rate.draw_k(u, span, T)
+        u = (k - 0.5) / span
     scored, k = draw_masks(B, T, num_clean, u, generator=generator, device=dev, span=span)
     after_block = torch.arange(T, device=dev)[None, :] >= (num_clean + span)[:, None]
-    return scored | after_block, scored, k
+    return TrainingMasks(scored | after_block, scored, k, weight)
+
+
+def training_masks(x, prefix_prob, generator=None, block_prob=0.0):
+    """(hidden, scored, k) of `draw_training_masks` with uniform k."""
+    return draw_training_masks(x, prefix_prob, generator, block_prob)[:3]
 
 
 def masked_nll_per_sequence(logits, x, masked, k):
@@ -84,17 +154,39 @@ def masked_nll_per_sequence(logits, x, masked, k):
     return (ce * masked).sum(dim=1) / k
 
 
-def diffusion_loss(model, x, mask_id, prefix_prob=0.0, generator=None, block_prob=0.0):
-    """Negative ELBO in nats/char (the training objective, see the block comment above).
-    `model` may be wrapped (compiled, DDP), so the mask id is passed in."""
-    hidden, scored, k = training_masks(x, prefix_prob, generator, block_prob)
-    return masked_nll_per_sequence(model(x.masked_fill(hidden, mask_id)), x, scored, k).mean()
+def diffusion_loss(model, x, mask_id, prefix_prob=0.0, generator=None, block_prob=0.0, rate=MaskRate(),
+                   weights="elbo"):
+    """The training objective (see the block comment above). `model` may be wrapped (compiled,
+    DDP), so the mask id is passed in. weights "elbo": the mean over rows of each row's masked
+    mean -log p times its importance weight (uniform rate: the negative ELBO in nats/char; any
+    rate: an unbiased estimate of it). "none" (Sahoo et al., arXiv 2602.15014): no weights at
+    all, the plain mean -log p over every masked position of the batch (rows with more masks
+    count more; not the NELBO, which evaluation still reports)."""
+    hidden, scored, k, weight = draw_training_masks(x, prefix_prob, generator, block_prob, rate)
+    logits = model(x.masked_fill(hidden, mask_id))
+    if weights == "none":
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), x.flatten(), reduction="none").view(x.shape)
+        return (ce * scored).sum() / k.sum()
+    return (masked_nll_per_sequence(logits, x, scored, k) * weight).mean()
 
 
-def autoregressive_loss(model, x):
-    """Next-character cross-entropy (the AR baseline): x is (B, T + 1)."""
-    logits = model(x[:, :-1])
+def autoregressive_loss(model, x, causal=None):
+    """Next-character cross-entropy (the AR baseline): x is (B, T + 1). causal=True runs a
+    bidirectional network causally (the mixed objective)."""
+    logits = model(x[:, :-1]) if causal is None else model(x[:, :-1], causal=causal)
     return F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten())
+
+
+def mixed_loss(model, x, ar_rows, diffusion):
+    """Dual-objective training (Samuel & Charpentier, arXiv 2512.14549): the first `ar_rows` rows of
+    x (B, T + 1) train next-character prediction with causal attention, the others (their first T
+    characters) masked diffusion, `diffusion(model, x)`; the result is the mean over rows. The
+    reference code splits each step's batch the same way (by GPU: 3/4 masked, 1/4 causal). The
+    two tasks share the head without conflict: AR inputs hold no MASK, and diffusion scores only
+    MASK positions (the reference shifts its diffusion targets by one to the same end)."""
+    B = x.size(0)
+    ar = autoregressive_loss(model, x[:ar_rows], causal=True)
+    return (ar_rows * ar + (B - ar_rows) * diffusion(model, x[ar_rows:, :-1])) / B
 
 
 # -----------------------------------------------------------------------------
@@ -180,8 +272,44 @@ def ar_block_nll(model, val, T, blocks, batch_size=64, rank=0, world=1):
     return per_block
 
 
-def block_scores(model, val, context, mc=4, seed=1234, rank=0, world=1):
-    """(per-block mean NLL or NELBO, characters scored per block) on the whole split."""
+@torch.no_grad()
+def l2r_block_nll(model, val, T, blocks, batch_size=64, rank=0, world=1):
+    """Per block: the exact mean NLL of its characters read left to right by the diffusion
+    network, an any-order AR model read in one order (DESIGN.md). The character at window
+    position p is predicted from the window with MASK at p and at every position after it: the
+    clean context and the block's characters before p stay. One forward pass per character, so
+    the batch holds (block, position) pairs, several windows' worth at once."""
+    device = val.device
+    ends = torch.tensor([e for e, _ in blocks])
+    lengths = torch.tensor([L for _, L in blocks])
+    block_of = torch.repeat_interleave(torch.arange(len(blocks)), lengths)  # per scored character
+    first_of_block = torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
+    pos = T - lengths[block_of] + torch.arange(len(block_of)) - first_of_block  # its window position
+    per_char = torch.zeros(len(block_of), dtype=torch.float64, device=device)
+    cols = torch.arange(T, device=device)
+    for i in range(rank * batch_size, len(block_of), world * batch_size):
+        sl = slice(i, min(i + batch_size, len(block_of)))
+        p = pos[sl].to(device)
+        x = val[(ends[block_of[sl]].to(device) - T)[:, None] + cols]
+        with autocast(device):
+            logits = model(x.masked_fill(cols[None, :] >= p[:, None], model.config.mask_id))
+        at_p = logits.gather(1, p[:, None, None].expand(-1, 1, logits.size(-1)))[:, 0].double()
+        per_char[sl] = F.cross_entropy(at_p, x.gather(1, p[:, None])[:, 0], reduction="none")
+    if world > 1:
+        dist.all_reduce(per_char)
+    per_block = torch.zeros(len(blocks), dtype=torch.float64, device=device)
+    return per_block.index_add_(0, block_of.to(device), per_char) / lengths.to(device)
+
+
+EVAL_ORDERS = ("any", "l2r")  # a diffusion model's NELBO (every order), or its exact left-to-right NLL
+
+
+def block_scores(model, val, context, mc=4, seed=1234, rank=0, world=1, order="any"):
+    """(per-block mean NLL or NELBO, characters scored per block) on the whole split. order
+    (diffusion models): "any", the NELBO; "l2r", the exact left-to-right NLL. An AR model has
+    one order and an exact NLL: `order` does not apply to it."""
+    if order not in EVAL_ORDERS:
+        raise ValueError(f"--order must be one of {', '.join(EVAL_ORDERS)}, got {order!r}")
     T = model.config.block_size
     blocks = eval_blocks(len(val), T, context)
     lengths = torch.tensor([float(L) for _, L in blocks])
@@ -189,6 +317,8 @@ def block_scores(model, val, context, mc=4, seed=1234, rank=0, world=1):
     if model.config.causal:
         lengths[0] = T - 1
         return ar_block_nll(model, val, T, blocks, batch, rank, world), lengths
+    if order == "l2r":  # one pass per character: a bigger batch keeps a GPU busy
+        return l2r_block_nll(model, val, T, blocks, 2 * batch, rank, world), lengths
     return diffusion_block_nll(model, val, T, blocks, mc, seed, batch, rank, world), lengths
 
 
@@ -201,6 +331,6 @@ def evaluate(model, val, context=0, mc=4, seed=1234, rank=0, world=1):
     return summarize(per_block, lengths)
 
 
-def format_eval(mean, se, causal):
-    name = "NLL" if causal else "NELBO"
+def format_eval(mean, se, causal, order="any"):
+    name = "NLL" if causal else "left-to-right NLL (exact)" if order == "l2r" else "NELBO"
     return f"val {name} {mean:.4f} ± {se:.4f} nats/char ({mean / math.log(2):.4f} bits/char)"

@@ -4,6 +4,7 @@ Score checkpoints on the held-out split (the last 10% of the data), every charac
     python evaluate.py                                           # weights/model.pt, isolated windows
     python evaluate.py --context 128                             # each block given 128 chars before it
     python evaluate.py --ckpt weights/model.pt --paired weights/ar_baseline.pt --context 128
+    python evaluate.py --order l2r --paired weights/ar_baseline.pt   # the diffusion network read left to right
 
 A diffusion model reports its negative ELBO (an upper bound on its NLL), an autoregressive
 model its exact NLL, both in nats/char, on the same blocks: the first window whole, then
@@ -12,15 +13,24 @@ isolated windows). The diffusion estimate averages --mc mask draws per block (k 
 masked positions, stratified, a fixed --seed: the same masks on any device). The standard
 error is over blocks; with --paired the second model is scored on the same blocks and the
 paired difference (first - second) gets its own standard error.
+
+--order l2r reads a diffusion model in one order instead: each character predicted from the
+clean characters before it in the window, with MASK at it and after it. That is an exact NLL
+(one forward pass per character, no mask draws), directly comparable with the AR model's; the
+NELBO (--order any) is the mean of such exact NLLs over all orders. An AR model's NLL is exact
+in its own order already: --order does not change it. --as-ar reads the --ckpt diffusion
+network as an AR model instead (causal attention, next-character head): for models trained
+with train.py --objective mixed, whose AR half is scored that way for the record.
 """
 
 import argparse
 import sys
 import time
+from dataclasses import replace
 
 from checkpoint import DATA_DEFAULT, DEFAULT_CKPT, encode_splits, load_model, load_text, pick_device
 from cli import ArgumentParser, UserError
-from diffusion import block_scores, format_eval, summarize
+from diffusion import EVAL_ORDERS, block_scores, format_eval, summarize
 
 
 def check_args(args):
@@ -28,15 +38,28 @@ def check_args(args):
         raise UserError(f"--mc must be >= 1, got {args.mc}")
     if not args.context >= 0:
         raise UserError(f"--context must be >= 0, got {args.context}")
+    if args.order not in EVAL_ORDERS:
+        raise UserError(f"--order must be one of {', '.join(EVAL_ORDERS)}, got {args.order!r}")
 
 
-def load_for_evaluation(path, device, context):
-    """The model and its vocabulary, with the context checked against its length."""
+def load_for_evaluation(path, device, context, as_ar=False):
+    """The model and its vocabulary, with the context checked against its length; as_ar: its
+    network read causally, as an AR model (the forward pass follows config.causal)."""
     model, chars, _ = load_model(path, device)
+    if as_ar:
+        model.config = replace(model.config, causal=True)
     T = model.config.block_size
     if context >= T:
         raise UserError(f"--context must be in 0..{T - 1} for {path} (its context is {T})")
     return model, chars
+
+
+def describe_estimator(causal, args):
+    if causal:
+        return "exact" + ("; an AR model has one order, --order l2r does not apply" if args.order == "l2r" else "")
+    if args.order == "l2r":
+        return "exact, read left to right, one pass per character"
+    return f"{args.mc} mask draws per block, seed {args.seed}"
 
 
 def main(argv=None):
@@ -48,6 +71,11 @@ def main(argv=None):
                    help="characters of clean context before every block after the first (default %(default)s)")
     p.add_argument("--mc", type=int, default=4, help="mask draws per block, diffusion models (default %(default)s)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the mask draws (default %(default)s)")
+    p.add_argument("--order", default="any", choices=EVAL_ORDERS,
+                   help="diffusion models: any = the NELBO (every order); l2r = the exact left-to-right NLL "
+                        "(one pass per character); an AR model's NLL is exact already (default %(default)s)")
+    p.add_argument("--as-ar", dest="as_ar", action="store_true",
+                   help="score --ckpt's network as an AR model (causal attention; for --objective mixed models)")
     p.add_argument("--data", default=DATA_DEFAULT, help="the text (default: data/tiny_shakespeare.txt)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     args = p.parse_args(argv)
@@ -56,7 +84,8 @@ def main(argv=None):
         device = pick_device(args.device)
         text = load_text(args.data)
         paths = [args.ckpt] + ([args.paired] if args.paired else [])
-        models = [load_for_evaluation(path, device, args.context) for path in paths]  # all checked first
+        models = [load_for_evaluation(path, device, args.context, args.as_ar and i == 0)
+                  for i, path in enumerate(paths)]  # all checked first
         if len({m.config.block_size for m, _ in models}) > 1:
             raise UserError(f"--paired needs the same context length ({' vs '.join(str(m.config.block_size) for m, _ in models)})")
         results = []
@@ -64,10 +93,12 @@ def main(argv=None):
             T = model.config.block_size
             _, val = encode_splits(text, chars, device, T + 1)
             t0 = time.time()
-            per_block, lengths = block_scores(model, val, args.context, args.mc, args.seed)
+            per_block, lengths = block_scores(model, val, args.context, args.mc, args.seed, order=args.order)
             mean, se = summarize(per_block, lengths)
-            how = "exact" if model.config.causal else f"{args.mc} mask draws per block, seed {args.seed}"
-            print(f"{path}: {format_eval(mean, se, model.config.causal)} on {len(val):,} held-out chars "
+            how = describe_estimator(model.config.causal, args)
+            if args.as_ar and model is models[0][0]:
+                how += "; its network read as an AR model (--as-ar)"
+            print(f"{path}: {format_eval(mean, se, model.config.causal, args.order)} on {len(val):,} held-out chars "
                   f"[context {args.context}: {len(lengths)} blocks; {how}; {device}, {time.time() - t0:.1f}s]",
                   flush=True)
             results.append((per_block, lengths))

@@ -79,12 +79,11 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.n_head = config.n_head
         self.head_dim = config.n_embd // config.n_head
-        self.causal = config.causal
         self.attn_dropout = config.attn_dropout
         self.c_qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
-    def forward(self, x, cos, sin, cache=None, start=0):
+    def forward(self, x, cos, sin, cache=None, start=0, causal=False):
         B, T, C = x.shape
         q, k, v = self.c_qkv(x).view(B, T, 3, self.n_head, self.head_dim).unbind(2)
         q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
@@ -102,7 +101,7 @@ class Attention(nn.Module):
                         for old, new in zip(stored, (k, v)))
                 if cache.append:
                     cache.layers[self.layer_idx] = (k, v)
-        causal, mask = self.causal, None
+        mask = None
         if causal and k.size(2) != T:  # queries at start.. against more keys: is_causal would align them
             causal = False              # top-left, so mask by position (none needed for one last query)
             if not (T == 1 and start == k.size(2) - 1):
@@ -129,8 +128,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, cos, sin, cache=None, start=0):
-        x = x + self.dropout(self.attn(norm(x), cos, sin, cache, start))
+    def forward(self, x, cos, sin, cache=None, start=0, causal=False):
+        x = x + self.dropout(self.attn(norm(x), cos, sin, cache, start, causal))
         x = x + self.dropout(self.mlp(norm(x)))
         return x
 
@@ -167,11 +166,14 @@ class Transformer(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, cache=None, start=0):
+    def forward(self, idx, cache=None, start=0, causal=None):
         """idx: (B, T) token ids, T <= block_size. Returns logits (B, T, vocab_size - 1).
         cache (a KVCache, sampling only): empty, this pass fills it from the whole window; filled,
         idx holds only the window's positions start .. start + T - 1 (see KVCache), or, if start
-        is a (B, T) tensor, the positions it lists (distinct in each row)."""
+        is a (B, T) tensor, the positions it lists (distinct in each row).
+        causal: None = config.causal; True/False overrides it for this pass (the mixed objective
+        trains one network both ways)."""
+        causal = self.config.causal if causal is None else causal
         T = idx.size(1)
         if torch.is_tensor(start):
             if not cache:
@@ -185,7 +187,7 @@ class Transformer(nn.Module):
             cos, sin = self.cos[:, start:start + T], self.sin[:, start:start + T]
         x = self.embd_dropout(norm(self.wte(idx)))
         for block in self.blocks:
-            x = block(x, cos, sin, cache, start)
+            x = block(x, cos, sin, cache, start, causal)
         logits = self.lm_head(norm(x))
         if self.config.logit_softcap > 0:  # bounds the logits: no overconfident characters
             cap = self.config.logit_softcap

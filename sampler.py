@@ -29,7 +29,8 @@ from cli import UserError, add_config_flags, config_values
 from diffusion import lowest
 from model import KVCache
 
-ORDERS = ("confidence", "random", "noisy", "spread")
+ORDERS = ("confidence", "random", "noisy", "spread", "l2r")
+PLANNED_ORDERS = ("random", "spread", "l2r")  # they choose positions without the pass: the sparse cache works
 CACHES = ("none", "prefix", "dual", "sparse")
 REMASK_BY = ("prob", "ratio", "pmi")
 SCHEDULES = ("linear", "cosine")
@@ -87,7 +88,8 @@ SAMPLER_HELP = {
     "schedule": "characters committed per step with --steps: linear, or cosine (few first, many last)",
     "order": "which masked characters to commit each step: spread, bit-reversed positions, those written "
              "together far apart; random (MDLM's ancestral order); confidence, the most confident (spells "
-             "best, repeats most); noisy, confidence plus annealed Gumbel noise (MaskGIT)",
+             "best, repeats most); noisy, confidence plus annealed Gumbel noise (MaskGIT); l2r, the leftmost "
+             "(with --steps = the masked count and --remask 0: one character per pass, as the AR model)",
     "remask": "with --steps: each step also re-opens REMASK x its count of written characters, the least likely "
               "(--remask-by), and writes as many more; same number of passes (ReMDM)",
     "remask_by": "which written characters count as least likely: prob, the probability each was drawn with; "
@@ -98,8 +100,8 @@ SAMPLER_HELP = {
              "model)",
     "cache": "reuse keys/values across steps. With --block, those outside the block for all its steps "
              "(prefix: the left side; dual: both sides, each step runs on the block alone). sparse (order "
-             "random or spread): each step runs only on the positions it writes and those changed since the "
-             "last full pass",
+             "random, spread or l2r): each step runs only on the positions it writes and those changed since "
+             "the last full pass",
     "refresh": "with --cache sparse: a full pass every REFRESH steps",
     "context_keep": "characters of context kept before a block as the window slides (default: the context "
                     "minus the block, or half the context without blocks)",
@@ -146,8 +148,8 @@ def check_options(c):
         raise ValueError(f"--cache must be one of {', '.join(CACHES)}, got {c.cache!r}")
     if c.cache in ("prefix", "dual") and c.block is None:
         raise ValueError(f"--cache {c.cache} needs --block (the cache is rebuilt once per block)")
-    if c.cache == "sparse" and (c.order not in ("random", "spread") or c.threshold is not None):
-        raise ValueError("--cache sparse needs a step schedule (not --threshold) and --order random or spread "
+    if c.cache == "sparse" and (c.order not in PLANNED_ORDERS or c.threshold is not None):
+        raise ValueError("--cache sparse needs a step schedule (not --threshold) and --order random, spread or l2r "
                          "(it picks the positions to write before the pass)")
     if not (integer(c.refresh) and c.refresh >= 1):
         raise ValueError(f"--refresh must be an integer >= 1, got {c.refresh!r}")
@@ -522,7 +524,7 @@ def commit_positions(conf, still_masked, count, threshold):
 
 
 def choose_commits(prob, still_masked, counts, keys, config, priority):
-    """(B, n) bool: the positions a step writes. Orders random and spread do not look at
+    """(B, n) bool: the positions a step writes. Orders random, spread and l2r do not look at
     `prob`: the sparse cache chooses before the pass."""
     u = uniform(keys, still_masked.size(1), stream=1)
     rank = rank_for_commit(prob, config.order, counts.noise_scale, u, priority)
@@ -536,6 +538,8 @@ def rank_for_commit(conf, order, noise_scale, u, priority=None):
         return u
     if order == "spread":
         return priority
+    if order == "l2r":  # the leftmost masked positions first
+        return -torch.arange(u.size(1), device=u.device, dtype=u.dtype).expand_as(u)
     if order == "noisy":  # MaskGIT: Gumbel noise on log-confidence, annealed to zero
         return conf.clamp_min(1e-9).log() - noise_scale * torch.log(-torch.log(u.clamp_min(2 ** -25)))
     return conf
@@ -602,7 +606,8 @@ def generate_steps(model, canvas, config=None, seed=0):
       - threshold=tau: all with confidence >= tau, and at least one per row.
     order: which to commit: "confidence", the most confident; "random" (MDLM's ancestral
     order); "noisy": log-confidence plus Gumbel noise whose scale falls from 1 to 0 (MaskGIT);
-    "spread": a fixed order that keeps the positions of one step far apart (`spread_priority`).
+    "spread": a fixed order that keeps the positions of one step far apart (`spread_priority`);
+    "l2r": the leftmost masked positions (steps = the masked count: one per pass, as the AR model).
     remask=rho (with steps): each step also re-opens round(rho * that step's count) of the
     block's written characters, the least likely, and commits as many more: the passes and
     the net progress stay as scheduled (ReMDM's confidence remasking). remask_by: what "least
@@ -613,7 +618,7 @@ def generate_steps(model, canvas, config=None, seed=0):
     cache (with block): "prefix" computes the keys/values left of the block once per block and
     runs each later step on the block and what follows it; "dual" caches the right side too and
     runs each step on the block alone (Fast-dLLM). Both rebuild the cache at each block start.
-    "sparse" (order random or spread) needs no blocks: which positions a step writes does not
+    "sparse" (order random, spread or l2r) needs no blocks: which positions a step writes does not
     depend on its predictions, so it chooses them first and runs the network only on them and
     on the positions changed since the last full pass, against cached keys/values for the
     rest; a full pass rebuilds the cache every `refresh` steps.

@@ -11,6 +11,10 @@ Data: first 90% of the file for training, last 10% held out for validation (eval
 scores a finished checkpoint on it, with context and paired with another model).
 Objective "diffusion": masked diffusion, loss = negative ELBO in nats/char (diffusion.py).
 Objective "ar": same backbone with causal attention and next-character loss.
+Objective "mixed": a diffusion model that also trains --ar_fraction of each batch AR-style
+(causal attention on the same network; evaluate.py --as-ar scores that half).
+Training levers: --t_dist (uniform, bell, clipped), --loss_weights (elbo, none); the
+validation number is always the uniform NELBO.
 Every field of ModelConfig and TrainConfig can be set on the command line (--n_layer 4 or
 --n-layer 4); a preset only changes the defaults. The loop itself is trainer.Trainer.
 """

@@ -20,7 +20,8 @@ import torch.distributed as dist
 from checkpoint import (DATA_DEFAULT, ROOT, autocast, encode_splits, load_text, pick_device, read_checkpoint,
                         save_checkpoint)
 from cli import UserError, add_config_flags
-from diffusion import autoregressive_loss, diffusion_loss, evaluate, format_eval
+from diffusion import (LOSS_WEIGHTS, T_DISTS, MaskRate, autoregressive_loss, diffusion_loss, evaluate, format_eval,
+                       mixed_loss)
 from distill import DISTILL_ORDERS, DIVERGENCES, distill_loss, teacher_passes
 from model import ModelConfig, Transformer
 from optim import EMA, lr_factor, make_optimizers
@@ -47,6 +48,11 @@ class TrainConfig:
     ema: float = 0.0
     prefix_prob: float = 0.2
     block_prob: float = 0.0
+    t_dist: str = "uniform"
+    t_min: float = 0.0
+    t_max: float = 1.0
+    loss_weights: str = "elbo"
+    ar_fraction: float = 0.25
     eval_interval: int = 500
     eval_mc: int = 4
     eval_seed: int = 1234
@@ -78,7 +84,8 @@ HELP = {
     "logit_softcap": "if > 0, logits = C * tanh(logits / C)",
     "data": "training text (default: data/tiny_shakespeare.txt)",
     "out_dir": "where best.pt (best by val), last.pt (for --resume) and log.jsonl go",
-    "objective": "diffusion (masked diffusion, NELBO) or ar (causal baseline, NLL)",
+    "objective": "diffusion (masked diffusion, NELBO), ar (causal baseline, NLL) or mixed (a diffusion model "
+                 "that also trains --ar_fraction of each batch AR-style with causal attention)",
     "batch_size": "sequences per optimizer step, over all processes",
     "max_steps": "optimizer steps (the schedule's length unless --time_budget ends it first)",
     "time_budget": "minutes; if > 0 the schedule runs on wall time and training ends at whichever comes first",
@@ -97,6 +104,13 @@ HELP = {
     "prefix_prob": "fraction of training sequences that keep a clean prefix (teaches prompting)",
     "block_prob": "fraction of training sequences masked as block-wise decoding sees them "
                   "(clean prefix, a partly masked block, all masks after; teaches sample.py --block)",
+    "t_dist": "mask rate t in training (evaluation is always the uniform NELBO): uniform, bell (Beta(2, 2)) or "
+              "clipped (U[--t_min, --t_max])",
+    "t_min": "lowest mask rate with --t_dist clipped",
+    "t_max": "highest mask rate with --t_dist clipped",
+    "loss_weights": "elbo: weights that keep the training loss an unbiased NELBO under --t_dist; none: the plain "
+                    "mean cross-entropy over all masked characters of the batch",
+    "ar_fraction": "with --objective mixed: the share of each batch trained AR-style (causal attention)",
     "eval_interval": "steps between validation runs",
     "eval_mc": "mask draws per validation block (diffusion)",
     "eval_seed": "seed of the validation masks (the same masks at every evaluation)",
@@ -175,9 +189,10 @@ RANGES = {
     "block_prob": (0, 1, True), "eval_interval": (1, 10 ** 9, True), "eval_mc": (1, 1024, True),
     "eval_seed": (0, 2 ** 63 - 1, True), "eval_context": (0, 8191, True), "log_interval": (1, 10 ** 9, True),
     "seed": (0, 2 ** 63 - 1, True), "distill_rounds": (1, 10, True), "distill_round_steps": (1, 10 ** 9, True),
-    "distill_start_passes": (2, 4096, True),
+    "distill_start_passes": (2, 4096, True), "t_min": (0, 1, True), "t_max": (0, 1, True),
+    "ar_fraction": (0, 0.99, False),
 }
-CHOICES = {"objective": ("diffusion", "ar"), "optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd"),
+CHOICES = {"objective": ("diffusion", "ar", "mixed"), "t_dist": T_DISTS, "loss_weights": LOSS_WEIGHTS, "optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd"),
            "compile": ("auto", "on", "off"), "precision": ("auto", "bf16", "fp32")}
 MAX_TOKENS_PER_STEP = 2 ** 24  # batch x context: beyond this one step needs more memory than a GPU has
 
@@ -208,6 +223,10 @@ def check_config(mc, tc):
         if tc.batch_size * mc.block_size > MAX_TOKENS_PER_STEP:
             problems.append(f"--batch_size x --block_size = {tc.batch_size * mc.block_size:,} tokens per step, "
                             f"more than {MAX_TOKENS_PER_STEP:,}")
+        if not tc.t_min < tc.t_max:
+            problems.append(f"--t_min must be below --t_max, got {tc.t_min} and {tc.t_max}")
+        if (tc.t_min, tc.t_max) != (0.0, 1.0) and tc.t_dist != "clipped":
+            problems.append("--t_min and --t_max apply to --t_dist clipped only")
         problems += distill_problems(tc)
     if problems:
         raise UserError("; ".join(problems))
@@ -371,7 +390,9 @@ class Trainer:
         if self.world > 1:
             self.fwd_model = torch.nn.parallel.DistributedDataParallel(
                 self.fwd_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.seq_len = mc.block_size + (1 if mc.causal else 0)
+        if tc.objective == "mixed" and self.world > 1:  # DDP's gradient hooks allow one forward per backward
+            raise UserError("--objective mixed runs in one process (two forward passes per step)")
+        self.seq_len = mc.block_size + (1 if tc.objective in ("ar", "mixed") else 0)
         self.local_batch = tc.batch_size // self.world
         self.tokens_per_step = tc.batch_size * mc.block_size
 
@@ -449,7 +470,15 @@ class Trainer:
             return distill_loss(self.fwd_model, self.fwd_teacher, x, self.mc.mask_id, passes, self.tc, self.gen)
         if self.mc.causal:
             return autoregressive_loss(self.fwd_model, x)
-        return diffusion_loss(self.fwd_model, x, self.mc.mask_id, self.tc.prefix_prob, self.gen, self.tc.block_prob)
+        if self.tc.objective == "mixed":
+            ar_rows = min(max(1, round(self.tc.ar_fraction * len(x))), len(x) - 1)
+            return mixed_loss(self.fwd_model, x, ar_rows, self.diffusion_loss)
+        return self.diffusion_loss(self.fwd_model, x)
+
+    def diffusion_loss(self, model, x):
+        tc = self.tc
+        return diffusion_loss(model, x, self.mc.mask_id, tc.prefix_prob, self.gen, tc.block_prob,
+                              MaskRate(tc.t_dist, tc.t_min, tc.t_max), tc.loss_weights)
 
     def train_step(self, lr_mult):
         """One optimiser step on a fresh batch. Returns the loss as a device tensor (no sync)."""

@@ -156,7 +156,7 @@ def test_top_k_limits_the_draw_to_the_k_most_likely(tiny_model):
         c = state["canvas"].clone()
 
 
-@pytest.mark.parametrize("order", ["random", "noisy"])
+@pytest.mark.parametrize("order", ["random", "noisy", "l2r"])
 def test_other_orders_follow_the_schedule_and_unmask_everything(tiny_model, order):
     model, chars = tiny_model
     c = canvas_for(chars, "KING:", 32, batch=2)
@@ -302,7 +302,7 @@ def test_block_decoding_writes_only_inside_the_current_block_left_to_right(tiny_
     assert (state["canvas"] != mask_id).all() and decode(state["canvas"][0, :5].tolist(), chars) == "KING:"
 
 
-@pytest.mark.parametrize("order,block", [("random", None), ("spread", None), ("random", 16)])
+@pytest.mark.parametrize("order,block", [("random", None), ("spread", None), ("l2r", None), ("random", 16)])
 def test_sparse_cache_runs_full_passes_every_refresh_and_fills_every_mask(tiny_model, order, block):
     model, chars = tiny_model
     c = canvas_for(chars, "KING:", 32, batch=2)  # the tiny model's context
@@ -323,12 +323,33 @@ def test_sparse_cache_runs_full_passes_every_refresh_and_fills_every_mask(tiny_m
     assert (out != len(chars)).all() and decode(out[0, :5].tolist(), chars) == "KING:"
 
 
-def test_sparse_cache_with_refresh_1_is_the_uncached_sampler(tiny_model):
+@pytest.mark.parametrize("order", ["random", "l2r"])
+def test_sparse_cache_with_refresh_1_is_the_uncached_sampler(tiny_model, order):
     model, chars = tiny_model
     c = canvas_for(chars, "KING:", 40, batch=2)
-    plain, _ = generate(model, c, opts(steps=10, temperature=1.0, remask=0.5, order="random"), 5)
-    every_step, _ = generate(model, c, opts(steps=10, temperature=1.0, remask=0.5, order="random", cache="sparse", refresh=1), 5)
+    plain, _ = generate(model, c, opts(steps=10, temperature=1.0, remask=0.5, order=order), 5)
+    every_step, _ = generate(model, c, opts(steps=10, temperature=1.0, remask=0.5, order=order, cache="sparse", refresh=1), 5)
     assert torch.equal(plain, every_step)
+
+
+@pytest.mark.parametrize("steps", [None, 7])
+def test_l2r_order_commits_the_leftmost_masked_positions_first(tiny_model, steps):
+    """steps = the masked count: each pass writes exactly the leftmost still-masked position, as
+    the AR model does; fewer steps: each pass writes the leftmost `count` of the schedule."""
+    model, chars = tiny_model
+    mask_id = len(chars)
+    c = canvas_for(chars, "KI_G:__e _", 32, batch=2)  # holes inside the prompt too
+    n_masked = int((c[0] == mask_id).sum())
+    steps = steps or n_masked
+    before, per_pass = c.clone(), []
+    for state in generate_steps(model, c, opts(steps=steps, temperature=1.0, order="l2r"), 0):
+        still = (before == mask_id).nonzero()[:, 1].view(2, -1)  # each row's masked columns, in order
+        written = state["committed"].nonzero()[:, 1].view(2, -1)
+        assert torch.equal(written, still[:, :written.size(1)]), "the leftmost ones"
+        per_pass.append(written.size(1))
+        before = state["canvas"].clone()
+    assert per_pass == ([1] * n_masked if steps == n_masked else commit_schedule(n_masked, steps))
+    assert (before != mask_id).all() and decode(before[0, :5].tolist(), chars)[:2] == "KI"
 
 
 def test_spread_order_writes_far_apart_positions_together(tiny_model):
