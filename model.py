@@ -32,6 +32,7 @@ class ModelConfig:
     embd_dropout: float = 0.0   # on the normalised input embedding
     logit_softcap: float = 0.0  # if > 0, logits = cap * tanh(logits / cap) (nanochat uses 15)
     causal: bool = False        # True only for the autoregressive baseline
+    block_len: int = 0          # L' of a block-diffusion model (BD3-LM); 0 = not a block model
 
     @property
     def mask_id(self):
@@ -55,10 +56,13 @@ class KVCache:
     positions [start, start + n) (or a list of positions per row) and attend to their own fresh
     keys/values there and to the stored ones everywhere else. The stored ones go stale as the
     fresh positions change (the attention is bidirectional): rebuild the cache once per block,
-    or every few steps (the sparse cache)."""
+    or every few steps (the sparse cache). With `append` set, a pass at start = the stored length
+    keeps its fresh keys/values after the stored ones: a block model's exact cache grows by each
+    committed block (its clean keys/values never change)."""
 
     def __init__(self):
         self.layers = {}
+        self.append = False
 
     def __bool__(self):
         return bool(self.layers)
@@ -80,7 +84,7 @@ class Attention(nn.Module):
         self.c_qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
-    def forward(self, x, cos, sin, cache=None, start=0):
+    def forward(self, x, cos, sin, cache=None, start=0, attn_mask=None):
         B, T, C = x.shape
         q, k, v = self.c_qkv(x).view(B, T, 3, self.n_head, self.head_dim).unbind(2)
         q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
@@ -96,8 +100,12 @@ class Attention(nn.Module):
             else:  # fresh keys/values for our positions, the stored ones elsewhere
                 k, v = (torch.cat([old[:, :, :start], new, old[:, :, start + T:]], dim=2)
                         for old, new in zip(stored, (k, v)))
+                if cache.append:
+                    cache.layers[self.layer_idx] = (k, v)
         p = self.attn_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal)
+        # attn_mask (bool, True = may attend): the block model's block-causal structure
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p,
+                                           is_causal=self.causal and attn_mask is None)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -118,8 +126,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, cos, sin, cache=None, start=0):
-        x = x + self.dropout(self.attn(norm(x), cos, sin, cache, start))
+    def forward(self, x, cos, sin, cache=None, start=0, attn_mask=None):
+        x = x + self.dropout(self.attn(norm(x), cos, sin, cache, start, attn_mask))
         x = x + self.dropout(self.mlp(norm(x)))
         return x
 
@@ -156,13 +164,18 @@ class Transformer(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, cache=None, start=0):
+    def forward(self, idx, cache=None, start=0, attn_mask=None, pos=None):
         """idx: (B, T) token ids, T <= block_size. Returns logits (B, T, vocab_size - 1).
         cache (a KVCache, sampling only): empty, this pass fills it from the whole window; filled,
         idx holds only the window's positions start .. start + T - 1 (see KVCache), or, if start
-        is a (B, T) tensor, the positions it lists (distinct in each row)."""
+        is a (B, T) tensor, the positions it lists (distinct in each row).
+        attn_mask: (T, keys) bool, True where a query may attend (block diffusion, see diffusion.py).
+        pos: (T,) rotary positions of idx's columns, instead of start .. start + T - 1 (block
+        diffusion's [noisy ; clean] input, whose two copies share positions)."""
         T = idx.size(1)
-        if torch.is_tensor(start):
+        if pos is not None:
+            cos, sin = self.cos[:, pos], self.sin[:, pos]
+        elif torch.is_tensor(start):
             if not cache:
                 raise ValueError("positions need a filled KVCache")
             cos, sin = self.cos[0, start], self.sin[0, start]  # (B, T, 1, D/2)
@@ -174,7 +187,7 @@ class Transformer(nn.Module):
             cos, sin = self.cos[:, start:start + T], self.sin[:, start:start + T]
         x = self.embd_dropout(norm(self.wte(idx)))
         for block in self.blocks:
-            x = block(x, cos, sin, cache, start)
+            x = block(x, cos, sin, cache, start, attn_mask)
         logits = self.lm_head(norm(x))
         if self.config.logit_softcap > 0:  # bounds the logits: no overconfident characters
             cap = self.config.logit_softcap

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from checkpoint import (DATA_DEFAULT, ROOT, autocast, encode_splits, load_text, pick_device, read_checkpoint,
                         save_checkpoint)
 from cli import UserError, add_config_flags
-from diffusion import autoregressive_loss, diffusion_loss, evaluate, format_eval
+from diffusion import autoregressive_loss, block_diffusion_loss, diffusion_loss, evaluate, format_eval
 from model import ModelConfig, Transformer
 from optim import EMA, lr_factor, make_optimizers
 
@@ -44,6 +44,8 @@ class TrainConfig:
     ema: float = 0.0
     prefix_prob: float = 0.2
     block_prob: float = 0.0
+    block_t_min: float = 0.0
+    block_t_max: float = 1.0
     eval_interval: int = 500
     eval_mc: int = 4
     eval_seed: int = 1234
@@ -65,9 +67,11 @@ HELP = {
     "attn_dropout": "dropout on the attention probabilities",
     "embd_dropout": "dropout on the input embedding",
     "logit_softcap": "if > 0, logits = C * tanh(logits / C)",
+    "block_len": "L': block length of --objective block (1 .. --block_size, dividing it)",
     "data": "training text (default: data/tiny_shakespeare.txt)",
     "out_dir": "where best.pt (best by val), last.pt (for --resume) and log.jsonl go",
-    "objective": "diffusion (masked diffusion, NELBO) or ar (causal baseline, NLL)",
+    "objective": "diffusion (masked diffusion, NELBO), ar (causal baseline, NLL) or block (block diffusion, "
+                 "BD3-LM: blocks of --block_len left to right, each by masked diffusion; NELBO)",
     "batch_size": "sequences per optimizer step, over all processes",
     "max_steps": "optimizer steps (the schedule's length unless --time_budget ends it first)",
     "time_budget": "minutes; if > 0 the schedule runs on wall time and training ends at whichever comes first",
@@ -86,6 +90,9 @@ HELP = {
     "prefix_prob": "fraction of training sequences that keep a clean prefix (teaches prompting)",
     "block_prob": "fraction of training sequences masked as block-wise decoding sees them "
                   "(clean prefix, a partly masked block, all masks after; teaches sample.py --block)",
+    "block_t_min": "--objective block: each block's mask rate is drawn from U[MIN, --block_t_max] in training "
+                   "(BD3's clipped rate; evaluation always uses the full NELBO)",
+    "block_t_max": "--objective block: the upper end of the training mask rate, in (--block_t_min, 1]",
     "eval_interval": "steps between validation runs",
     "eval_mc": "mask draws per validation block (diffusion)",
     "eval_seed": "seed of the validation masks (the same masks at every evaluation)",
@@ -105,6 +112,11 @@ PRESETS = {
                 optimizer="muon", muon_lr=0.01, schedule="wsd", ema=0.99, batch_size=32, max_steps=2200,
                 time_budget=9.5, lr=4e-3, warmup_steps=100, eval_interval=500, eval_mc=1, log_interval=25,
                 out_dir="out/cpu"),
+    # block diffusion (BD3-LM, L' = 16) at the cpu preset's size and recipe: the laptop ablation
+    "cpu-block": dict(objective="block", block_len=16, n_layer=4, n_head=4, n_embd=128, block_size=128,
+                      dropout=0.0, logit_softcap=15.0, optimizer="muon", muon_lr=0.01, schedule="wsd", ema=0.99,
+                      batch_size=32, max_steps=1200, time_budget=9.5, lr=4e-3, warmup_steps=100,
+                      eval_interval=300, eval_mc=1, log_interval=25, out_dir="out/cpu-block"),
     # the full 10.7M model: the shipped weights' recipe, 15 minutes on one H100 (README: runs)
     "gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.3, attn_dropout=0.1, embd_dropout=0.1,
                 logit_softcap=15.0,
@@ -141,8 +153,9 @@ def configs_from_args(args):
 
 def check_config(mc, tc):
     problems = []
-    if tc.objective not in ("diffusion", "ar"):
-        problems.append(f"--objective must be diffusion or ar, got {tc.objective!r}")
+    if tc.objective not in ("diffusion", "ar", "block"):
+        problems.append(f"--objective must be diffusion, ar or block, got {tc.objective!r}")
+    problems += check_block_options(mc, tc)
     if tc.optimizer not in ("adamw", "muon") or tc.schedule not in ("cosine", "wsd"):
         problems.append("--optimizer must be adamw or muon and --schedule cosine or wsd")
     if mc.n_embd % mc.n_head or (mc.n_embd // mc.n_head) % 2:
@@ -169,6 +182,22 @@ def check_config(mc, tc):
         problems.append("--time_budget, --logit_softcap, --weight_decay and --warmup_steps must be >= 0")
     if problems:
         raise UserError("; ".join(problems))
+
+
+def check_block_options(mc, tc):
+    """The rules of --objective block's options (a list of problems)."""
+    if tc.objective != "block":
+        changed = mc.block_len or (tc.block_t_min, tc.block_t_max) != (0.0, 1.0)
+        return ["--block_len, --block_t_min and --block_t_max need --objective block"] if changed else []
+    problems = []
+    if not 1 <= mc.block_len <= mc.block_size or mc.block_size % mc.block_len:
+        problems.append(f"--block_len must divide --block_size {mc.block_size} (1 .. {mc.block_size}), "
+                        f"got {mc.block_len}")
+    if not 0 <= tc.block_t_min < tc.block_t_max <= 1:
+        problems.append("--block_t_min and --block_t_max must satisfy 0 <= MIN < MAX <= 1")
+    if tc.block_prob:
+        problems.append("--block_prob is for --objective diffusion (a block model is trained on blocks already)")
+    return problems
 
 
 # -----------------------------------------------------------------------------
@@ -351,6 +380,9 @@ class Trainer:
     def loss(self, x):
         if self.mc.causal:
             return autoregressive_loss(self.fwd_model, x)
+        if self.mc.block_len:
+            return block_diffusion_loss(self.fwd_model, x, self.mc.mask_id, self.mc.block_len, self.tc.block_t_min,
+                                        self.tc.block_t_max, self.gen)
         return diffusion_loss(self.fwd_model, x, self.mc.mask_id, self.tc.prefix_prob, self.gen, self.tc.block_prob)
 
     def train_step(self, lr_mult):
