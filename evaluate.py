@@ -11,7 +11,9 @@ blocks of T - C characters each given the C characters before it (C = --context;
 isolated windows). The diffusion estimate averages --mc mask draws per block (k ~ U{1..L}
 masked positions, stratified, a fixed --seed: the same masks on any device). The standard
 error is over blocks; with --paired the second model is scored on the same blocks and the
-paired difference (first - second) gets its own standard error.
+paired difference (first - second) gets its own standard error. A block-diffusion model
+(train.py --objective block) scores each block as the sum of its L'-blocks' NELBOs, each given
+every clean character before it in the window.
 """
 
 import argparse
@@ -67,6 +69,8 @@ def main(argv=None):
             per_block, lengths = block_scores(model, val, args.context, args.mc, args.seed)
             mean, se = summarize(per_block, lengths)
             how = "exact" if model.config.causal else f"{args.mc} mask draws per block, seed {args.seed}"
+            if model.config.block_len:  # block diffusion: the sum of its L'-blocks' conditional NELBOs
+                how += f"; block model, L' = {model.config.block_len}"
             print(f"{path}: {format_eval(mean, se, model.config.causal)} on {len(val):,} held-out chars "
                   f"[context {args.context}: {len(lengths)} blocks; {how}; {device}, {time.time() - t0:.1f}s]",
                   flush=True)

@@ -112,11 +112,12 @@ PRESETS = {
                 optimizer="muon", muon_lr=0.01, schedule="wsd", ema=0.99, batch_size=32, max_steps=2200,
                 time_budget=9.5, lr=4e-3, warmup_steps=100, eval_interval=500, eval_mc=1, log_interval=25,
                 out_dir="out/cpu"),
-    # block diffusion (BD3-LM, L' = 16) at the cpu preset's size and recipe: the laptop ablation
+    # block diffusion (BD3-LM, L' = 16) at the cpu preset's size and recipe: the laptop ablation; a step costs
+    # ~3 of the cpu preset's (2T positions), so ~800 steps fit its 9.5 minutes
     "cpu-block": dict(objective="block", block_len=16, n_layer=4, n_head=4, n_embd=128, block_size=128,
                       dropout=0.0, logit_softcap=15.0, optimizer="muon", muon_lr=0.01, schedule="wsd", ema=0.99,
-                      batch_size=32, max_steps=1200, time_budget=9.5, lr=4e-3, warmup_steps=100,
-                      eval_interval=300, eval_mc=1, log_interval=25, out_dir="out/cpu-block"),
+                      batch_size=32, max_steps=800, time_budget=9.5, lr=4e-3, warmup_steps=100,
+                      eval_interval=200, eval_mc=1, log_interval=25, out_dir="out/cpu-block"),
     # the full 10.7M model: the shipped weights' recipe, 15 minutes on one H100 (README: runs)
     "gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.3, attn_dropout=0.1, embd_dropout=0.1,
                 logit_softcap=15.0,

@@ -164,3 +164,58 @@ def test_bad_block_len_is_a_one_line_error(block_len, capsys):
 def test_block_options_need_the_block_objective():
     r = run_script("train.py", "--block_len", "4")
     assert r.returncode != 0 and r.stderr.strip().count("\n") == 0 and "need --objective block" in r.stderr
+
+
+SAMPLER_SETTINGS = [dict(), dict(threshold=0.6), dict(order="random", top_k=8, top_p=0.9, remask=0.0),
+                    dict(order="confidence", temperature=0.0, context_keep=8)]
+
+
+@pytest.mark.parametrize("options", SAMPLER_SETTINGS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_cached_block_sampling_equals_uncached_token_for_token(options):
+    """The exact cache (clean blocks' keys/values computed once, each step on the block alone)
+    against the full window under the block-causal mask every step: the same text, past the
+    context too (the window slides by whole blocks), from a prompt that ends inside a block."""
+    from sampler import SamplerConfig, generate
+    model, L = perturbed_model(8), 8
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5)  # less peaked: the samplers' draws matter
+    canvas = text(3, 84, seed=9)
+    canvas[:, 5:] = VOCAB - 1
+    widths = []
+    hook = model.register_forward_pre_hook(lambda m, args, kwargs: widths.append(
+        (args[0].size(1), kwargs.get("attn_mask") is not None)), with_kwargs=True)
+    exact, nfe = generate(model, canvas, SamplerConfig.from_options(cache="exact", steps=None if "threshold" in options
+                                                                    else 40, **options), seed=3)
+    hook.remove()
+    plain, nfe_plain = generate(model, canvas, SamplerConfig.from_options(
+        steps=None if "threshold" in options else 40, **options), seed=3)
+    assert (exact != VOCAB - 1).all() and torch.equal(exact[:, :5], canvas[:, :5])
+    assert torch.equal(exact, plain) and nfe == nfe_plain
+    steps = [w for w, masked in widths if not masked]  # the denoising passes (cache fills carry the mask)
+    assert len(steps) == nfe + ("remask" not in options and "threshold" not in options and
+                                options.get("remask", 0.5) > 0)  # + the prior's pass (remask by pmi)
+    assert set(steps) == {L, 84 % L} and steps[-1] == 84 % L  # L columns a pass; the canvas ends inside a block
+
+
+def test_block_model_sampler_rules():
+    from sampler import SamplerConfig, generate
+    model = perturbed_model(8)
+    canvas = text(1, 40)
+    canvas[:, 4:] = VOCAB - 1
+    with pytest.raises(ValueError, match="blocks of its block_len 8"):
+        generate(model, canvas, SamplerConfig(block=4))
+    with pytest.raises(ValueError, match="exact"):
+        generate(model, canvas, SamplerConfig(block=8, cache="dual"))
+    with pytest.raises(ValueError, match="needs a block model"):
+        generate(perturbed_model(0), canvas, SamplerConfig(cache="exact"))
+
+
+def test_cpu_block_preset_is_a_valid_block_run():
+    from cli import ArgumentParser
+    from trainer import add_train_flags, check_config, configs_from_args
+    p = ArgumentParser()
+    add_train_flags(p)
+    mc, tc, _ = configs_from_args(p.parse_args(["--preset", "cpu-block"]))
+    check_config(mc, tc)
+    assert tc.objective == "block" and mc.block_size % mc.block_len == 0 and tc.time_budget <= 10
