@@ -190,6 +190,89 @@ def mixed_loss(model, x, ar_rows, diffusion):
 
 
 # -----------------------------------------------------------------------------
+# Block diffusion (BD3-LM, Arriola et al. 2025): the window is split into blocks of L' characters,
+# -log p(x) = sum_b -log p(x_b | x_<b), and each conditional is a masked diffusion with its own
+# NELBO (the formula above restricted to the block, given the clean blocks before it). Training
+# runs all blocks in one pass over [x_noisy ; x_clean] (2T positions, both copies at rotary
+# positions 0..T-1) under `block_diffusion_mask`. L' = T is the plain masked-diffusion objective;
+# L' = 1 is next-character prediction: position i reads a MASK and x_<i (causally), and the loss
+# is the mean over i of -log p(x_i | x_<i), x_0 predicted from nothing.
+
+def block_causal_mask(T, block_len, device=None):
+    """(T, T) bool, True where query i may attend key j: j's block is not after i's. On one clean
+    (or clean-then-noisy) sequence it is what every block of a block model sees."""
+    block = torch.arange(T, device=device) // block_len
+    return block[:, None] >= block[None, :]
+
+
+def block_diffusion_mask(T, block_len, device=None):
+    """(2T, 2T) bool for [x_noisy ; x_clean]: a noisy token of block b attends to the noisy tokens
+    of block b and the clean tokens of blocks < b; a clean token of block b to the clean tokens of
+    blocks <= b (BD3-LM's block-diagonal, offset block-causal and block-causal parts)."""
+    block = (torch.arange(2 * T, device=device) % T) // block_len
+    clean = torch.arange(2 * T, device=device) >= T
+    q_block, kv_block, q_clean, kv_clean = block[:, None], block[None, :], clean[:, None], clean[None, :]
+    same_noisy_block = (q_block == kv_block) & ~q_clean & ~kv_clean
+    earlier_clean = (q_block > kv_block) & ~q_clean & kv_clean
+    clean_causal = (q_block >= kv_block) & q_clean & kv_clean
+    return same_noisy_block | earlier_clean | clean_causal
+
+
+def block_rates(n, t_min=0.0, t_max=1.0, generator=None, device=None):
+    """(n,) u in [t_min, t_max), stratified over the n draws (as training_masks does): the mask
+    rate of each block. [0, 1) is the unbiased NELBO; BD3's clipped range [beta, omega] trades
+    bias for a lower-variance gradient (its section 4)."""
+    u = (torch.arange(n, device=device) + torch.rand(n, generator=generator, device=device)) / n
+    u = u[torch.randperm(n, generator=generator, device=device)]
+    return t_min + (t_max - t_min) * u
+
+
+def block_masks(B, T, block_len, u, num_clean=None, generator=None, device=None):
+    """Masks for B windows of nb = T / L' blocks, drawn per block: u (B * nb,) sets how many of a
+    block's scorable positions are masked (k = 1 + floor(u * n)); num_clean (B,): the first
+    num_clean positions of each window are context, never masked nor scored (default none).
+    Returns (masked (B, T) bool, k (B, nb) long: 0 for a block that is all context)."""
+    nb = T // block_len
+    if num_clean is None:
+        num_clean = torch.zeros(B, dtype=torch.long, device=device)
+    starts = torch.arange(nb, device=device) * block_len
+    clean_in_block = (num_clean[:, None] - starts[None, :]).clamp(0, block_len).flatten()  # (B * nb,)
+    span = block_len - clean_in_block
+    masked, k = draw_masks(B * nb, block_len, clean_in_block, u, generator=generator, device=device,
+                           span=span.clamp(min=1))
+    scorable = span > 0
+    return (masked & scorable[:, None]).view(B, T), (k * scorable).view(B, nb)
+
+
+def block_nelbo_per_block(logits, x, masked, k, block_len):
+    """(B, nb): each block's NELBO per character, the mean -log p over its masked positions (k of
+    them; a block with k = 0 gives 0)."""
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), x.flatten(), reduction="none").view(x.shape)
+    per_block = (ce * masked).view(x.size(0), -1, block_len).sum(-1)
+    return per_block / k.clamp(min=1)  # mean over each block's masked positions
+
+
+def block_forward(model, noisy, clean, block_len):
+    """The logits of the noisy copy in one pass over [noisy ; clean] under the BD3-LM mask."""
+    T = noisy.size(1)
+    dev = noisy.device
+    logits = model(torch.cat([noisy, clean], dim=1), attn_mask=block_diffusion_mask(T, block_len, dev),
+                   pos=torch.arange(T, device=dev).repeat(2))
+    return logits[:, :T]
+
+
+def block_diffusion_loss(model, x, mask_id, block_len, t_min=0.0, t_max=1.0, generator=None):
+    """Block diffusion's NELBO in nats/char (the training objective of --objective block): every
+    block's masked-diffusion NELBO on its noisy positions, mask rates drawn per block, averaged.
+    `model` may be wrapped (compiled, DDP), so the mask id and L' are passed in."""
+    B, T = x.shape
+    u = block_rates(B * (T // block_len), t_min, t_max, generator, x.device)
+    masked, k = block_masks(B, T, block_len, u, generator=generator, device=x.device)
+    logits = block_forward(model, x.masked_fill(masked, mask_id), x, block_len)
+    return block_nelbo_per_block(logits, x, masked, k, block_len).mean()
+
+
+# -----------------------------------------------------------------------------
 # Evaluation: the chain rule over blocks, the same blocks for both objectives.
 #
 # -log p(val) <= sum over blocks b of NELBO(block_b | the C clean characters before it): the first
@@ -301,6 +384,35 @@ def l2r_block_nll(model, val, T, blocks, batch_size=64, rank=0, world=1):
     return per_block.index_add_(0, block_of.to(device), per_char) / lengths.to(device)
 
 
+def block_model_block_nll(model, val, T, blocks, mc=4, seed=1234, batch_size=64, rank=0, world=1):
+    """diffusion_block_nll for a block model: an eval block's NELBO given its context is the sum
+    over its L'-blocks of each one's conditional NELBO given every clean character before it in
+    the window (the context and the eval block's earlier L'-blocks), all in one [noisy ; clean]
+    pass. An L'-block that straddles the context keeps its context characters clean in the noisy
+    copy and draws its k ~ U{1..n} masks among its n scored ones. With L' = T the masks (same seed)
+    and the numbers are diffusion_block_nll's."""
+    device, L = val.device, model.config.block_len
+    ends = torch.tensor([e for e, _ in blocks]).repeat(mc)
+    lengths = torch.tensor([n for _, n in blocks]).repeat(mc)
+    n_draws = len(ends)
+    g = torch.Generator().manual_seed(seed)
+    u = block_rates(n_draws * (T // L), generator=g)
+    masked, k = block_masks(n_draws, T, L, u, num_clean=T - lengths, generator=g)
+    scored = (torch.arange(T)[None, :] >= (T - lengths)[:, None]).view(n_draws, -1, L).sum(-1)  # per L'-block
+    per_draw = torch.zeros(n_draws, dtype=torch.float64, device=device)
+    for i in range(rank * batch_size, n_draws, world * batch_size):
+        sl = slice(i, min(i + batch_size, n_draws))
+        x = val[(ends[sl].to(device) - T)[:, None] + torch.arange(T, device=device)]
+        m = masked[sl].to(device)
+        with autocast(device):
+            logits = block_forward(model, x.masked_fill(m, model.config.mask_id), x, L)
+        nelbo = block_nelbo_per_block(logits, x, m, k[sl].to(device), L).double()  # per char, per L'-block
+        per_draw[sl] = (nelbo * scored[sl].to(device)).sum(1) / lengths[sl].to(device)
+    if world > 1:
+        dist.all_reduce(per_draw)
+    return per_draw.view(mc, len(blocks)).mean(0)
+
+
 EVAL_ORDERS = ("any", "l2r")  # a diffusion model's NELBO (every order), or its exact left-to-right NLL
 
 
@@ -310,6 +422,8 @@ def block_scores(model, val, context, mc=4, seed=1234, rank=0, world=1, order="a
     one order and an exact NLL: `order` does not apply to it."""
     if order not in EVAL_ORDERS:
         raise ValueError(f"--order must be one of {', '.join(EVAL_ORDERS)}, got {order!r}")
+    if order == "l2r" and model.config.block_len:
+        raise ValueError("--order l2r reads a plain diffusion model; a block model is scored by its NELBO")
     T = model.config.block_size
     blocks = eval_blocks(len(val), T, context)
     lengths = torch.tensor([float(L) for _, L in blocks])
@@ -319,6 +433,8 @@ def block_scores(model, val, context, mc=4, seed=1234, rank=0, world=1, order="a
         return ar_block_nll(model, val, T, blocks, batch, rank, world), lengths
     if order == "l2r":  # one pass per character: a bigger batch keeps a GPU busy
         return l2r_block_nll(model, val, T, blocks, 2 * batch, rank, world), lengths
+    if model.config.block_len:
+        return block_model_block_nll(model, val, T, blocks, mc, seed, batch, rank, world), lengths
     return diffusion_block_nll(model, val, T, blocks, mc, seed, batch, rank, world), lengths
 
 

@@ -21,6 +21,9 @@ NELBO (--order any) is the mean of such exact NLLs over all orders. An AR model'
 in its own order already: --order does not change it. --as-ar reads the --ckpt diffusion
 network as an AR model instead (causal attention, next-character head): for models trained
 with train.py --objective mixed, whose AR half is scored that way for the record.
+
+A block-diffusion model (train.py --objective block) scores each block as the sum of its
+L'-blocks' NELBOs, each given every clean character before it in the window.
 """
 
 import argparse
@@ -98,6 +101,8 @@ def main(argv=None):
             how = describe_estimator(model.config.causal, args)
             if args.as_ar and model is models[0][0]:
                 how += "; its network read as an AR model (--as-ar)"
+            if model.config.block_len:  # block diffusion: the sum of its L'-blocks' conditional NELBOs
+                how += f"; block model, L' = {model.config.block_len}"
             print(f"{path}: {format_eval(mean, se, model.config.causal, args.order)} on {len(val):,} held-out chars "
                   f"[context {args.context}: {len(lengths)} blocks; {how}; {device}, {time.time() - t0:.1f}s]",
                   flush=True)

@@ -32,6 +32,7 @@ class ModelConfig:
     embd_dropout: float = 0.0   # on the normalised input embedding
     logit_softcap: float = 0.0  # if > 0, logits = cap * tanh(logits / cap) (nanochat uses 15)
     causal: bool = False        # True only for the autoregressive baseline
+    block_len: int = 0          # L' of a block-diffusion model (BD3-LM); 0 = not a block model
 
     @property
     def mask_id(self):
@@ -58,7 +59,9 @@ class KVCache:
     or every few steps (the sparse cache).
     append=True (autoregressive decoding): a pass on positions [start, start + n), start being the
     cached length, keeps its fresh keys/values, so the cache grows by n and the next pass runs on
-    the next characters alone."""
+    the next characters alone.
+    A block model's exact cache grows the same way, by each committed block (its clean
+    keys/values never change)."""
 
     def __init__(self, append=False):
         self.layers = {}
@@ -83,7 +86,7 @@ class Attention(nn.Module):
         self.c_qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
-    def forward(self, x, cos, sin, cache=None, start=0, causal=False):
+    def forward(self, x, cos, sin, cache=None, start=0, causal=False, attn_mask=None):
         B, T, C = x.shape
         q, k, v = self.c_qkv(x).view(B, T, 3, self.n_head, self.head_dim).unbind(2)
         q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
@@ -101,9 +104,11 @@ class Attention(nn.Module):
                         for old, new in zip(stored, (k, v)))
                 if cache.append:
                     cache.layers[self.layer_idx] = (k, v)
-        mask = None
-        if causal and k.size(2) != T:  # queries at start.. against more keys: is_causal would align them
-            causal = False              # top-left, so mask by position (none needed for one last query)
+        mask = attn_mask  # bool, True = may attend: the block model's block-causal structure
+        if mask is not None:
+            causal = False
+        elif causal and k.size(2) != T:  # queries at start.. against more keys: is_causal would align them
+            causal = False               # top-left, so mask by position (none needed for one last query)
             if not (T == 1 and start == k.size(2) - 1):
                 mask = torch.arange(k.size(2), device=x.device) <= start + torch.arange(T, device=x.device)[:, None]
         p = self.attn_dropout if self.training else 0.0
@@ -128,8 +133,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, cos, sin, cache=None, start=0, causal=False):
-        x = x + self.dropout(self.attn(norm(x), cos, sin, cache, start, causal))
+    def forward(self, x, cos, sin, cache=None, start=0, causal=False, attn_mask=None):
+        x = x + self.dropout(self.attn(norm(x), cos, sin, cache, start, causal, attn_mask))
         x = x + self.dropout(self.mlp(norm(x)))
         return x
 
@@ -166,16 +171,21 @@ class Transformer(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, cache=None, start=0, causal=None):
+    def forward(self, idx, cache=None, start=0, causal=None, attn_mask=None, pos=None):
         """idx: (B, T) token ids, T <= block_size. Returns logits (B, T, vocab_size - 1).
         cache (a KVCache, sampling only): empty, this pass fills it from the whole window; filled,
         idx holds only the window's positions start .. start + T - 1 (see KVCache), or, if start
         is a (B, T) tensor, the positions it lists (distinct in each row).
         causal: None = config.causal; True/False overrides it for this pass (the mixed objective
-        trains one network both ways)."""
+        trains one network both ways).
+        attn_mask: (T, keys) bool, True where a query may attend (block diffusion, see diffusion.py).
+        pos: (T,) rotary positions of idx's columns, instead of start .. start + T - 1 (block
+        diffusion's [noisy ; clean] input, whose two copies share positions)."""
         causal = self.config.causal if causal is None else causal
         T = idx.size(1)
-        if torch.is_tensor(start):
+        if pos is not None:
+            cos, sin = self.cos[:, pos], self.sin[:, pos]
+        elif torch.is_tensor(start):
             if not cache:
                 raise ValueError("positions need a filled KVCache")
             cos, sin = self.cos[0, start], self.sin[0, start]  # (B, T, 1, D/2)
@@ -187,7 +197,7 @@ class Transformer(nn.Module):
             cos, sin = self.cos[:, start:start + T], self.sin[:, start:start + T]
         x = self.embd_dropout(norm(self.wte(idx)))
         for block in self.blocks:
-            x = block(x, cos, sin, cache, start, causal)
+            x = block(x, cos, sin, cache, start, causal, attn_mask)
         logits = self.lm_head(norm(x))
         if self.config.logit_softcap > 0:  # bounds the logits: no overconfident characters
             cap = self.config.logit_softcap

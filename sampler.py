@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from checkpoint import (DEFAULT_CKPT, MASK_GLYPH, autocast, encode, load_model_of_kind, mask_id_of, pick_device,
                         sampling_precision)
 from cli import UserError, add_config_flags, config_values
-from diffusion import lowest
+from diffusion import block_causal_mask, lowest
 from model import KVCache
 
 ORDERS = ("confidence", "random", "noisy", "spread", "l2r")
 PLANNED_ORDERS = ("random", "spread", "l2r")  # they choose positions without the pass: the sparse cache works
-CACHES = ("none", "prefix", "dual", "sparse")
+CACHES = ("none", "prefix", "dual", "sparse", "exact")
 REMASK_BY = ("prob", "ratio", "pmi")
 SCHEDULES = ("linear", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -97,11 +97,12 @@ SAMPLER_HELP = {
                  "character (spares rare characters: capitals, colons)",
     "block": "semi-autoregressive: write left to right in blocks of BLOCK characters, each unmasked in parallel "
              "over its share of the steps (default: the whole window; blocks cost quality with the shipped "
-             "model)",
+             "model). A block model (train.py --objective block) always writes its own blocks",
     "cache": "reuse keys/values across steps. With --block, those outside the block for all its steps "
              "(prefix: the left side; dual: both sides, each step runs on the block alone). sparse (order "
              "random, spread or l2r): each step runs only on the positions it writes and those changed since "
-             "the last full pass",
+             "the last full pass. exact (block models only): the clean blocks' keys/values, computed once each "
+             "(exact: the model is causal across blocks); each step runs on the block alone",
     "refresh": "with --cache sparse: a full pass every REFRESH steps",
     "context_keep": "characters of context kept before a block as the window slides (default: the context "
                     "minus the block, or half the context without blocks)",
@@ -304,24 +305,30 @@ class GenerationPlan:
 class Pass(NamedTuple):
     """What one forward pass runs on: ids `x` placed at `at` in the window (an int, or (B, n)
     positions for a sparse pass), against `cache`; the block is columns [lo, hi) of its output
-    (of the window, for a sparse pass)."""
+    (of the window, for a sparse pass). mask: the attention mask (a block model's uncached pass)."""
     x: torch.Tensor
     cache: Optional[KVCache]
     at: object
     lo: int
     hi: int
+    mask: Optional[torch.Tensor] = None
 
 
-def plan_blocks(masked_cols, N, T, block, keep):
+def plan_blocks(masked_cols, N, T, block, keep, aligned=False):
     """Split the masked columns (sorted) into blocks, decoded left to right, each filled before
     the next. A block is the next `block` columns from the first masked one (None: the rest of
     the window), cut at the window's end; its window of T columns keeps `keep` columns before
     it where it can. Past the context the window slides with the blocks: one mechanism for any
-    length."""
+    length. aligned (a block model, block = its L'): blocks and window starts lie on the grid of
+    L' columns from column 0, so every block is one of the model's blocks (its clean characters,
+    a prompt's tail say, stay as they are) and the window slides by whole blocks."""
     plan, i = [], 0
     while i < len(masked_cols):
         first = masked_cols[i]
         start = max(0, min(first - keep, N - T))
+        if aligned:  # T is a multiple of the block: the block fits the window
+            first -= first % block
+            start = max(0, first + block - T, (first - keep) // block * block)
         end = min(start + T, N)
         block_end = end if block is None else min(first + block, end)
         j = i
@@ -362,14 +369,15 @@ def plan_generation(model, canvas, config, seed):
     remask_by = config.remask_by if config.remask else "prob"  # nothing re-opened: no ranking (nor prior pass)
     prior = char_prior(model, config.precision) if remask_by == "pmi" else None
     T = model.config.block_size
-    block = config.block
+    block = block_model_block(model, config)
     keep = config.context_keep
     if keep is None:
         keep = T - block if block is not None and block < T else T // 2
     is_masked = canvas == model.config.mask_id
     if not torch.equal(is_masked, is_masked[:1].expand_as(is_masked)):
         raise ValueError("every row of the canvas must have the same masked positions")
-    blocks = plan_blocks(is_masked[0].nonzero().flatten().tolist(), canvas.size(1), T, block, keep)  # host sync
+    blocks = plan_blocks(is_masked[0].nonzero().flatten().tolist(), canvas.size(1), T, block, keep,
+                         aligned=bool(model.config.block_len))  # host sync
     sizes = [b.n_masked for b in blocks]
     if config.threshold is None:
         steps = split_steps(config.steps or default_steps(sum(sizes)), sizes)
@@ -390,6 +398,45 @@ def default_steps(n_masked):
     never fewer than PASSES_PER_256, so a long text gets as many passes per character as a
     window does (at a fixed 64, 5,000 characters came out 23% real words, at 1,000 passes 92%)."""
     return max(PASSES_PER_256, math.ceil(PASSES_PER_256 * n_masked / 256))
+
+
+def block_model_block(model, config):
+    """The block length the sampler writes: config.block, or for a block model its own L' (the
+    only one it was trained for), whose cache is exact or none."""
+    L = model.config.block_len
+    if not L:
+        if config.cache == "exact":
+            raise ValueError("--cache exact needs a block model (train.py --objective block)")
+        return config.block
+    if config.block not in (None, L):
+        raise ValueError(f"--block: this block model writes blocks of its block_len {L} (leave --block out)")
+    if config.cache not in ("none", "exact"):
+        raise ValueError(f"--cache {config.cache}: a block model's cache is exact (--cache exact) or none")
+    return L
+
+
+class ExactCache:
+    """A block model's key/value cache over one window: the clean columns [start, upto), each
+    computed once, under the block-causal mask, when a later block first needs it. A clean
+    block's keys/values depend on it and the blocks before it only, so they never go stale; a
+    new window (the text slid on) starts a new cache."""
+
+    def __init__(self):
+        self.start, self.upto, self.kv = None, None, None
+
+    def extend(self, model, canvas, start, first, precision):
+        """The cache of columns [start, first) (None while that is empty), adding those not in it."""
+        if self.start != start:
+            self.start, self.upto, self.kv = start, start, KVCache()
+        if self.upto < first:
+            a, b = self.upto - start, first - start
+            mask = block_causal_mask(b, model.config.block_len, canvas.device)[a:]
+            self.kv.append = True
+            with autocast(canvas.device, precision):
+                model(canvas[:, self.upto:first], cache=self.kv, start=a, attn_mask=mask)
+            self.kv.append = False
+            self.upto = first
+        return self.kv if self.kv else None
 
 
 def step_plan(block, n_steps, config, device):
@@ -423,20 +470,23 @@ def denoise_canvas(model, canvas, plan):
     B, N = canvas.shape
     canvas = canvas.clone()
     noise = Noise(plan.seed, B, canvas.device)
+    exact = ExactCache() if plan.config.cache == "exact" else None
     nfe = 0
     for block_plan in plan.blocks:
         start, end, first, block_end, _ = block_plan.block
-        for commit, reopened in denoise_block(model, canvas, block_plan, plan, noise):
+        for commit, reopened in denoise_block(model, canvas, block_plan, plan, noise, exact):
             nfe += 1
             widen = (first, N - block_end)  # block columns -> canvas columns (a copy: see denoise_block)
             yield {"canvas": canvas, "committed": F.pad(commit, widen), "reopened": F.pad(reopened, widen), "nfe": nfe,
                    "window": (start, end), "block": (first, block_end)}
 
 
-def denoise_block(model, canvas, block_plan, plan, noise):
+def denoise_block(model, canvas, block_plan, plan, noise, exact=None):
     """Fill the masks of canvas[:, first:block_end] in place, the model seeing canvas[:, start:end].
     Yields (written, re-opened) masks over the block after every forward pass. The host decided
-    the counts in advance; everything per step runs in `plan.step_fn`."""
+    the counts in advance; everything per step runs in `plan.step_fn`. exact: a block model's
+    ExactCache (--cache exact); without it a block model's passes see the window under the
+    block-causal mask."""
     config = plan.config
     cache, refresh, order = config.cache, config.refresh, config.order
     mask_id = model.config.mask_id
@@ -444,7 +494,11 @@ def denoise_block(model, canvas, block_plan, plan, noise):
     counts, run_size = block_plan.counts, block_plan.run_size
     lo, hi = first - start, block_end - start  # the block inside the window
     kv = KVCache() if cache in ("prefix", "dual") else None  # sparse: made at every refresh below
-    run_to = hi if cache == "dual" else end - start  # cached passes run on [lo, run_to)
+    if exact is not None:  # the clean columns before the block, None at a window's first block (lo = 0)
+        kv = exact.extend(model, canvas, start, first, plan.precision)
+    run_to = hi if cache in ("dual", "exact") else end - start  # cached passes run on [lo, run_to)
+    block_len = model.config.block_len
+    mask = block_causal_mask(end - start, block_len, canvas.device) if block_len and cache == "none" else None
     region = canvas[:, first:block_end]
     generated = region == mask_id  # the block's positions to write
     commit_prob = torch.zeros(generated.shape, device=canvas.device)  # what re-opening ranks by (remask_by)
@@ -468,10 +522,10 @@ def denoise_block(model, canvas, block_plan, plan, noise):
                 # those first, then spare positions up to the bound (a fixed size for every row)
                 positions = (~run).float().argsort(dim=1, stable=True)[:, :run_size[step]]
                 run_on = Pass(region.gather(1, positions), kv, positions + lo, lo, hi)
-            elif kv:  # the block (and, prefix cache, the right side) against the cached keys/values
+            elif kv or exact is not None:  # the block (and, prefix cache, the right side) against the cache
                 run_on = Pass(canvas[:, first:start + run_to], kv, lo, 0, hi - lo)
             else:  # a full pass over the window (fills the cache at a block's first step)
-                run_on = Pass(canvas[:, start:end], kv, 0, lo, hi)
+                run_on = Pass(canvas[:, start:end], kv, 0, lo, hi, mask)
             new, commit, reopened, commit_prob = plan.step_fn(
                 model, run_on, region, generated, commit_prob, keys[step], this_step, config, priority, plan.prior)
         if fills_cache:
@@ -486,7 +540,8 @@ def denoise_step(model, run, region, generated, commit_prob, keys, counts, confi
     it whole, CUDA graphs included). run: a Pass; counts: this step's StepCounts.
     Returns the block's new content, the written and re-opened masks, and the scores of the
     written characters that remasking ranks by."""
-    logits = model(run.x, cache=run.cache, start=run.at)
+    masked_pass = {} if run.mask is None else {"attn_mask": run.mask}  # a block model's uncached pass
+    logits = model(run.x, cache=run.cache, start=run.at, **masked_pass)
     lo, hi = run.lo, run.hi
     if torch.is_tensor(run.at):  # a sparse pass: back to block columns (the others are not written)
         logits = logits.new_zeros(region.shape + logits.shape[2:]).scatter(
@@ -566,7 +621,8 @@ def char_prior(model, precision="auto"):
     forward pass, made once per model and kept on it."""
     if getattr(model, "char_prior", None) is None:
         device = next(model.parameters()).device
-        x = torch.full((1, model.config.block_size), model.config.mask_id, device=device)
+        # a block model's first block, all masks: what it saw in training (it never saw the window)
+        x = torch.full((1, model.config.block_len or model.config.block_size), model.config.mask_id, device=device)
         with torch.inference_mode(), autocast(device, sampling_precision(precision, device)):
             model.char_prior = model(x).float().softmax(-1).mean(1)[0]
     return model.char_prior

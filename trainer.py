@@ -20,7 +20,7 @@ import torch.distributed as dist
 from checkpoint import (DATA_DEFAULT, ROOT, autocast, encode_splits, load_text, pick_device, read_checkpoint,
                         save_checkpoint)
 from cli import UserError, add_config_flags
-from diffusion import (LOSS_WEIGHTS, T_DISTS, MaskRate, autoregressive_loss, diffusion_loss, evaluate, format_eval,
+from diffusion import (LOSS_WEIGHTS, T_DISTS, MaskRate, autoregressive_loss, block_diffusion_loss, diffusion_loss, evaluate, format_eval,
                        mixed_loss)
 from distill import DISTILL_ORDERS, DIVERGENCES, distill_loss, teacher_passes
 from model import ModelConfig, Transformer
@@ -53,6 +53,8 @@ class TrainConfig:
     t_max: float = 1.0
     loss_weights: str = "elbo"
     ar_fraction: float = 0.25
+    block_t_min: float = 0.0
+    block_t_max: float = 1.0
     eval_interval: int = 500
     eval_mc: int = 4
     eval_seed: int = 1234
@@ -82,10 +84,12 @@ HELP = {
     "attn_dropout": "dropout on the attention probabilities",
     "embd_dropout": "dropout on the input embedding",
     "logit_softcap": "if > 0, logits = C * tanh(logits / C)",
+    "block_len": "L': block length of --objective block (1 .. --block_size, dividing it)",
     "data": "training text (default: data/tiny_shakespeare.txt)",
     "out_dir": "where best.pt (best by val), last.pt (for --resume) and log.jsonl go",
-    "objective": "diffusion (masked diffusion, NELBO), ar (causal baseline, NLL) or mixed (a diffusion model "
-                 "that also trains --ar_fraction of each batch AR-style with causal attention)",
+    "objective": "diffusion (masked diffusion, NELBO), ar (causal baseline, NLL), mixed (a diffusion model "
+                 "that also trains --ar_fraction of each batch AR-style with causal attention) or block (block "
+                 "diffusion, BD3-LM: blocks of --block_len left to right, each by masked diffusion; NELBO)",
     "batch_size": "sequences per optimizer step, over all processes",
     "max_steps": "optimizer steps (the schedule's length unless --time_budget ends it first)",
     "time_budget": "minutes; if > 0 the schedule runs on wall time and training ends at whichever comes first",
@@ -111,6 +115,9 @@ HELP = {
     "loss_weights": "elbo: weights that keep the training loss an unbiased NELBO under --t_dist; none: the plain "
                     "mean cross-entropy over all masked characters of the batch",
     "ar_fraction": "with --objective mixed: the share of each batch trained AR-style (causal attention)",
+    "block_t_min": "--objective block: each block's mask rate is drawn from U[MIN, --block_t_max] in training "
+                   "(BD3's clipped rate; evaluation always uses the full NELBO)",
+    "block_t_max": "--objective block: the upper end of the training mask rate, in (--block_t_min, 1]",
     "eval_interval": "steps between validation runs",
     "eval_mc": "mask draws per validation block (diffusion)",
     "eval_seed": "seed of the validation masks (the same masks at every evaluation)",
@@ -142,6 +149,12 @@ PRESETS = {
                 optimizer="muon", muon_lr=0.01, schedule="wsd", ema=0.99, batch_size=32, max_steps=2200,
                 time_budget=9.5, lr=4e-3, warmup_steps=100, eval_interval=500, eval_mc=1, log_interval=25,
                 out_dir="out/cpu"),
+    # block diffusion (BD3-LM, L' = 16) at the cpu preset's size and recipe: the laptop ablation; a step costs
+    # ~3 of the cpu preset's (2T positions), so ~800 steps fit its 9.5 minutes
+    "cpu-block": dict(objective="block", block_len=16, n_layer=4, n_head=4, n_embd=128, block_size=128,
+                      dropout=0.0, logit_softcap=15.0, optimizer="muon", muon_lr=0.01, schedule="wsd", ema=0.99,
+                      batch_size=32, max_steps=800, time_budget=9.5, lr=4e-3, warmup_steps=100,
+                      eval_interval=200, eval_mc=1, log_interval=25, out_dir="out/cpu-block"),
     # the full 10.7M model: the shipped weights' recipe, 15 minutes on one H100 (README: runs)
     "gpu": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.3, attn_dropout=0.1, embd_dropout=0.1,
                 logit_softcap=15.0,
@@ -190,9 +203,10 @@ RANGES = {
     "eval_seed": (0, 2 ** 63 - 1, True), "eval_context": (0, 8191, True), "log_interval": (1, 10 ** 9, True),
     "seed": (0, 2 ** 63 - 1, True), "distill_rounds": (1, 10, True), "distill_round_steps": (1, 10 ** 9, True),
     "distill_start_passes": (2, 4096, True), "t_min": (0, 1, True), "t_max": (0, 1, True),
-    "ar_fraction": (0, 0.99, False),
+    "ar_fraction": (0, 0.99, False), "block_t_min": (0, 1, True), "block_t_max": (0, 1, True),
+    "block_len": (0, 8192, True),
 }
-CHOICES = {"objective": ("diffusion", "ar", "mixed"), "t_dist": T_DISTS, "loss_weights": LOSS_WEIGHTS, "optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd"),
+CHOICES = {"objective": ("diffusion", "ar", "mixed", "block"), "t_dist": T_DISTS, "loss_weights": LOSS_WEIGHTS, "optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd"),
            "compile": ("auto", "on", "off"), "precision": ("auto", "bf16", "fp32")}
 MAX_TOKENS_PER_STEP = 2 ** 24  # batch x context: beyond this one step needs more memory than a GPU has
 
@@ -228,6 +242,7 @@ def check_config(mc, tc):
         if (tc.t_min, tc.t_max) != (0.0, 1.0) and tc.t_dist != "clipped":
             problems.append("--t_min and --t_max apply to --t_dist clipped only")
         problems += distill_problems(tc)
+        problems += check_block_options(mc, tc)
     if problems:
         raise UserError("; ".join(problems))
 
@@ -252,6 +267,22 @@ def distill_problems(tc):
         problems.append("--distill_ema needs --ema > 0")
     if tc.time_budget:
         problems.append("--time_budget does not work with --distill_from (rounds are counted in steps)")
+    return problems
+
+
+def check_block_options(mc, tc):
+    """The rules of --objective block's options (a list of problems)."""
+    if tc.objective != "block":
+        changed = mc.block_len or (tc.block_t_min, tc.block_t_max) != (0.0, 1.0)
+        return ["--block_len, --block_t_min and --block_t_max need --objective block"] if changed else []
+    problems = []
+    if not 1 <= mc.block_len <= mc.block_size or mc.block_size % mc.block_len:
+        problems.append(f"--block_len must divide --block_size {mc.block_size} (1 .. {mc.block_size}), "
+                        f"got {mc.block_len}")
+    if not 0 <= tc.block_t_min < tc.block_t_max <= 1:
+        problems.append("--block_t_min and --block_t_max must satisfy 0 <= MIN < MAX <= 1")
+    if tc.block_prob:
+        problems.append("--block_prob is for --objective diffusion (a block model is trained on blocks already)")
     return problems
 
 
@@ -470,6 +501,9 @@ class Trainer:
             return distill_loss(self.fwd_model, self.fwd_teacher, x, self.mc.mask_id, passes, self.tc, self.gen)
         if self.mc.causal:
             return autoregressive_loss(self.fwd_model, x)
+        if self.mc.block_len:
+            return block_diffusion_loss(self.fwd_model, x, self.mc.mask_id, self.mc.block_len, self.tc.block_t_min,
+                                        self.tc.block_t_max, self.gen)
         if self.tc.objective == "mixed":
             ar_rows = min(max(1, round(self.tc.ar_fraction * len(x))), len(x) - 1)
             return mixed_loss(self.fwd_model, x, ar_rows, self.diffusion_loss)

@@ -80,15 +80,7 @@ def test_one_round_brings_the_students_one_pass_closer_to_the_teachers_two(tiny_
                                                   load_model(tiny_ckpt)[0].state_dict().values())), "frozen"
 
 
-def _interrupt_at(monkeypatch, step):
-    calls = itertools.count(1)
-    real = trainer.get_batch
-
-    def get_batch(*args, **kwargs):
-        if next(calls) > step:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(trainer, "get_batch", get_batch)
+from test_training import _interrupt_at  # a real SIGINT during a chosen step
 
 
 def test_distillation_resume_is_bit_exact_and_rounds_save_students(tiny_ckpt, small_data, tmp_path, monkeypatch):

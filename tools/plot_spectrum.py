@@ -1,0 +1,76 @@
+"""
+Plot val NELBO (NLL for the AR model) against block length from evaluate.py's outputs: the
+spectrum from the autoregressive model (L' = 1) through block diffusion to the diffusion model
+(L' = the context), one line per --context, standard errors as bars.
+
+    python tools/plot_spectrum.py 1=assets/runs/bd_ar_eval0.txt 4=assets/runs/bd_4_eval0.txt ... \
+        1=assets/runs/bd_ar_eval128.txt ... --out assets/block_spectrum.png
+
+Each argument is L'=FILE, FILE an evaluate.py output; its first result line (the --ckpt model)
+is plotted at its context.
+"""
+
+import argparse
+import os
+import re
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cli import ArgumentParser, UserError  # noqa: E402
+
+RESULT = re.compile(r"val (?:NLL|NELBO) ([0-9.]+) ± ([0-9.]+) nats/char .*\[context (\d+):")
+
+
+def read_point(arg):
+    """(L', context, mean, se) from one L'=FILE argument."""
+    length, sep, path = arg.partition("=")
+    if not sep or not length.isdigit():
+        raise UserError(f"expected L'=FILE, got {arg!r}")
+    try:
+        with open(path) as f:
+            found = next((m for m in map(RESULT.search, f) if m), None)
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    if found is None:
+        raise UserError(f"{path} has no evaluate.py result line")
+    return int(length), int(found[3]), float(found[1]), float(found[2])
+
+
+def main(argv=None):
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("points", nargs="+", metavar="L'=FILE", help="block length and an evaluate.py output")
+    p.add_argument("--out", default="assets/block_spectrum.png", help="PNG to write (default %(default)s)")
+    p.add_argument("--title", default="Block diffusion on Tiny Shakespeare: val NELBO vs block length")
+    args = p.parse_args(argv)
+    try:
+        points = [read_point(a) for a in args.points]
+    except UserError as e:
+        sys.exit(f"plot_spectrum.py: error: {e}")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for context in sorted({c for _, c, _, _ in points}):
+        row = sorted((L, m, s) for L, c, m, s in points if c == context)
+        ax.errorbar([r[0] for r in row], [r[1] for r in row], yerr=[r[2] for r in row], marker="o", capsize=3,
+                    label="isolated windows" if context == 0 else f"context {context}")
+        for L, m, _ in row:
+            ax.annotate(f"{m:.3f}", (L, m), textcoords="offset points", xytext=(4, 6), fontsize=8)
+    lengths = sorted({L for L, _, _, _ in points})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [("1 (AR)" if L == 1 else f"{L} (diffusion)" if L == max(lengths) else str(L))
+                            for L in lengths])
+    ax.set_xlabel("block length L'")
+    ax.set_ylabel("val NLL / NELBO (nats/char)")
+    ax.set_title(args.title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=120)
+    print(f"wrote {args.out} ({len(points)} points)")
+
+
+if __name__ == "__main__":
+    main()
