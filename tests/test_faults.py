@@ -1,7 +1,7 @@
-"""Issue 22: what a user who mistypes a flag at 2 a.m. expects of diffusion_process.py: one
-line on stderr saying what is wrong, a non-zero exit, nothing of theirs written or
-overwritten; and a long GIF whose memory does not grow with its frames. CPU only, a few
-seconds each (the memory test about 10)."""
+"""Issue 22: what a user who mistypes a flag at 2 a.m. expects of diffusion_process.py and
+plot_curve.py: one line on stderr saying what is wrong, a non-zero exit, nothing of theirs
+written or overwritten; and a long GIF whose memory does not grow with its frames. CPU only,
+a few seconds each (the memory test about 10)."""
 
 import io
 import os
@@ -129,3 +129,31 @@ def test_compare_with_a_masked_first_character_is_one_line_error(tmp_path, tiny_
                    "--prompt", "_OMEO:", "--length", "20", "--device", "cpu", env=HEADLESS)
     assert_one_line_error(r, "diffusion_process.py: error: --compare needs a prompt")
     assert not out.exists() and os.listdir(out.parent) == []
+
+
+# -----------------------------------------------------------------------------
+# plot_curve.py --out
+
+def write_log(path):
+    path.write_text('{"step": 0, "train_loss": 2.0, "time": 0}\n{"step": 10, "val": 1.9, "time": 60}\n')
+    return path
+
+
+def test_plot_curve_prints_the_path_it_wrote(tmp_path):
+    log = write_log(tmp_path / "log.jsonl")
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    for out, written in ((folder, folder / "curve.png"), (tmp_path / "curve", tmp_path / "curve.png"),
+                         (tmp_path / "c.svg", tmp_path / "c.svg")):
+        r = run_script("plot_curve.py", log, "--out", out)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == f"wrote {written}\n" and written.is_file()
+    assert sorted(os.listdir(tmp_path)) == ["c.svg", "curve.png", "log.jsonl", "plots"]
+    assert "curve.png" in " ".join(run_script("plot_curve.py", "--help").stdout.split())
+
+
+def test_plot_curve_unknown_format_is_one_line_error(tmp_path):
+    log = write_log(tmp_path / "log.jsonl")
+    r = run_script("plot_curve.py", log, "--out", tmp_path / "curve.pgn")
+    assert_one_line_error(r, "plot_curve.py: error: cannot write", "curve.pgn", "not supported")
+    assert os.listdir(tmp_path) == ["log.jsonl"]
