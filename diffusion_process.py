@@ -13,17 +13,35 @@ canvas, one frame per step, and --hold seconds of the final text. Takes the
 prompt/length/steps/threshold/seed flags of sample.py. Progress goes to stderr; Ctrl-C exits
 quietly with status 130.
 
+Long texts: at most 40 rows of text are drawn (20 per side with --compare; in a terminal, as
+many as the screen has, up to that). A text taller than that is shown through a window of rows
+that follows the block being written, scrolling down as it goes, and a note under the title
+says which characters are in view. The sampler's run is kept as what each step changed, and
+the frames are drawn and written one at a time (the GIF frame by frame, without Pillow's
+save_all, which keeps every frame), so memory does not grow with the number of frames:
+--length 100000 is 782 frames.
+
 --compare runs the autoregressive baseline (weights/ar_baseline.pt) on the same prompt and
 length, and shows both on one clock: frame i is each model after i forward passes. The AR
 model writes one character per pass, the diffusion model many; each side shows its count.
+Without --prompt it starts from "ROMEO:" (the AR model cannot write the first character).
+
+--terminal redraws in place with ANSI escape codes, also over ssh and through a pipe (read
+it with `less -R`). With TERM=dumb (Emacs' shell, some CI logs) it prints the frames one
+after another as plain text, without escape codes.
 """
 
 import argparse
+import io
 import os
+import shutil
 import signal
+import struct
 import sys
 import tempfile
 import time
+from array import array
+from typing import NamedTuple
 
 if __name__ == "__main__":  # Ctrl-C while torch loads: exit quietly (main() handles it later);
     # os._exit, not sys.exit: an exception raised inside torch's C++ import code aborts the process
@@ -55,82 +73,223 @@ def progress(what, unit, stream=sys.stderr):
     return report
 
 
+# -----------------------------------------------------------------------------
+# A sampler's run, kept as what each step changed, and played back one frame at a time
+
+VIEW_ROWS = 40  # the most rows of text drawn, shared by the panels of --compare (20 each)
+
+
+class Text:
+    """One sample's canvas as it is being written: ids, the number still masked, and which
+    positions hold a newline (a bytearray, so finding a line's start is a C search)."""
+
+    def __init__(self, ids, chars):
+        self.ids, self.chars, self.mask_id = list(ids), chars, mask_id_of(chars)
+        self.newline = chars.index("\n") if "\n" in chars else -1
+        self.breaks = bytearray(i == self.newline for i in self.ids)
+        self.masked = self.ids.count(self.mask_id)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def set(self, pos, new):
+        self.masked += (new == self.mask_id) - (self.ids[pos] == self.mask_id)
+        self.ids[pos] = new
+        self.breaks[pos] = new == self.newline
+
+    def shown(self, pos):
+        i = self.ids[pos]
+        return SCREEN_MASK if i == self.mask_id else self.chars[i]
+
+    def layout(self, top, n_rows):
+        """(position, row, col) from position `top` (a row's first) through row n_rows - 1:
+        newlines end a line, a long line wraps at WRAP. Rows count from `top`."""
+        row = col = 0
+        for pos in range(top, len(self.ids)):
+            yield pos, row, col
+            if self.breaks[pos] or col == WRAP - 1:
+                row, col = row + 1, 0
+                if row == n_rows:
+                    return
+            else:
+                col += 1
+
+    def row_start(self, pos):
+        """The first position of the row that holds `pos` (in the layout from position 0)."""
+        line = self.breaks.rfind(1, 0, pos) + 1
+        return line + (pos - line) // WRAP * WRAP
+
+    def rows(self, cap):
+        """Rows the whole text takes, counted up to `cap`."""
+        if len(self.ids) > cap * WRAP:  # a row holds at most WRAP characters
+            return cap
+        return max((row for _, row, _ in self.layout(0, cap)), default=0) + 1
+
+
+class Recording:
+    """One sample's run through a sampler (generate_steps or generate_ar_steps), stored as what
+    each step changed: the positions written or re-opened, their new ids and flags (1 written,
+    2 re-opened), in flat arrays; per step the forward passes so far and the block it wrote
+    (`focus`). Memory grows with the characters changed, not with steps x length (a list of
+    every frame's text was 24 GB at --length 100000). len(): the steps."""
+
+    def __init__(self, canvas, chars):
+        self.canvas, self.chars = canvas[0].tolist(), chars
+        self.pos, self.ids, self.flags = array("q"), array("q"), array("b")
+        self.ends, self.nfe, self.focus = array("q"), array("q"), array("q")
+        self.text = Text(self.canvas, chars)  # the latest state, for progress and the rows
+        self.max_rows = self.text.rows(VIEW_ROWS + 1)  # the most rows any frame takes, up to VIEW_ROWS + 1
+        self.prev = canvas[0].clone()
+
+    def __len__(self):
+        return len(self.ends)
+
+    def add(self, state):
+        canvas, committed, reopened = state["canvas"][0], state["committed"][0], state["reopened"][0]
+        changed = (committed | reopened | (canvas != self.prev)).nonzero().flatten()
+        self.prev.copy_(canvas)
+        pos, ids = changed.tolist(), canvas[changed].tolist()
+        flags = [c + 2 * r for c, r in zip(committed[changed].tolist(), reopened[changed].tolist())]
+        self.pos.extend(pos)
+        self.ids.extend(ids)
+        self.flags.extend(flags)
+        self.ends.append(len(self.pos))
+        self.nfe.append(int(state["nfe"]))
+        self.focus.extend(state.get("block") or (0, 0))
+        for p, i in zip(pos, ids):
+            self.text.set(p, i)
+        if self.max_rows <= VIEW_ROWS:
+            self.max_rows = max(self.max_rows, self.text.rows(VIEW_ROWS + 1))
+
+    def frames(self):
+        """Frame(text, new, reopened, step, nfe, focus) for the start and after every step. One
+        Text is updated in place: use a frame before asking for the next."""
+        text = Text(self.canvas, self.chars)
+        yield Frame(text, frozenset(), frozenset(), 0, 0, (0, 0))
+        lo = 0
+        for step, hi in enumerate(self.ends):
+            new, reopened = set(), set()
+            for k in range(lo, hi):
+                p = self.pos[k]
+                text.set(p, self.ids[k])
+                if self.flags[k] & 1:
+                    new.add(p)
+                if self.flags[k] & 2:
+                    reopened.add(p)
+            lo = hi
+            yield Frame(text, new, reopened, step + 1, self.nfe[step], tuple(self.focus[2 * step:2 * step + 2]))
+
+
+class Frame(NamedTuple):
+    text: Text
+    new: frozenset       # positions written this step
+    reopened: frozenset  # positions masked again this step (--remask)
+    step: int
+    nfe: int
+    focus: tuple         # (start, end) of the block this step wrote
+
+
 def collect_frames(states, canvas, chars, report=None):
-    """[(text, is_masked, is_new, is_reopened, step, nfe)] for the start and every state a
-    sampler yields (generate_steps or generate_ar_steps); one sample. is_reopened: written
-    before, masked again this step (--remask). report(written, to_write)."""
-    mask_id = mask_id_of(chars)
-
-    def frame(ids, new, reopened, step, nfe):
-        text = "".join(chars[i] if i != mask_id else SCREEN_MASK for i in ids)
-        return text, [i == mask_id for i in ids], new, reopened, step, nfe
-
-    none = [False] * canvas.size(1)
-    frames = [frame(canvas[0].tolist(), none, none, 0, 0)]
-    for step, state in enumerate(states, start=1):
-        frames.append(frame(state["canvas"][0].tolist(), state["committed"][0].tolist(),
-                            state["reopened"][0].tolist(), step, state["nfe"]))
+    """A Recording of every state a sampler yields; one sample. report(written, to_write)."""
+    rec = Recording(canvas, chars)
+    to_write = rec.text.masked
+    for state in states:
+        rec.add(state)
         if report:
-            report(sum(frames[0][1]) - sum(frames[-1][1]), sum(frames[0][1]))
-    return frames
+            report(to_write - rec.text.masked, to_write)
+    return rec
 
 
-def reopened_note(is_reopened):
-    n = sum(is_reopened)
+def on_one_clock(recordings):
+    """Frame i of every recording together: each model after i forward passes; a side that has
+    finished holds its last frame (with nothing newly committed). Yields lists of frames."""
+    streams = [rec.frames() for rec in recordings]
+    frames = [None] * len(streams)
+    for _ in range(n_frames(recordings)):
+        for j, stream in enumerate(streams):
+            frame = next(stream, None)
+            frames[j] = frame or frames[j]._replace(new=frozenset(), reopened=frozenset())
+        yield frames
+
+
+def n_frames(recordings):
+    return max(len(rec) for rec in recordings) + 1
+
+
+class View:
+    """Which rows of a panel are drawn: all of them when the text fits in n_rows rows (scroll
+    False); else a window of n_rows rows that follows the block being written: when the block's
+    last row would fall into the window's last quarter (or out of it), the window scrolls down
+    until that row is just above it, so the rows written before stay in view above the block."""
+
+    def __init__(self, n_rows, scroll):
+        self.n_rows, self.scroll, self.top = n_rows, scroll, 0
+
+    def place(self, frame):
+        """[(position, row, col)] of the frame's text in view; scrolls first if needed."""
+        text, (b0, b1) = frame.text, frame.focus
+        keep = self.n_rows - 1 - self.n_rows // 4  # the lowest row for the block's last one
+        cells = list(text.layout(self.top, self.n_rows))
+        if self.scroll and b1 > b0:
+            last_row = next((row for pos, row, _ in cells if pos >= b1 - 1), None)  # None: below the window
+            if b0 < self.top or last_row is None or last_row > keep:
+                top = text.row_start(b1 - 1)
+                for _ in range(keep):
+                    if top == 0:
+                        break
+                    top = text.row_start(top - 1)
+                self.top = min(top, text.row_start(b0))  # a block taller than the window: its first rows
+                cells = list(text.layout(self.top, self.n_rows))
+        return cells
+
+    def note(self, frame, cells):
+        """'characters a-b of n ...' when part of the text is out of view, else ''."""
+        if not self.scroll:
+            return ""
+        return (f"characters {self.top + 1}-{cells[-1][0] + 1 if cells else self.top} of {len(frame.text)} "
+                f"(at most {self.n_rows} rows are shown: those around the block being written)")
+
+
+def reopened_note(n):
     return f" | re-opened {n}" if n else ""
 
 
-def layout(text):
-    """(row, col) of every character: newlines break lines, long lines wrap at WRAP."""
-    pos, row, col = [], 0, 0
-    for ch in text:
-        pos.append((row, col))
-        if ch == "\n" or col == WRAP - 1:
-            row, col = row + 1, 0
-        else:
-            col += 1
-    return pos
+def style(frame, pos):
+    """What a position shows and how: (character, style); style 0 plain text, 1 mask, 2 newly
+    committed, 3 re-opened. A newline is '↵' in the step that writes it, else it only ends a row."""
+    ch = frame.text.shown(pos)
+    new = pos in frame.new
+    if ch == "\n":
+        ch = "↵" if new else ""
+    return ch, 3 if pos in frame.reopened else 2 if new else 1 if ch == SCREEN_MASK else 0
 
 
-def cells(text, is_masked, is_new, is_reopened):
-    """(row, col, character shown, style) of every visible character; style 0 plain text,
-    1 mask, 2 newly committed, 3 re-opened."""
-    for (r, c), ch, m, n, o in zip(layout(text), text, is_masked, is_new, is_reopened):
-        shown = "↵" if ch == "\n" and (m or n) else ("" if ch == "\n" else ch)
-        if shown.strip():
-            yield r, c, shown, 3 if o else 2 if n else 1 if m else 0
+def views(recordings, budget=VIEW_ROWS):
+    """A View per panel: each text's most rows, at most budget / panels rows (then scrolling)."""
+    per = max(1, budget // len(recordings))
+    return [View(min(rec.max_rows, per), rec.max_rows > per) for rec in recordings]
 
 
 # -----------------------------------------------------------------------------
 # Images for the GIF and the window, drawn with Pillow one visible character at a time: about
 # 0.02 s a frame, where a matplotlib figure redrew every glyph and space of every frame, twice (0.4 s).
+# Each (character, style) is drawn once into a tile that later frames paste (the same pixels).
 
-FONT_PX, TITLE_PX = 14, 15               # 10 pt and 11 pt at 100 dpi
+FONT_PX, TITLE_PX, NOTE_PX = 14, 15, 12  # 10 pt, 11 pt and 9 pt at 100 dpi
 CELL_PX, LINE_PX = 8, 17                 # a whole-pixel column (no seams between mask blocks), 1.2 lines
 MARGIN, TEXT_TOP = 18, 55                # pixels: left margin, first text line
 COLORS = ("#111111", "#9aa5b1", "#d62728", "#ff9f1c")  # text, mask, new, re-opened
+WIDTH = 900
 
 
 def title(frame, total, label="tiny-diffusion"):
-    text, masked, new, reopened, step, nfe = frame
-    return (f"{label} | step {step}/{total} | NFE {nfe} | committed now {sum(new)}"
-            f"{reopened_note(reopened)} | still masked {sum(masked)}")
-
-
-def on_one_clock(*frame_lists):
-    """Frame lists padded to one length: frame i of each is that model after i forward passes;
-    a side that has finished holds its last frame (with nothing newly committed)."""
-    n = max(len(frames) for frames in frame_lists)
-
-    def held(frame):
-        text, masked, new, reopened, step, nfe = frame
-        return text, masked, [False] * len(new), [False] * len(reopened), step, nfe
-    return [frames + [held(frames[-1])] * (n - len(frames)) for frames in frame_lists]
+    return (f"{label} | step {frame.step}/{total} | NFE {frame.nfe} | committed now {len(frame.new)}"
+            f"{reopened_note(len(frame.reopened))} | still masked {frame.text.masked}")
 
 
 def load_fonts():
     """DejaVu Sans Mono (regular for text, bold for new characters) and DejaVu Sans for the
-    title: matplotlib ships them, so they are there wherever matplotlib is."""
+    title and the note: matplotlib ships them, so they are there wherever matplotlib is."""
     from matplotlib import font_manager
     from PIL import ImageFont
 
@@ -139,47 +298,182 @@ def load_fonts():
         return ImageFont.truetype(font_manager.findfont(props), px)
 
     mono = font("DejaVu Sans Mono", FONT_PX)
-    return (mono, mono, font("DejaVu Sans Mono", FONT_PX, "bold"), mono), font("DejaVu Sans", TITLE_PX)
+    return ((mono, mono, font("DejaVu Sans Mono", FONT_PX, "bold"), mono), font("DejaVu Sans", TITLE_PX),
+            font("DejaVu Sans", NOTE_PX))
 
 
-def render(frames, report=None, label="tiny-diffusion", total=None):
-    """One RGB image (PIL) per frame, all the same size; report(done, total) after each."""
-    from PIL import Image, ImageDraw
-    fonts, title_font = load_fonts()
-    n_rows = max(layout(f[0])[-1][0] + 1 for f in frames)
-    size = (900, TEXT_TOP + LINE_PX * n_rows + 20)
-    images = []
-    for i, frame in enumerate(frames, start=1):
-        image = Image.new("RGB", size, "white")
+class Renderer:
+    """Draws the panels of one clock tick, one under another, into a new RGB image."""
+
+    def __init__(self, recordings, labels):
+        from PIL import ImageColor
+        self.recordings, self.labels = recordings, labels
+        self.views = views(recordings)
+        self.heights = [TEXT_TOP + LINE_PX * view.n_rows + 20 for view in self.views]
+        self.size = (WIDTH, sum(self.heights))
+        self.fonts, self.title_font, self.note_font = load_fonts()
+        self.colors = [ImageColor.getrgb(c) for c in COLORS]
+        self.tiles = {}
+
+    def tile(self, ch, style):
+        """(mask, (dx, dy)): the glyph as draw.text draws it at (0, 0), offset by (dx, dy)."""
+        if (ch, style) not in self.tiles:
+            from PIL import Image, ImageDraw
+            font = self.fonts[style]
+            left, top, right, bottom = font.getbbox(ch)
+            dx, dy = min(0, left), min(0, top)
+            mask = Image.new("L", (max(1, right - dx), max(1, bottom - dy)), 0)
+            ImageDraw.Draw(mask).text((-dx, -dy), ch, font=font, fill=255)
+            self.tiles[ch, style] = mask, (dx, dy)
+        return self.tiles[ch, style]
+
+    def draw(self, frames):
+        from PIL import Image, ImageDraw
+        image = Image.new("RGB", self.size, "white")
         draw = ImageDraw.Draw(image)
-        draw.text((MARGIN, 12), title(frame, total or len(frames) - 1, label), font=title_font, fill="black")
-        for row, col, ch, style in cells(*frame[:4]):
-            xy = (MARGIN + col * CELL_PX, TEXT_TOP + row * LINE_PX)
-            draw.text(xy, ch, font=fonts[style], fill=COLORS[style])
-        images.append(image)
-        if report:
-            report(i, len(frames))
-    return images
+        y = 0
+        for frame, rec, label, view, height in zip(frames, self.recordings, self.labels, self.views, self.heights):
+            draw.text((MARGIN, y + 12), title(frame, len(rec), label), font=self.title_font, fill="black")
+            cells = view.place(frame)
+            note = view.note(frame, cells)
+            if note:
+                draw.text((MARGIN, y + 34), note, font=self.note_font, fill="#666666")
+            for pos, row, col in cells:
+                ch, s = style(frame, pos)
+                if ch.strip():
+                    mask, (dx, dy) = self.tile(ch, s)
+                    x0, y0 = MARGIN + col * CELL_PX + dx, y + TEXT_TOP + row * LINE_PX + dy
+                    image.paste(self.colors[s], (x0, y0, x0 + mask.width, y0 + mask.height), mask)
+            y += height
+        return image
+
+    def images(self, report=None):
+        """One image per clock tick, drawn as it is asked for (each call from the start, the view
+        scrolled back to the top); report(done, total) after each."""
+        self.views = [View(view.n_rows, view.scroll) for view in self.views]
+        n = n_frames(self.recordings)
+        for i, frames in enumerate(on_one_clock(self.recordings), start=1):
+            yield self.draw(frames)
+            if report:
+                report(i, n)
 
 
-def save_gif(images, path, fps, hold):
-    """The frames, the last one held --hold seconds longer; written to a temporary file, then
-    renamed, so an interrupted run leaves no half-written GIF."""
+class GifWriter:
+    """A looping GIF89a written frame by frame: Pillow's save_all keeps every frame until the
+    end. Each frame is the rectangle that changed since the one before (not disposed), its
+    unchanged pixels transparent, with its own palette; Pillow quantizes and LZW-encodes it as a
+    one-frame GIF whose image block is copied here. A frame identical to the one before lengthens
+    that one instead, as Pillow does."""
+
+    def __init__(self, fp):
+        self.fp, self.prev, self.pending = fp, None, None
+
+    def add(self, image, ms):
+        from PIL import ImageChops
+        if self.prev is None:
+            self.fp.write(b"GIF89a" + struct.pack("<HHBBB", *image.size, 0x70, 0, 0)  # no global palette
+                          + b"!\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00")  # loop forever
+            box, unchanged = (0, 0, *image.size), None
+        else:
+            diff = ImageChops.difference(image, self.prev)
+            box = diff.getbbox()
+            if box:
+                r, g, b = diff.crop(box).split()
+                unchanged = ImageChops.lighter(ImageChops.lighter(r, g), b).point([255] + [0] * 255, "1")
+        self.prev = image
+        if box is None:
+            self.pending[0] += ms
+            return
+        self.flush()
+        self.pending = [ms, *encode_gif_block(image.crop(box), box[:2], unchanged)]
+
+    def flush(self):
+        if self.pending:
+            ms, block, transparency = self.pending
+            # graphic control extension: disposal 1 (keep), the delay in centiseconds, transparency
+            self.fp.write(b"!\xf9\x04" + struct.pack("<BHB", 0x04 | (transparency is not None), round(ms / 10),
+                                                        transparency or 0) + b"\x00" + block)
+            self.pending = None
+
+    def close(self):
+        self.flush()
+        self.fp.write(b";")
+
+
+def encode_gif_block(image, offset, unchanged=None):
+    """(image descriptor, local palette and LZW data of `image` placed at `offset`; the
+    transparent index or None), taken from Pillow's one-frame GIF of it. unchanged: a mask of
+    the pixels to leave transparent. A palette per frame: the fast octree keeps all ~100 colours
+    (antialiased text) and takes 4 ms a frame, where Pillow's default median cut takes 35."""
     from PIL import Image
+    frame = image.quantize(255, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)  # 255 free
+    params = {}
+    if unchanged is not None:
+        palette = frame.getpalette()[:255 * 3]
+        frame.putpalette(palette + [0] * (768 - len(palette)))
+        frame.paste(255, mask=unchanged)
+        params["transparency"] = 255
+    buf = io.BytesIO()
+    frame.save(buf, format="GIF", interlace=False, **params)
+    data = buf.getvalue()
+    i, flags, palette, transparency = 13, data[10], b"", None
+    if flags & 0x80:  # the global palette
+        palette, bits = data[i:i + (3 << ((flags & 7) + 1))], flags & 7
+        i += len(palette)
+    while data[i] == 0x21:  # extensions: the graphic control one's transparency is kept
+        if data[i + 1] == 0xF9 and data[i + 3] & 1:
+            transparency = data[i + 6]
+        i += 2
+        while data[i]:
+            i += data[i] + 1
+        i += 1
+    if data[i] != 0x2C or data[-1] != 0x3B:
+        raise ValueError("unexpected GIF from Pillow")
+    width, height = struct.unpack("<HH", data[i + 5:i + 9])
+    desc = data[i + 9]
+    i += 10
+    if desc & 0x80:  # a local palette
+        palette, bits = data[i:i + (3 << ((desc & 7) + 1))], desc & 7
+        i += len(palette)
+    block = b"," + struct.pack("<HHHHB", *offset, width, height, 0x80 | (desc & 0x40) | bits) + palette + data[i:-1]
+    return block, transparency
+
+
+def frame_ms(fps, hold, last):
+    """A frame's duration; the last one is held --hold seconds longer."""
     ms = 1000 / fps
-    durations = [round(ms)] * (len(images) - 1) + [round(ms * (1 + round(hold * fps)))]
-    # a palette per frame: the fast octree keeps all ~100 colours (antialiased text) and takes
-    # 4 ms a frame, where Pillow's default median cut takes 35
-    images = [im.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE) for im in images]
+    return round(ms * (1 + round(hold * fps))) if last else round(ms)
+
+
+def save_gif(panels, path, fps, hold):
+    """Draw the frames and write them one at a time; to a temporary file, then renamed, so an
+    interrupted run leaves no half-written GIF. panels: [(label, recording)]. Returns the frames."""
+    renderer = Renderer([rec for _, rec in panels], [label for label, _ in panels])
+    n = n_frames(renderer.recordings)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
+        with open(tmp, "wb") as f:
+            gif = GifWriter(f)
+            for i, image in enumerate(renderer.images(progress("rendering", "frames")), start=1):
+                gif.add(image, frame_ms(fps, hold, i == n))
+            gif.close()
         os.replace(tmp, path)
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    return n
+
+
+def summary(panels):
+    """'256 steps, NFE 64'; with --compare 'diffusion: 256 steps, NFE 64; autoregressive: 200 passes'."""
+    def one(label, rec):
+        if label == "autoregressive":
+            return f"{label}: {len(rec)} passes"
+        what = f"{len(rec)} steps, NFE {rec.nfe[-1] if len(rec) else 0}"
+        return what if len(panels) == 1 else f"{label}: {what}"
+    return "; ".join(one(label, rec) for label, rec in panels)
 
 
 def check_writable(path):
@@ -205,39 +499,33 @@ def check_display():
                         "use --save out.gif or --terminal")
 
 
-def show_window(images, fps, hold):
+def show_window(panels, fps, hold):
+    """The frames drawn as they are shown (again on every loop), the last held --hold seconds."""
     import matplotlib.pyplot as plt
     from matplotlib.animation import FuncAnimation
-    width, height = images[0].size
+    from PIL import Image
+    renderer = Renderer([rec for _, rec in panels], [label for label, _ in panels])
+    width, height = renderer.size
     fig = plt.figure(figsize=(width / 100, height / 100), dpi=100)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.axis("off")
-    shown = ax.imshow(images[0])
-    order = list(range(len(images))) + [len(images) - 1] * int(round(hold * fps))
+    shown = ax.imshow(Image.new("RGB", renderer.size, "white"))
 
-    def draw(i):
-        shown.set_data(images[order[i]])
+    def frames():
+        image = None
+        for image in renderer.images():
+            yield image
+        for _ in range(int(round(hold * fps))):
+            yield image
+
+    def draw(image):
+        shown.set_data(image)
         return [shown]
 
-    anim = FuncAnimation(fig, draw, frames=len(order), interval=1000 / fps, blit=True)
+    anim = FuncAnimation(fig, draw, frames=frames, init_func=lambda: [shown], interval=1000 / fps, blit=True,
+                         cache_frame_data=False)
     plt.show()  # anim must stay referenced until the window closes
     return anim
-
-
-def stack(image_lists):
-    """Frame-wise, the images of each list one under another (one list: unchanged)."""
-    from PIL import Image
-    if len(image_lists) == 1:
-        return image_lists[0]
-    out = []
-    for row in zip(*image_lists):
-        canvas = Image.new("RGB", (max(im.width for im in row), sum(im.height for im in row)), "white")
-        y = 0
-        for im in row:
-            canvas.paste(im, (0, y))
-            y += im.height
-        out.append(canvas)
-    return out
 
 
 def load_ar_baseline(args, canvas, chars, device):
@@ -257,44 +545,70 @@ def compare_frames(ar, config, seed, canvas, chars):
     return collect_frames(states, canvas, chars, progress("sampling (autoregressive)", "characters"))
 
 
+COMPARE_PROMPT = "ROMEO:"  # --compare without --prompt: the autoregressive model needs a first character
+
+
+def compare_defaults(args):
+    if args.compare and not args.prompt:
+        args.prompt = COMPARE_PROMPT
+
+
 # -----------------------------------------------------------------------------
-# Terminal: ANSI escape codes, redrawn in place; works over ssh and in a pipe
+# Terminal: ANSI escape codes, redrawn in place; works over ssh and in a pipe. TERM=dumb: plain
+# frames one after another, no escapes.
 
 DIM, NEW, REOPENED, RESET = "\x1b[2m", "\x1b[1;32m", "\x1b[33m", "\x1b[0m"
+ANSI_STYLES = ("", DIM, NEW, REOPENED)
 
 
-def ansi_frame(text, is_masked, is_new, is_reopened, step, total, nfe, label="tiny-diffusion"):
-    out = [f"{label} | step {step}/{total} | NFE {nfe}{reopened_note(is_reopened)} | "
-           f"still masked {sum(is_masked)}\n\n"]
-    col = 0
-    for ch, m, n, o in zip(text, is_masked, is_new, is_reopened):
-        if ch == "\n" and not (m or n):
-            out.append("\n")
-            col = 0
-            continue
-        shown = "↵" if ch == "\n" else ch
-        out.append(f"{REOPENED}{shown}{RESET}" if o else f"{DIM}{shown}{RESET}" if m
-                   else f"{NEW}{shown}{RESET}" if n else shown)
-        col += 1
-        if ch == "\n" or col == WRAP:
-            out.append("\n")
-            col = 0
-    return "".join(out)
+def text_frame(frame, view, total, label="tiny-diffusion", plain=False):
+    """One panel of one frame as terminal text: a header, a blank line, the rows in view."""
+    cells = view.place(frame)
+    note = view.note(frame, cells)
+    lines = [f"{label} | step {frame.step}/{total} | NFE {frame.nfe}{reopened_note(len(frame.reopened))} | "
+             f"still masked {frame.text.masked}" + (f" | {note}" if note else ""), ""]
+    row_of = -1
+    for pos, row, _ in cells:
+        if row != row_of:
+            lines.append("")
+            row_of = row
+        ch, s = style(frame, pos)
+        if ch:
+            lines[-1] += ch if plain or not s else f"{ANSI_STYLES[s]}{ch}{RESET}"
+    return "\n".join(lines)
 
 
-def play_terminal(panels, fps, hold, stream=sys.stdout):
-    """panels: [(label, frames, steps)], all frame lists of one length, shown one under another."""
-    stream.write("\x1b[?25l")  # hide the cursor
+def terminal_rows(n_panels, stream):
+    """Rows of text per panel: the screen's height on a terminal, else VIEW_ROWS shared."""
+    if stream.isatty():
+        return min(VIEW_ROWS, max(3, shutil.get_terminal_size().lines // n_panels - 4))
+    return VIEW_ROWS // n_panels
+
+
+def play_terminal(panels, fps, hold, stream=sys.stdout, plain=None):
+    """panels: [(label, recording)], shown one under another on one clock. plain (default: when
+    TERM is dumb): the frames one after another, without escape codes."""
+    if plain is None:
+        plain = os.environ.get("TERM") == "dumb"
+    recordings = [rec for _, rec in panels]
+    shown = views(recordings, terminal_rows(len(panels), stream) * len(panels))
+    if not plain:
+        stream.write("\x1b[?25l")  # hide the cursor
     try:
-        for i in range(len(panels[0][1])):
-            text = "\n\n".join(ansi_frame(*frames[i][:5], steps, frames[i][5], label) for label, frames, steps in panels)
-            stream.write("\x1b[H\x1b[2J" + text)
+        for frames in on_one_clock(recordings):
+            text = "\n\n".join(text_frame(frame, view, len(rec), label, plain)
+                               for frame, view, (label, rec) in zip(frames, shown, panels))
+            stream.write(text + "\n\n" if plain else "\x1b[H\x1b[2J" + text)
             stream.flush()
             time.sleep(1 / fps)
         time.sleep(hold)
+    except BrokenPipeError:  # the reader went away (| head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())  # no second error when Python flushes it
+        plain = True  # nothing to restore
     finally:  # Ctrl-C too
-        stream.write(RESET + "\x1b[?25h\n")  # colours off, cursor back
-        stream.flush()
+        if not plain:
+            stream.write(RESET + "\x1b[?25h\n")  # colours off, cursor back
+            stream.flush()
 
 
 def main(argv=None):
@@ -303,13 +617,16 @@ def main(argv=None):
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--save", metavar="OUT.gif",
                       help="write a GIF instead of opening a window (its folder is created if missing)")
-    mode.add_argument("--terminal", action="store_true", help="animate in this terminal")
+    mode.add_argument("--terminal", action="store_true",
+                      help="animate in this terminal (ANSI; with TERM=dumb, plain frames one after another)")
     p.add_argument("--compare", nargs="?", const=DEFAULT_AR, default=None, metavar="AR_CKPT",
                    help="also run the autoregressive baseline (default weights/ar_baseline.pt) on the same "
-                        "prompt, on one clock of forward passes")
+                        f"prompt, on one clock of forward passes; without --prompt the prompt is {COMPARE_PROMPT!r} "
+                        "(the autoregressive model needs a first character)")
     p.add_argument("--fps", type=float, default=None, help="frames per second (default 8, 24 with --compare)")
     p.add_argument("--hold", type=float, default=2.0, help="seconds to hold the final text (default %(default)s)")
     args = p.parse_args(argv)
+    compare_defaults(args)
     try:
         config, seed = sampling_config(args)
         if args.fps is None:
@@ -327,23 +644,17 @@ def main(argv=None):
         ar = load_ar_baseline(args, canvas, chars, device) if args.compare else None
         states = generate_steps(model, canvas, config, seed)
         frames = collect_frames(states, canvas, chars, progress("sampling", "characters"))
-        panels = [("tiny-diffusion", frames, len(frames) - 1)]  # (label, frames, steps)
+        panels = [("tiny-diffusion", frames)]  # (label, recording): drawn frame by frame from here on
         if args.compare:
-            ar_frames = compare_frames(ar, config, seed, canvas, chars)
-            diffusion, ar = on_one_clock(frames, ar_frames)
-            panels = [("diffusion", diffusion, len(frames) - 1), ("autoregressive", ar, len(ar_frames) - 1)]
+            panels = [("diffusion", frames), ("autoregressive", compare_frames(ar, config, seed, canvas, chars))]
         if args.terminal:
             play_terminal(panels, args.fps, args.hold)
-            return
-        images = stack([render(f, progress("rendering" + (f" {label}" if args.compare else ""), "frames"), label, steps)
-                        for label, f, steps in panels])
-        frames = panels[0][1]
-        if args.save:
-            save_gif(images, args.save, args.fps, args.hold)
-            print(f"wrote {args.save}: {len(images)} frames ({len(frames) - 1} steps, NFE {frames[-1][5]}), "
-                  f"the last held {args.hold:g} s longer", file=sys.stderr)
+        elif args.save:
+            n = save_gif(panels, args.save, args.fps, args.hold)
+            print(f"wrote {args.save}: {n} frames ({summary(panels)}), the last held {args.hold:g} s longer",
+                  file=sys.stderr)
         else:
-            show_window(images, args.fps, args.hold)
+            show_window(panels, args.fps, args.hold)
     except UserError as e:
         sys.exit(f"diffusion_process.py: error: {e}")
     except KeyboardInterrupt:

@@ -3,11 +3,14 @@ Plot training and validation curves from train.py's log.jsonl files.
 
     python plot_curve.py assets/runs/e_wsd.jsonl assets/runs/ar_c.jsonl --out assets/curve.png
 
-The y-range follows the data, so every curve given is fully visible.
+The y-range follows the data, so every curve given is fully visible. --out: a file (its
+extension picks the format; none: .png is added), or an existing folder to write curve.png
+into; the path written is printed.
 """
 
 import argparse
 import json
+import os
 import sys
 
 import matplotlib
@@ -66,22 +69,33 @@ def plot(logs, labels=None, title=""):
     return fig, ax
 
 
+def out_path(out):
+    """The file --out names: inside a folder (an existing one, or one ending with a slash),
+    curve.png; without an extension, .png added (as matplotlib would, silently)."""
+    if os.path.isdir(out) or out.endswith(("/", os.sep)):
+        return os.path.join(out, "curve.png")
+    return out if os.path.splitext(out)[1] not in ("", ".") else out.rstrip(".") + ".png"
+
+
 def main(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("logs", nargs="+", help="log.jsonl files (label = file name)")
     p.add_argument("--labels", nargs="*", help="one label per log")
-    p.add_argument("--out", default="curve.png")
+    p.add_argument("--out", default="curve.png",
+                   help="image to write (default %(default)s; its extension picks the format, none: .png); "
+                        "an existing folder: FOLDER/curve.png")
     p.add_argument("--title", default="tiny-diffusion on Tiny Shakespeare (val = last 10%)")
     args = p.parse_args(argv)
+    out = out_path(args.out)
     try:
         fig, _ = plot(args.logs, args.labels, args.title)
         try:
-            fig.savefig(args.out)
+            fig.savefig(out)
         except (OSError, ValueError) as e:  # ValueError: an unknown image format
-            raise UserError(f"cannot write {args.out}: {getattr(e, 'strerror', None) or e}") from None
+            raise UserError(f"cannot write {out}: {getattr(e, 'strerror', None) or e}") from None
     except UserError as e:
         sys.exit(f"plot_curve.py: error: {e}")
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,18 @@
 Strip a training checkpoint down to what sampling needs, with bf16 weights (half the size).
 
     python tools/export_weights.py out/gpu/best.pt weights/model.pt
+    python tools/export_weights.py out/gpu/best.pt weights/      # a folder: weights/best.pt
+
+Refused, with one line saying why and nothing written: weights that are not finite (NaN or
+inf, also after rounding to bf16), a target that is the source itself, a target folder that
+cannot be written to.
 """
 
 import argparse
 import os
+import re
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -16,20 +23,69 @@ from checkpoint import read_checkpoint, write_checkpoint  # noqa: E402
 from cli import ArgumentParser, UserError  # noqa: E402
 
 
+def target(src, dst):
+    """The file to write: dst, or inside it under the source's file name when dst is a folder
+    (or ends with a slash); never the source itself."""
+    if os.path.isdir(dst) or dst.endswith(("/", os.sep)):
+        dst = os.path.join(dst, os.path.basename(src))
+    if os.path.exists(dst) and os.path.samefile(src, dst):
+        raise UserError(f"{dst} is the source checkpoint itself: give another target (it would lose "
+                        "the training state)")
+    return dst
+
+
+def check_writable(dst):
+    """Create the target's folder if missing and write a probe there, so that the failure is
+    one plain line (torch.save's own error carries '[enforce fail at ...]')."""
+    folder = os.path.dirname(os.path.abspath(dst))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except FileExistsError:  # makedirs: a file is in the folder's place
+        raise UserError(f"cannot write {dst}: {folder} is a file, not a folder") from None
+    except OSError as e:
+        raise UserError(f"cannot write {dst}: {e.strerror or e} ({folder})") from None
+
+
+def check_finite(weights, src):
+    for name, v in weights.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            bad = (~torch.isfinite(v)).sum().item()
+            raise UserError(f"{src}: tensor {name} has {bad} NaN/inf values of {v.numel()} (in bf16): "
+                            "not exporting a model that cannot sample")
+
+
+def write(ckpt, dst):
+    """write_checkpoint, with torch's '[enforce fail at file.cc:N] .' taken out of its message and
+    no temporary file left behind when it fails."""
+    try:
+        write_checkpoint(ckpt, dst)
+    except UserError as e:
+        tmp = f"{dst}.tmp{os.getpid()}"  # write_checkpoint's temporary file
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise UserError(re.sub(r"\[enforce fail at [^\]]*\]\s*\.?\s*", "", str(e))) from None
+
+
 def main():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="training checkpoint (best.pt or last.pt)")
-    p.add_argument("dst", help="where to write the sampling checkpoint")
+    p.add_argument("dst", help="where to write the sampling checkpoint: a file, or a folder to write it into "
+                               "under the source's file name")
     args = p.parse_args()
     try:
         ckpt = read_checkpoint(args.src)
+        dst = target(args.src, args.dst)
         for training_only in ("optimizer", "generator", "elapsed", "rng", "ema", "teacher", "teacher_round"):
             ckpt.pop(training_only, None)
         ckpt["model"] = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
-        write_checkpoint(ckpt, args.dst)  # a UserError too when dst cannot be written
+        check_finite(ckpt["model"], args.src)
+        check_writable(dst)
+        write(ckpt, dst)
     except UserError as e:
         sys.exit(f"export_weights.py: error: {e}")
-    print(f"{args.src} -> {args.dst}: step {ckpt.get('step')}, val {ckpt.get('val')}")
+    print(f"{args.src} -> {dst}: step {ckpt.get('step')}, val {ckpt.get('val')}")
 
 
 if __name__ == "__main__":
