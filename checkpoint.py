@@ -7,6 +7,7 @@ the vocabulary, the data and its split, and the device and precision.
 import glob
 import hashlib
 import os
+import re
 from dataclasses import asdict, fields
 
 import torch
@@ -182,7 +183,10 @@ def write_checkpoint(ckpt, path):
     except (OSError, RuntimeError) as e:  # torch.save raises RuntimeError when the disk is full
         if os.path.exists(tmp):
             os.remove(tmp)
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else "the write failed (disk full?)"
+        if isinstance(e, OSError) and e.strerror:
+            reason = e.strerror
+        else:  # torch's own text, without its C++ location ("[enforce fail at inline_container.cc:664] .")
+            reason = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", str(e).splitlines()[0])[:120] or "the write failed"
         raise UserError(f"cannot write checkpoint {path}: {reason}") from None
 
 

@@ -120,6 +120,7 @@ def main(argv=None):
         if len(val) - T < args.prompts:  # every prompt its own window
             raise UserError(f"{args.data}: its validation split has {len(val):,} characters, too few for "
                             f"{args.prompts} windows of {T} (--prompts, --data)")
+        encode(val, chars)  # every validation character must be in the model's vocabulary (one error if not)
         vocabulary = {w.lower() for w in re.findall(r"[A-Za-z']+", train_text)}
         stride = (len(val) - T) // args.prompts
         windows = [val[i * stride:i * stride + T] for i in range(args.prompts)]

@@ -71,7 +71,7 @@ def test_sample_infills_underscores(tiny_ckpt):
     (["--compile", "--block", "8", "--cache", "dual"], ["--compile works without --cache"]),
     (["--block", "-4", "--cache", "dual"], ["--block must be an integer >= 1"]),
     (["--cache", "dual"], ["--cache dual needs --block"]),
-    (["--cache", "sparse", "--order", "confidence"], ["--cache sparse needs", "random or spread"]),
+    (["--cache", "sparse", "--order", "confidence"], ["--cache sparse needs", "random, spread or l2r"]),
     (["--cache", "sparse", "--refresh", "0"], ["--refresh must be an integer >= 1"]),
     (["--order", "sideways"], ["--order", "invalid choice"]),
     (["--num-samples", "100000"], ["--num-samples must be in 1..10000"]),

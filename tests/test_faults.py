@@ -173,7 +173,7 @@ def keep(tmp_path):
 
 
 def test_export_refuses_weights_that_are_not_finite(tmp_path, tiny_ckpt, keep):
-    from model import read_checkpoint, write_checkpoint
+    from checkpoint import read_checkpoint, write_checkpoint
     ckpt = read_checkpoint(tiny_ckpt)
     name = sorted(k for k, v in ckpt["model"].items() if v.is_floating_point())[-1]
     ckpt["model"][name].view(-1)[0] = float("nan")
@@ -231,8 +231,8 @@ def test_export_cleans_torch_save_errors(tmp_path, tiny_ckpt, monkeypatch, capsy
     monkeypatch.syspath_prepend(os.path.join(ROOT, "tools"))
     import export_weights
 
-    def full_disk(obj, path):
-        open(path, "wb").write(b"half")
+    def full_disk(obj, f):  # a path or an open file
+        (open(f, "wb") if isinstance(f, str) else f).write(b"half")
         raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 512 vs 448")
 
     monkeypatch.setattr(torch, "save", full_disk)

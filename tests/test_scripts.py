@@ -176,7 +176,7 @@ def test_bench_sample_and_quality_run_on_a_tiny_model(tiny_ckpt, tiny_ar_ckpt, d
     r = run_script("bench.py", "--sample", "--ckpt", tiny_ckpt, "--device", "cpu", "--batch-sizes", "1,2",
                    "--runs", "1", "--warmup", "0", "--length", "32", "--steps", "4")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("chars/s") == 2 and "4 full forward passes alone" in r.stdout and "device cpu" in r.stdout
+    assert r.stdout.count("new chars x") == 2 and "4 full forward passes alone" in r.stdout and "device cpu" in r.stdout
     r = run_script("quality.py", "--ckpt", tiny_ckpt, "--ar", tiny_ar_ckpt, "--data", data_path, "--prompts", "4",
                    "--prompt-chars", "8", "--device", "cpu", "--settings", "default", "block=8,cache=dual")
     assert r.returncode == 0, r.stderr
