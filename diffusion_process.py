@@ -407,10 +407,13 @@ def encode_gif_block(image, offset, unchanged=None):
     (antialiased text) and takes 4 ms a frame, where Pillow's default median cut takes 35."""
     from PIL import Image
     frame = image.quantize(255, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)  # 255 free
+    palette = frame.getpalette()[:255 * 3]
+    for i in range(0, len(palette), 3):  # the octree's mean of white and its faintest antialiasing
+        if min(palette[i:i + 3]) >= 250:  # (253, 253, 254), say: white, or rectangles of other frames
+            palette[i:i + 3] = [255, 255, 255]  # would show as faint patches
+    frame.putpalette(palette + [0] * (768 - len(palette)))
     params = {}
     if unchanged is not None:
-        palette = frame.getpalette()[:255 * 3]
-        frame.putpalette(palette + [0] * (768 - len(palette)))
         frame.paste(255, mask=unchanged)
         params["transparency"] = 255
     buf = io.BytesIO()
