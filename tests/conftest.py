@@ -39,6 +39,16 @@ def run_script(script, *args, timeout=300, **kwargs):
                           capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
+def assert_one_line_error(r, *needles):
+    """A CLI's answer to bad input: a non-zero exit and one line on stderr holding every needle."""
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
 def read_log(out_dir):
     with open(os.path.join(out_dir, "log.jsonl")) as f:
         return [json.loads(line) for line in f]

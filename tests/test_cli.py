@@ -6,17 +6,9 @@ import re
 import pytest
 from PIL import Image
 
-from conftest import TINY, run_script
+from conftest import TINY, assert_one_line_error, run_script
 
 
-def assert_one_line_error(r, *needles):
-    assert r.returncode != 0
-    assert "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    assert r.stdout == ""
 
 
 def test_sample_prints_only_text_with_separators(tiny_ckpt):

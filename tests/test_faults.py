@@ -13,17 +13,11 @@ import tempfile
 import pytest
 from PIL import Image, ImageChops
 
-from conftest import ROOT, run_script
+from conftest import ROOT, assert_one_line_error, run_script
 
 HEADLESS = {**os.environ, "DISPLAY": "", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
 
 
-def assert_one_line_error(r, *needles):
-    assert r.returncode != 0
-    assert "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert all(needle in lines[0] for needle in needles), lines[0]
 
 
 # -----------------------------------------------------------------------------

@@ -2,14 +2,9 @@
 one line on stderr, a non-zero exit, no traceback."""
 import pytest
 
-from conftest import run_script
+from conftest import assert_one_line_error, run_script
 
 
-def assert_one_line_error(r, *needles):
-    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    for needle in needles:
-        assert needle in r.stderr, (needle, r.stderr)
 
 
 def test_quality_bad_input_is_one_line(tmp_path, tiny_ckpt, tiny_ar_ckpt, data_path):

@@ -11,17 +11,11 @@ import time
 import pytest
 from PIL import Image
 
-from conftest import ROOT, run_script
+from conftest import ROOT, assert_one_line_error, run_script
 
 HEADLESS = {**os.environ, "DISPLAY": "", "MPLBACKEND": "Agg"}
 
 
-def assert_one_line_error(r, *needles):
-    assert r.returncode != 0
-    assert "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert all(needle in lines[0] for needle in needles), lines[0]
 
 
 def write_log(path, train, val):

@@ -11,7 +11,6 @@ cannot be written to.
 
 import argparse
 import os
-import re
 import sys
 import tempfile
 
@@ -56,18 +55,6 @@ def check_finite(weights, src):
                             "not exporting a model that cannot sample")
 
 
-def write(ckpt, dst):
-    """write_checkpoint, with torch's '[enforce fail at file.cc:N] .' taken out of its message and
-    no temporary file left behind when it fails."""
-    try:
-        write_checkpoint(ckpt, dst)
-    except UserError as e:
-        tmp = f"{dst}.tmp{os.getpid()}"  # write_checkpoint's temporary file
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise UserError(re.sub(r"\[enforce fail at [^\]]*\]\s*\.?\s*", "", str(e))) from None
-
-
 def main():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="training checkpoint (best.pt or last.pt)")
@@ -82,7 +69,7 @@ def main():
         ckpt["model"] = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
         check_finite(ckpt["model"], args.src)
         check_writable(dst)
-        write(ckpt, dst)
+        write_checkpoint(ckpt, dst)  # removes its temp file and torch's C++ location on failure
     except UserError as e:
         sys.exit(f"export_weights.py: error: {e}")
     print(f"{args.src} -> {dst}: step {ckpt.get('step')}, val {ckpt.get('val')}")
