@@ -30,8 +30,10 @@ import time
 
 import torch
 
-from checkpoint import DEFAULT_AR, autocast, load_model_of_kind, mask_id_of, sampling_precision
+from checkpoint import DEFAULT_AR, load_model_of_kind
 from cli import ArgumentParser, UserError
+from corpus import mask_id_of
+from devices import autocast, sampling_precision
 from sampler import add_sampling_flags, generate, generate_ar_steps, load_for_sampling, make_canvas, sampling_config
 from trainer import Trainer, add_train_flags, check_config, configs_from_args, shutdown_distributed
 

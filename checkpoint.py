@@ -1,7 +1,6 @@
 """
-What every script shares besides the network: the checkpoint file (config, vocabulary,
-weights, training state; written atomically, checksummed, loaded with weights_only=True),
-the vocabulary, the data and its split, and the device and precision.
+The checkpoint file: config, vocabulary, weights and (for resuming) the training state;
+written atomically, checksummed, loaded with weights_only=True.
 """
 
 import glob
@@ -13,135 +12,13 @@ from dataclasses import asdict, fields
 import torch
 
 from cli import UserError
+from corpus import ROOT
 from model import ModelConfig, Transformer
 
-MASK_GLYPH = "_"  # how a masked position is written in prompts and shown on screen
 CHECKPOINT_FORMAT = "tiny-diffusion/1"
-ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CKPT = os.path.join(ROOT, "weights", "model.pt")  # the shipped diffusion model
 DEFAULT_AR = os.path.join(ROOT, "weights", "ar_baseline.pt")  # and its autoregressive baseline
 
-
-# -----------------------------------------------------------------------------
-# Data and vocabulary
-
-DATA_DEFAULT = os.path.join(ROOT, "data", "tiny_shakespeare.txt")
-TRAIN_FRACTION = 0.9  # first 90% of the file trains, the last 10% is held out, always
-
-
-def load_text(path):
-    """The training text as a str; every problem is one UserError."""
-    if os.path.isdir(path):
-        raise UserError(f"--data {path} is a folder: give the text file")
-    if not os.path.isfile(path):
-        raise UserError(f"data file not found: {path} (run: python data/prepare.py)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text (binary or another encoding)") from None
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
-
-
-def split_text(text):
-    """(train, val): the first TRAIN_FRACTION of the text and the rest."""
-    n = int(TRAIN_FRACTION * len(text))
-    return text[:n], text[n:]
-
-
-def encode_splits(text, chars, device, min_len):
-    """(train, val) int64 id tensors on `device`; both must hold at least min_len characters."""
-    index = {c: i for i, c in enumerate(chars)}
-    unknown = sorted(set(text) - set(index))
-    if unknown:
-        raise UserError(f"data has characters not in the checkpoint's vocabulary: {unknown[:10]}")
-    train_text, val_text = split_text(text)
-    if len(val_text) < min_len or len(train_text) < min_len:
-        raise UserError(f"data too short: {len(train_text):,} training and {len(val_text):,} validation "
-                        f"characters, each split needs at least {min_len} (the context + 1)")
-    return tuple(torch.tensor([index[c] for c in t], dtype=torch.long, device=device)
-                 for t in (train_text, val_text))
-
-
-def mask_id_of(chars):
-    """The mask symbol's id: the one after the vocabulary's characters (= ModelConfig.mask_id
-    of a model built for this vocabulary). The one place that says so."""
-    return len(chars)
-
-
-def encode(text, chars, allow_mask=False):
-    """Text -> list of ids. With allow_mask, MASK_GLYPH becomes the mask id (infilling)."""
-    index = {c: i for i, c in enumerate(chars)}
-    mask_id = mask_id_of(chars)
-    unknown = sorted({c for c in text if c not in index and not (allow_mask and c == MASK_GLYPH)})
-    if unknown:
-        shown = " ".join(repr(c) for c in unknown)
-        raise UserError(f"characters not in the model's vocabulary: {shown}")
-    return [mask_id if c == MASK_GLYPH and allow_mask else index[c] for c in text]
-
-
-def decode(ids, chars):
-    """Ids -> text; the mask id shows as MASK_GLYPH."""
-    mask_id = mask_id_of(chars)
-    return "".join(MASK_GLYPH if i == mask_id else chars[i] for i in ids)
-
-
-# -----------------------------------------------------------------------------
-# Devices
-
-def pick_device(name="auto"):
-    """'auto' picks cuda, then mps, then cpu; an explicit device that is not there is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {name!r} is not available: PyTorch sees no CUDA GPU")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"device {name!r} is not available: {torch.cuda.device_count()} CUDA GPU(s)")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"device {name!r} is not available on this machine")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise UserError(f"unsupported device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
-    return dev
-
-
-def native_bf16(device):
-    """True where bf16 matmuls run natively: CUDA, and CPUs with AVX-512 BF16 or AMX. Elsewhere
-    bf16 is emulated and slower than fp32."""
-    if device.type == "cuda":
-        return True
-    if device.type == "cpu":  # torch.cpu's probes are private: a missing one counts as no
-        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-    return False
-
-
-def sampling_precision(precision, device):
-    """The samplers' "auto": bf16 where it is native (`native_bf16`), else fp32."""
-    if precision != "auto":
-        return precision
-    return "bf16" if native_bf16(device) else "fp32"
-
-
-def autocast(device, precision="auto"):
-    """bf16 autocast for precision "bf16", and for "auto" on CUDA; "fp32" is full precision.
-    (On CPUs with bf16 instructions, "bf16" makes a forward pass almost twice as fast.)"""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16 and device.type in ("cuda", "cpu"))
-
-
-# -----------------------------------------------------------------------------
-# Checkpoints: one file with the config, the vocabulary, the weights and (for resuming)
-# the training state. Only tensors and plain Python types, so weights_only=True loads it.
 
 def save_checkpoint(path, model, chars, **extra):
     ckpt = {

@@ -12,8 +12,7 @@ from typing import NamedTuple
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-
-from checkpoint import autocast
+from devices import autocast
 
 
 # -----------------------------------------------------------------------------

@@ -31,8 +31,10 @@ import sys
 import time
 from dataclasses import replace
 
-from checkpoint import DATA_DEFAULT, DEFAULT_CKPT, encode_splits, load_model, load_text, pick_device
+from checkpoint import DEFAULT_CKPT, load_model
 from cli import ArgumentParser, UserError
+from corpus import DATA_DEFAULT, encode_splits, load_text
+from devices import pick_device
 from diffusion import EVAL_ORDERS, block_scores, format_eval, summarize
 
 

@@ -31,9 +31,10 @@ from dataclasses import fields
 import torch
 import torch.nn.functional as F
 
-from checkpoint import (DATA_DEFAULT, DEFAULT_AR, DEFAULT_CKPT, autocast, decode, encode, load_model_of_kind,
-                        load_text, mask_id_of, pick_device, split_text)
+from checkpoint import DEFAULT_AR, DEFAULT_CKPT, load_model_of_kind
 from cli import ArgumentParser, UserError, field_type
+from corpus import DATA_DEFAULT, decode, encode, load_text, mask_id_of, split_text
+from devices import autocast, pick_device
 from sampler import SamplerConfig, generate
 
 DEFAULT_SETTINGS = ["default", "steps=256", "steps=32", "threshold=0.9", "temperature=1.0", "temperature=0.6",

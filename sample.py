@@ -27,9 +27,8 @@ if __name__ == "__main__":  # Ctrl-C while torch loads: exit quietly (main() han
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
 import torch
-
-from checkpoint import decode, mask_id_of
 from cli import ArgumentParser, UserError
+from corpus import decode, mask_id_of
 from sampler import add_sampling_flags, generate, load_for_sampling, make_canvas, sampling_config
 
 MAX_SAMPLES = 10_000

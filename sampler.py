@@ -23,9 +23,10 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from checkpoint import (DEFAULT_CKPT, MASK_GLYPH, autocast, encode, load_model_of_kind, mask_id_of, pick_device,
-                        sampling_precision)
+from checkpoint import DEFAULT_CKPT, load_model_of_kind
 from cli import UserError, add_config_flags, config_values
+from corpus import MASK_GLYPH, encode, mask_id_of
+from devices import autocast, pick_device, sampling_precision
 from diffusion import block_causal_mask, lowest
 from model import KVCache
 

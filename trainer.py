@@ -17,9 +17,10 @@ from dataclasses import dataclass, asdict, fields, replace
 import torch
 import torch.distributed as dist
 
-from checkpoint import (DATA_DEFAULT, ROOT, autocast, encode_splits, load_text, pick_device, read_checkpoint,
-                        save_checkpoint)
+from checkpoint import read_checkpoint, save_checkpoint
 from cli import UserError, add_config_flags
+from corpus import DATA_DEFAULT, ROOT, encode_splits, load_text
+from devices import autocast, pick_device
 from diffusion import (LOSS_WEIGHTS, T_DISTS, MaskRate, autoregressive_loss, block_diffusion_loss, diffusion_loss, evaluate, format_eval,
                        mixed_loss)
 from distill import DISTILL_ORDERS, DIVERGENCES, distill_loss, teacher_passes

@@ -2,8 +2,8 @@ import shutil
 
 import pytest
 import torch
-
-from checkpoint import decode, encode, native_bf16
+from corpus import decode, encode
+from devices import native_bf16
 from model import KVCache
 from sampler import (SamplerConfig, commit_schedule, generate, generate_ar_steps, generate_steps, plan_blocks,
                      split_steps)

@@ -11,7 +11,8 @@ import torch
 import diffusion
 import train
 import trainer
-from checkpoint import load_model, read_checkpoint, split_text
+from checkpoint import load_model, read_checkpoint
+from corpus import split_text
 from conftest import ROOT, TINY, read_log, run_script
 from diffusion import draw_masks
 from model import ModelConfig, Transformer

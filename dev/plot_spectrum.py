@@ -3,7 +3,7 @@ Plot val NELBO (NLL for the AR model) against block length from evaluate.py's ou
 spectrum from the autoregressive model (L' = 1) through block diffusion to the diffusion model
 (L' = the context), one line per --context, standard errors as bars.
 
-    python tools/plot_spectrum.py 1=assets/runs/bd_ar_eval0.txt 4=assets/runs/bd_4_eval0.txt ... \
+    python dev/plot_spectrum.py 1=assets/runs/bd_ar_eval0.txt 4=assets/runs/bd_4_eval0.txt ... \
         1=assets/runs/bd_ar_eval128.txt ... --out assets/block_spectrum.png
 
 Each argument is L'=FILE, FILE an evaluate.py output; its first result line (the --ckpt model)

@@ -7,8 +7,8 @@
 #      is equal between them, not equal to a solo run's);
 #   C. every arm's best.pt scored like A (NELBO and l2r, context 0 and 128, paired with AR; the
 #      mixed arm also --as-ar), the arms in parallel.
-# Second seed: SEED=2 bash tools/gpu_plan_i21.sh (another ~8 min). Fewer arms, more budget each:
-# ARMS="base bell" BUDGET=6 bash tools/gpu_plan_i21.sh
+# Second seed: SEED=2 bash dev/gpu_plan_i21.sh (another ~8 min). Fewer arms, more budget each:
+# ARMS="base bell" BUDGET=6 bash dev/gpu_plan_i21.sh
 set -u
 OUT=${OUT:-out/i21}
 RUNS=${RUNS:-out/i21_runs}     # checkpoints stay here (40+ MB each); KEEP_WEIGHTS=1 copies best.pt to $OUT
