@@ -30,11 +30,12 @@ import time
 
 import torch
 
+from ar_sampler import generate_ar_steps
 from checkpoint import DEFAULT_AR, load_model_of_kind
 from cli import ArgumentParser, UserError
 from corpus import mask_id_of
-from devices import autocast, sampling_precision
-from sampler import add_sampling_flags, generate, generate_ar_steps, load_for_sampling, make_canvas, sampling_config
+from devices import autocast, capture_graph, sampling_precision
+from sampler import add_sampling_flags, generate, load_for_sampling, make_canvas, sampling_config
 from trainer import Trainer, add_train_flags, check_config, configs_from_args, shutdown_distributed
 
 MAX_BATCH = 4096  # samples at once: a larger batch needs more memory than a GPU has
@@ -63,15 +64,7 @@ def time_training(trainer, steps, warmup=3):
 def captured(fn):
     """fn as one CUDA graph (after a warm-up run): the reference for --cuda-graph, so both
     sides of the ratio launch one graph."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
+    return capture_graph(fn)[0].replay
 
 
 def sample_benchmark(argv):

@@ -54,3 +54,19 @@ def autocast(device, precision="auto"):
     (On CPUs with bf16 instructions, "bf16" makes a forward pass almost twice as fast.)"""
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16 and device.type in ("cuda", "cpu"))
+
+
+def capture_graph(fn, warmups=1):
+    """Capture fn() as one CUDA graph: `warmups` runs on a side stream first (allocations and
+    compilation happen there, as torch.cuda.graph wants), then the capture. Returns (graph,
+    what the captured call returned): replaying the graph rewrites those tensors in place."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmups):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out

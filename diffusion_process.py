@@ -47,10 +47,11 @@ if __name__ == "__main__":  # Ctrl-C while torch loads: exit quietly (main() han
     # os._exit, not sys.exit: an exception raised inside torch's C++ import code aborts the process
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
+from ar_sampler import generate_ar_steps
 from checkpoint import DEFAULT_AR, load_model
 from cli import ArgumentParser, UserError
 from corpus import mask_id_of
-from sampler import (add_sampling_flags, generate_ar_steps, generate_steps, load_for_sampling, make_canvas,
+from sampler import (add_sampling_flags, generate_steps, load_for_sampling, make_canvas,
                      sampling_config)
 
 SCREEN_MASK = "░"  # how a masked position looks on screen

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from checkpoint import DEFAULT_CKPT, load_model_of_kind
 from cli import UserError, add_config_flags, config_values
 from corpus import MASK_GLYPH, encode, mask_id_of
-from devices import autocast, pick_device, sampling_precision
+from devices import autocast, capture_graph, pick_device, sampling_precision
 from diffusion import block_causal_mask, lowest
 from model import KVCache
 
@@ -718,17 +718,12 @@ def generate_graphed(model, canvas, config, seed=0):
     if key not in GRAPHS:
         inputs = canvas.clone(), torch.tensor(seed, device=canvas.device)
         plan = plan_generation(model, inputs[0], config, inputs[1])  # the host's work, done before the capture
-        side = torch.cuda.Stream()  # warm-up off the default stream, as torch.cuda.graph wants
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                for _ in denoise_canvas(model, inputs[0], plan):
-                    pass
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        def run():
+            state = {}
             for state in denoise_canvas(model, inputs[0], plan):
                 pass
+            return state
+        graph, state = capture_graph(run, warmups=2)
         # the plan's tensors live outside the graph's memory pool: they must outlive the graph
         GRAPHS[key] = graph, inputs, plan, state["canvas"], state["nfe"]
     graph, (canvas_in, seed_in), _, canvas_out, nfe = GRAPHS[key]
@@ -736,42 +731,6 @@ def generate_graphed(model, canvas, config, seed=0):
     seed_in.fill_(seed)
     graph.replay()
     return canvas_out.clone(), nfe
-
-
-@torch.inference_mode()
-def generate_ar_steps(model, canvas, config=None, seed=0, cached=True):
-    """The autoregressive baseline's sampler, for side-by-side comparisons: writes the masked
-    positions of canvas left to right, one character per forward pass, each given up to
-    block_size characters before it; config's temperature, top_k, top_p and precision apply.
-    cached: keep the window's keys/values (KVCache append mode), so a pass runs on the newly
-    written characters alone; past the context the window slides every character and its
-    rotary positions start anew, so each pass there re-encodes the window whole, as uncached.
-    The same characters either way. Yields the same dicts as generate_steps."""
-    config = config or SamplerConfig()
-    mask_id, T = model.config.mask_id, model.config.block_size
-    B, N = canvas.shape
-    dev = canvas.device
-    canvas = canvas.clone()
-    noise = Noise(seed, B, dev)
-    precision = sampling_precision(config.precision, dev)
-    masked_cols = (canvas[0] == mask_id).nonzero().flatten().tolist()
-    if masked_cols and masked_cols[0] == 0:
-        raise ValueError("the autoregressive model needs at least one character before the first mask")
-    kv, window_start, encoded = None, None, 0  # encoded: canvas columns [window_start, encoded) are cached
-    for nfe, i in enumerate(masked_cols, start=1):
-        start = max(0, i - T)
-        if not cached or start != window_start:  # a new window: encode it from its first column
-            kv, window_start, encoded = (KVCache(append=True) if cached else None), start, start
-        with autocast(dev, precision):
-            logits = model(canvas[:, encoded:i], cache=kv, start=encoded - start)[:, -1:]
-        encoded = i if cached else start
-        chars, _ = draw_characters(logits, config.temperature, config.top_k, config.top_p,
-                                   noise.uniform(logits.size(1)))
-        canvas[:, i] = chars[:, 0]
-        committed = torch.zeros_like(canvas, dtype=torch.bool)
-        committed[:, i] = True
-        yield {"canvas": canvas, "committed": committed, "reopened": torch.zeros_like(committed), "nfe": nfe,
-               "window": (start, i + 1), "block": (i, i + 1)}
 
 
 # -----------------------------------------------------------------------------

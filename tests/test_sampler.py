@@ -2,10 +2,11 @@ import shutil
 
 import pytest
 import torch
+from ar_sampler import generate_ar_steps
 from corpus import decode, encode
 from devices import native_bf16
 from model import KVCache
-from sampler import (SamplerConfig, commit_schedule, generate, generate_ar_steps, generate_steps, plan_blocks,
+from sampler import (SamplerConfig, commit_schedule, generate, generate_steps, plan_blocks,
                      split_steps)
 
 
