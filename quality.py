@@ -3,6 +3,7 @@ Score generated text against real held-out text, for several sampler settings at
 
     python quality.py                                  # the default grid, 32 prompts
     python quality.py --prompts 64 --settings steps=256 steps=64 threshold=0.9,temperature=1.0
+    python quality.py --prompts 64 --seeds 0,1,2 --jsonl out/grid.jsonl   # mean ± standard error
 
 Every prompt is the first --prompt-chars characters of a window of the validation split
 (never seen in training); the model writes the rest of the window. Each row reports:
@@ -15,13 +16,17 @@ Every prompt is the first --prompt-chars characters of a window of the validatio
   runs       % of samples with a word repeated three or more times in a row ("the the the")
   NFE        forward passes; chars/s for the whole batch on this device
 The first row scores the real continuation the same way: good text sits in a band around it
-on every column at once, not at the lowest AR NLL. Settings start from sample.py's defaults
+on every column at once, not at the lowest AR NLL; the last column names the columns outside
+the band (BAND below). With several --seeds every figure is the mean over seeds, ± its
+standard error over seeds. Settings start from sample.py's defaults
 ("default" is them unchanged) and override any sampler option: steps, threshold, temperature,
 top_k, top_p, schedule, order, remask, remask_by, block, cache, precision.
 """
 
 import argparse
+import json
 import math
+import os
 import re
 import sys
 import time
@@ -41,6 +46,13 @@ DEFAULT_SETTINGS = ["default", "steps=256", "steps=32", "threshold=0.9", "temper
                     "order=noisy", "remask=1.0", "top_p=0.9", "block=32", "block=32,cache=prefix",
                     "block=32,cache=dual", "block=64,cache=dual", "block=16,cache=dual"]
 MAX_PROMPTS = 1024  # prompts are one batch: this bounds its memory
+SEED_RANGE = 2 ** 31  # as sample.py: prompt i of seed s draws with s + i, hashed as 32 bits
+# Real text's band: generated text is "in band" when every column is inside it at once.
+BAND_WORDS = 0.91      # at least this fraction of real words (real text: ~0.92)
+BAND_DISTINCT = 0.85   # at least this fraction of distinct word bigrams
+BAND_AR_NLL = 0.10     # AR NLL within this fraction of real text's, either side
+BAND_ENTROPY = 0.15    # character entropy within this many bits of real text's
+BAND_RUNS = 0.05       # at most this fraction of samples with runs more than real text has
 # a setting may change any field of SamplerConfig but the CUDA-only ones, with the field's type
 TYPES = {f.name: field_type(f) for f in fields(SamplerConfig) if f.name not in ("compile", "cuda_graph")}
 
@@ -85,6 +97,38 @@ def text_stats(texts, vocabulary):
     return known, distinct, entropy, runs
 
 
+def parse_seeds(text):
+    """'0,1,2' -> [0, 1, 2], each in the sampler's seed range."""
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise UserError(f"--seeds must be a comma list of integers, got {text!r}") from None
+    bad = [s for s in seeds if not 0 <= s < SEED_RANGE - MAX_PROMPTS]
+    if bad:
+        raise UserError(f"--seeds must be in 0..{SEED_RANGE - MAX_PROMPTS - 1}, got {bad[0]}")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds lists a seed twice: {text!r}")
+    return seeds
+
+
+def outside_band(stats, real):
+    """The names of the columns where `stats` is outside real text's band (BAND_*)."""
+    checks = {"words": stats["words"] >= BAND_WORDS,
+              "distinct": stats["distinct"] >= BAND_DISTINCT,
+              "AR NLL": abs(stats["ar_nll"] - real["ar_nll"]) <= BAND_AR_NLL * real["ar_nll"],
+              "entropy": abs(stats["entropy"] - real["entropy"]) <= BAND_ENTROPY,
+              "runs": stats["runs"] <= real["runs"] + BAND_RUNS}
+    return [name for name, ok in checks.items() if not ok]
+
+
+def mean_se(values):
+    """(mean, standard error of the mean); the error is 0 for a single value."""
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
 def has_run(text, length=3):
     """True if some word appears `length` or more times in a row (case-insensitive)."""
     words = [w.lower() for w in re.findall(r"[A-Za-z']+", text)]
@@ -102,10 +146,20 @@ def main(argv=None):
     p.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS,
                    help="sampler settings to score, each 'default' or field=value[,field=value] over "
                         "SamplerConfig's fields (default: a grid of 14)")
-    p.add_argument("--seed", type=int, default=0, help="sampler seed; prompt i uses seed + i (default %(default)s)")
+    p.add_argument("--seeds", "--seed", default="0",
+                   help="sampler seeds, a comma list (e.g. 0,1,2): each setting is scored once per seed and "
+                        "reported as mean ± standard error; prompt i of seed s uses s + i (default %(default)s)")
+    p.add_argument("--jsonl", default=None, metavar="PATH",
+                   help="also append one JSON row per setting (every statistic, per seed and mean) to PATH")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     args = p.parse_args(argv)
     try:
+        seeds = parse_seeds(args.seeds)
+        if args.jsonl:  # a path we cannot write fails now, not after the grid
+            try:
+                open(args.jsonl, "a").close()
+            except OSError as e:
+                raise UserError(f"cannot write {args.jsonl}: {e.strerror}") from None
         device = pick_device(args.device)
         model, chars, _ = load_model_of_kind(args.ckpt, device, causal=False)
         ar_model, ar_chars, _ = load_model_of_kind(args.ar, device, causal=True)
@@ -131,30 +185,60 @@ def main(argv=None):
 
     P = args.prompt_chars
     print(f"{args.prompts} prompts of {P} chars from the validation split, {T - P} chars generated each; "
-          f"device {device}")
+          f"seeds {args.seeds}; device {device}")
     print("| setting | AR NLL (nats/char) | words in train % | distinct bigrams % | char entropy (bits) | runs % "
-          "| NFE | chars/s |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| NFE | chars/s | outside the band |")
+    print("|---|---|---|---|---|---|---|---|---|")
 
-    def row(name, ids, nfe, seconds):
+    def stats_of(ids):
         texts = [decode(r[P:], chars) for r in ids.tolist()]
         known, distinct, entropy, runs = text_stats(texts, vocabulary)
-        speed = f"{args.prompts * (T - P) / seconds:,.0f}" if seconds else "-"
-        print(f"| {name} | {ar_nll(ar_model, ids, P):.3f} | {100 * known:.1f} | {100 * distinct:.1f} | "
-              f"{entropy:.3f} | {100 * runs:.1f} | {nfe if nfe else '-'} | {speed} |", flush=True)
+        return {"ar_nll": ar_nll(ar_model, ids, P), "words": known, "distinct": distinct, "entropy": entropy,
+                "runs": runs}
 
-    row("real validation text", real, 0, 0)
+    real_stats = stats_of(real)
+    report(args, "real validation text", [real_stats], real_stats, 0, 0)
     for name, config in settings:
-        canvas = real.clone()
-        canvas[:, P:] = mask_id_of(chars)
-        generate(model, canvas[:1], config, args.seed)  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.time()
-        out, nfe = generate(model, canvas, config, args.seed)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        row(name, out, nfe, time.time() - t0)
+        per_seed, seconds, nfe = [], 0.0, 0
+        for seed in seeds:
+            canvas = real.clone()
+            canvas[:, P:] = mask_id_of(chars)
+            generate(model, canvas[:1], config, seed)  # warm-up
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.time()
+            out, nfe = generate(model, canvas, config, seed)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds += time.time() - t0
+            per_seed.append(stats_of(out))
+        speed = args.prompts * (T - P) * len(seeds) / seconds
+        report(args, name, per_seed, real_stats, nfe, speed)
+
+
+def report(args, name, per_seed, real, nfe, speed):
+    """One table row (mean ± se over seeds; the words, distinct and runs columns in %), and
+    one JSON row with --jsonl."""
+    summary = {key: mean_se([s[key] for s in per_seed]) for key in per_seed[0]}
+
+    def cell(key, scale=1.0, digits=1):
+        m, se = summary[key]
+        return f"{scale * m:.{digits}f}" + (f" ± {scale * se:.{digits}f}" if len(per_seed) > 1 else "")
+
+    mean = {key: m for key, (m, _) in summary.items()}
+    outside = outside_band(mean, real) if per_seed[0] is not real else []
+    print(f"| {name} | {cell('ar_nll', digits=3)} | {cell('words', 100)} | {cell('distinct', 100)} | "
+          f"{cell('entropy', digits=3)} | {cell('runs', 100)} | {nfe or '-'} | {f'{speed:,.0f}' if speed else '-'} | "
+          f"{', '.join(outside) if outside else '-' if per_seed[0] is real else 'in band'} |", flush=True)
+    if args.jsonl:
+        row = {"setting": name, "ckpt": os.path.basename(args.ckpt), "prompts": args.prompts, "seeds": args.seeds,
+               "nfe": nfe, "chars_per_s": speed, "mean": mean, "se": {k: se for k, (_, se) in summary.items()},
+               "per_seed": per_seed, "outside_band": outside}
+        try:
+            with open(args.jsonl, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:
+            sys.exit(f"quality.py: error: cannot write {args.jsonl}: {e.strerror}")
 
 
 if __name__ == "__main__":
