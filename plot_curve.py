@@ -10,6 +10,7 @@ into; the path written is printed.
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -28,21 +29,25 @@ def read(path):
             lines = f.readlines()
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
-    train, val = [], []
+    train, val, dropped = [], [], 0
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            minutes = row["time"] / 60
-            if "train_loss" in row:
-                train.append((minutes, float(row["train_loss"])))
-            if "val" in row:
-                val.append((minutes, float(row["val"])))
+            minutes = float(row["time"]) / 60
+            points = [(series, float(row[key])) for series, key in ((train, "train_loss"), (val, "val")) if key in row]
         except (ValueError, KeyError, TypeError):  # not JSON, no time, not numbers
             raise UserError(f"{path} line {n} is not a train.py log row: {line.strip()[:60]!r}") from None
+        for series, value in points:  # a diverged step (NaN/inf) is not a point of the curve
+            if math.isfinite(value) and math.isfinite(minutes):
+                series.append((minutes, value))
+            else:
+                dropped += 1
+    if dropped:
+        print(f"plot_curve.py: {path}: {dropped} NaN/inf value(s) left out", file=sys.stderr)
     if not val:
-        raise UserError(f"{path} has no validation rows")
+        raise UserError(f"{path} has no (finite) validation rows")
     return train, val
 
 
@@ -72,9 +77,24 @@ def plot(logs, labels=None, title=""):
 def out_path(out):
     """The file --out names: inside a folder (an existing one, or one ending with a slash),
     curve.png; without an extension, .png added (as matplotlib would, silently)."""
+    if not out.strip():
+        raise UserError("--out is empty: give an image file or a folder")
     if os.path.isdir(out) or out.endswith(("/", os.sep)):
         return os.path.join(out, "curve.png")
     return out if os.path.splitext(out)[1] not in ("", ".") else out.rstrip(".") + ".png"
+
+
+def save_atomically(fig, out):
+    """Write the figure to a temp file, then rename: a full disk leaves no empty image behind."""
+    fmt = os.path.splitext(out)[1].lstrip(".").lower()
+    tmp = f"{out}.tmp{os.getpid()}"
+    try:
+        fig.savefig(tmp, format=fmt)
+        os.replace(tmp, out)
+    except (OSError, ValueError) as e:  # ValueError: an unknown image format
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise UserError(f"cannot write {out}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def main(argv=None):
@@ -86,13 +106,10 @@ def main(argv=None):
                         "an existing folder: FOLDER/curve.png")
     p.add_argument("--title", default="tiny-diffusion on Tiny Shakespeare (val = last 10%)")
     args = p.parse_args(argv)
-    out = out_path(args.out)
     try:
+        out = out_path(args.out)
         fig, _ = plot(args.logs, args.labels, args.title)
-        try:
-            fig.savefig(out)
-        except (OSError, ValueError) as e:  # ValueError: an unknown image format
-            raise UserError(f"cannot write {out}: {getattr(e, 'strerror', None) or e}") from None
+        save_atomically(fig, out)
     except UserError as e:
         sys.exit(f"plot_curve.py: error: {e}")
     print(f"wrote {out}")
