@@ -20,7 +20,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 from cli import ArgumentParser, UserError  # noqa: E402
 
 RESULT = re.compile(r"val (?:NLL|NELBO) ([0-9.]+) ± ([0-9.]+) nats/char .*\[context (\d+):")
@@ -29,11 +30,13 @@ RESULT = re.compile(r"val (?:NLL|NELBO) ([0-9.]+) ± ([0-9.]+) nats/char .*\[con
 def read_point(arg):
     """(L', context, mean, se) from one L'=FILE argument."""
     length, sep, path = arg.partition("=")
-    if not sep or not length.isdigit():
-        raise UserError(f"expected L'=FILE, got {arg!r}")
+    if not sep or not length.isdigit() or int(length) < 1:
+        raise UserError(f"expected L'=FILE with L' >= 1, got {arg!r}")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             found = next((m for m in map(RESULT.search, f) if m), None)
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not an evaluate.py output (not UTF-8 text)") from None
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
     if found is None:
@@ -44,13 +47,26 @@ def read_point(arg):
 def main(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("points", nargs="+", metavar="L'=FILE", help="block length and an evaluate.py output")
-    p.add_argument("--out", default="assets/block_spectrum.png", help="PNG to write (default %(default)s)")
+    p.add_argument("--out", default=os.path.join(ROOT, "assets", "block_spectrum.png"),
+                   help="image to write, its extension the format (default: assets/block_spectrum.png); "
+                        "an existing folder: FOLDER/block_spectrum.png")
     p.add_argument("--title", default="Block diffusion on Tiny Shakespeare: val NELBO vs block length")
     args = p.parse_args(argv)
     try:
         points = [read_point(a) for a in args.points]
+        out = os.path.join(args.out, "block_spectrum.png") if os.path.isdir(args.out) else args.out
+        fig = plot(points, args.title)
+        try:
+            fig.savefig(out, dpi=120)
+        except (OSError, ValueError) as e:  # ValueError: an unknown image format
+            raise UserError(f"cannot write {out}: {getattr(e, 'strerror', None) or e}") from None
     except UserError as e:
         sys.exit(f"plot_spectrum.py: error: {e}")
+    print(f"wrote {out} ({len(points)} points)")
+
+
+def plot(points, title):
+    """The figure: one line per context, L' on a log axis, standard errors as bars."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for context in sorted({c for _, c, _, _ in points}):
         row = sorted((L, m, s) for L, c, m, s in points if c == context)
@@ -64,12 +80,11 @@ def main(argv=None):
                             for L in lengths])
     ax.set_xlabel("block length L'")
     ax.set_ylabel("val NLL / NELBO (nats/char)")
-    ax.set_title(args.title, fontsize=10)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(args.out, dpi=120)
-    print(f"wrote {args.out} ({len(points)} points)")
+    return fig
 
 
 if __name__ == "__main__":
