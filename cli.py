@@ -4,6 +4,8 @@ dataclass's fields (a field's default is the flag's default, one help line per f
 """
 
 import argparse
+import sys
+import time
 import typing
 from dataclasses import fields
 
@@ -52,3 +54,59 @@ def add_config_flags(parser, cls, helps, choices=None, bare=None, defaults=None)
 def config_values(cls, args):
     """{field: value} of the flags the user gave (the others are None in `args`)."""
     return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+
+
+class Progress:
+    """A one-line progress report on stderr for work that can take more than a few seconds:
+    `label done/total (pct) elapsed, ETA`, redrawn at most every `every` seconds and erased at
+    the end. Off when stderr is not a terminal (logs and pipes stay clean) or enabled=False.
+
+        progress = Progress("evaluating", total=len(blocks))
+        for block in blocks:
+            ...
+            progress.update(1)
+        progress.close()
+    """
+
+    def __init__(self, label, total, enabled=True, every=0.5, stream=None):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled and total > 0 and getattr(self.stream, "isatty", lambda: False)()
+        self.label, self.total, self.every = label, total, every
+        self.done, self.t0, self.shown_at, self.width = 0, time.time(), 0.0, 0
+
+    def update(self, n=1):
+        self.done = min(self.done + n, self.total)
+        now = time.time()
+        if self.enabled and (now - self.shown_at >= self.every or self.done == self.total):
+            self.shown_at = now
+            self.draw(self.line(now - self.t0))
+
+    def line(self, elapsed):
+        frac = self.done / self.total
+        eta = elapsed * (1 - frac) / frac if frac else None
+        tail = f", ETA {format_seconds(eta)}" if eta is not None and self.done < self.total else ""
+        return f"{self.label} {self.done:,}/{self.total:,} ({frac:.0%}) {format_seconds(elapsed)}{tail}"
+
+    def draw(self, text):
+        pad = max(0, self.width - len(text))
+        self.stream.write("\r" + text + " " * pad)
+        self.stream.flush()
+        self.width = len(text)
+
+    def close(self):
+        """Erase the line, so what follows starts on a clean line."""
+        if self.enabled and self.width:
+            self.draw("")
+            self.stream.write("\r")
+            self.stream.flush()
+            self.width = 0
+
+
+def format_seconds(seconds):
+    """12s, 3m05s, 1h02m."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
