@@ -72,6 +72,9 @@ def main(argv=None):
         sys.exit(f"sample.py: error: {e}")
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # the reader left (`sample.py ... | head`): stop quietly, as `yes | head` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+        sys.exit(141)
     if args.stats:
         total = n_new * args.num_samples
         print(f"[stats] {nfe} forward passes (NFE) for {n_new} new chars x {args.num_samples} samples "

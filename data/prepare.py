@@ -21,7 +21,7 @@ DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_sha
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """model.py's one-line errors, without importing torch: a bad flag is one line, exit 2."""
+    """cli.py's one-line errors, without importing torch: a bad flag is one line, exit 2."""
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -32,6 +32,12 @@ def verify(data, source):
     if digest != SHA256:
         raise ValueError(f"{source}: sha256 {digest[:16]}... does not match Tiny Shakespeare "
                          f"({SHA256[:16]}...); get the original file from {URL}")
+
+
+def shown(path):
+    """A path as the user can read it: relative to the current folder when it lies inside it."""
+    rel = os.path.relpath(os.path.abspath(path))
+    return path if rel.startswith("..") else rel
 
 
 def fetch(url, timeout=60):
@@ -63,7 +69,7 @@ def write(data, path):
 def main(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--from", dest="src", metavar="PATH", help="local copy of input.txt instead of downloading")
-    p.add_argument("--out", default=DEFAULT_OUT, help="where to write (default: %(default)s)")
+    p.add_argument("--out", default=DEFAULT_OUT, help="where to write (default: data/tiny_shakespeare.txt in the repo)")
     args = p.parse_args(argv)
     try:
         if args.src:
@@ -80,7 +86,7 @@ def main(argv=None):
     except ValueError as e:
         sys.exit(f"prepare.py: error: {e}")
     n = len(data.decode("utf-8"))
-    print(f"wrote {args.out}: {n:,} characters, sha256 verified (model.split_text holds out the last 10%)")
+    print(f"wrote {shown(args.out)}: {n:,} characters, sha256 verified (corpus.split_text holds out the last 10%)")
 
 
 if __name__ == "__main__":
