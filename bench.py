@@ -24,18 +24,20 @@ one per pass with its key/value cache, eager, after a newline when there is no p
 """
 
 import argparse
+import json
 import os
 import sys
 import time
+from dataclasses import fields
 
 import torch
 
-from ar_sampler import generate_ar_steps
+from ar_sampler import generate_ar
 from checkpoint import DEFAULT_AR, load_model_of_kind
 from cli import ArgumentParser, UserError
 from corpus import mask_id_of
 from devices import autocast, capture_graph, sampling_precision
-from sampler import add_sampling_flags, generate, load_for_sampling, make_canvas, sampling_config
+from sampler import SamplerConfig, add_sampling_flags, generate, load_for_sampling, make_canvas, sampling_config
 from trainer import Trainer, add_train_flags, check_config, configs_from_args, shutdown_distributed
 
 MAX_BATCH = 4096  # samples at once: a larger batch needs more memory than a GPU has
@@ -78,8 +80,10 @@ def sample_benchmark(argv):
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default %(default)s)")
     p.add_argument("--ar", default=DEFAULT_AR, help="autoregressive baseline timed beside the diffusion model, "
                                                     "with its key/value cache (default weights/ar_baseline.pt; none: skip)")
+    p.add_argument("--jsonl", default=None, metavar="PATH", help="also append one JSON row per measurement to PATH")
     args = p.parse_args(argv)
     try:
+        check_appendable(args.jsonl)
         try:
             batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
         except ValueError:
@@ -129,15 +133,82 @@ def sample_benchmark(argv):
         print(f"batch {batch:>4}: {n_new * batch / seconds:>12,.0f} chars/s | {seconds * 1e3:9.1f} ms for {n_new} "
               f"new chars x {batch}, NFE {nfe} | {nfe} full forward passes alone: {reference * 1e3:9.1f} ms "
               f"({seconds / reference:.2f}x)", flush=True)
+        row = dict(device=name, torch=torch.__version__, batch=batch, new_chars=n_new, precision=precision)
+        record(args.jsonl, row, sampler="diffusion " + changed_fields(config), seconds=seconds, nfe=nfe,
+               chars_per_s=n_new * batch / seconds, full_passes_seconds=reference)
         if ar is not None:
             ar_canvas = ar_canvas_for(canvas, chars)
+            ar_seconds = median_time(lambda: generate_ar(ar, ar_canvas, config, seed))
+            print(f"  autoregressive, static cache{engine(config)}: {n_new * batch / ar_seconds:>12,.0f} chars/s | "
+                  f"{ar_seconds * 1e3:9.1f} ms, NFE {n_new} | diffusion {ar_seconds / seconds:.2f}x as fast", flush=True)
+            record(args.jsonl, row, sampler="autoregressive" + engine(config), seconds=ar_seconds, nfe=n_new,
+                   chars_per_s=n_new * batch / ar_seconds)
 
-            def ar_run():
-                for _ in generate_ar_steps(ar, ar_canvas, config, seed):
-                    pass
-            ar_seconds = median_time(ar_run)
-            print(f"  autoregressive, cached: {n_new * batch / ar_seconds:>12,.0f} chars/s | {ar_seconds * 1e3:9.1f} ms, "
-                  f"NFE {n_new} | diffusion {ar_seconds / seconds:.2f}x as fast", flush=True)
+
+def changed_fields(config):
+    """The sampler's settings that differ from SamplerConfig's defaults ('default' if none)."""
+    base = SamplerConfig()
+    changed = [f"{f.name}={getattr(config, f.name)}" for f in fields(config)
+               if getattr(config, f.name) != getattr(base, f.name)]
+    return ",".join(changed) or "default"
+
+
+def engine(config):
+    """How a sampler ran, for the AR line: ', compile, CUDA graph' and the like."""
+    parts = ([f"compile {config.compile}"] if config.compile else []) + (["CUDA graph"] if config.cuda_graph else [])
+    return "".join(", " + p for p in parts)
+
+
+def check_appendable(path):
+    if path:
+        try:
+            open(path, "a").close()
+        except OSError as e:
+            raise UserError(f"cannot write {path}: {e.strerror}") from None
+
+
+def record(path, row, **fields):
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({**row, **fields}) + "\n")
+
+
+def plot_speed(argv):
+    """bench.py --plot FILE.jsonl ... --out PNG: chars/s against batch size, log-log, one line
+    per sampler and device."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = ArgumentParser(prog="bench.py --plot", description="chars/s against batch size from --jsonl rows")
+    p.add_argument("--plot", nargs="+", required=True, metavar="JSONL", help="rows written by --sample --jsonl")
+    p.add_argument("--out", default="speed.png", help="image to write (default %(default)s)")
+    p.add_argument("--title", default="Sampling speed, 256 new characters")
+    args = p.parse_args(argv)
+    lines = {}
+    try:
+        for path in args.plot:
+            for n, text in enumerate(open(path), start=1):
+                try:
+                    r = json.loads(text)
+                    lines.setdefault(f"{r['sampler']} ({r['device']})", []).append((r["batch"], r["chars_per_s"]))
+                except (ValueError, KeyError, TypeError):
+                    raise UserError(f"{path} line {n} is not a bench.py --jsonl row") from None
+        if not lines:
+            raise UserError("no rows to plot")
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for label, points in sorted(lines.items()):
+            ax.plot(*zip(*sorted(points)), "o-", label=label)
+        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="new characters / s", title=args.title)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(args.out, dpi=120)
+    except OSError as e:
+        raise SystemExit(f"bench.py: error: cannot read or write: {e.strerror}: {e.filename}")
+    except UserError as e:
+        raise SystemExit(f"bench.py: error: {e}")
+    print(f"wrote {args.out}")
 
 
 def ar_canvas_for(canvas, chars):
@@ -152,6 +223,8 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--sample" in argv:
         return sample_benchmark(argv)
+    if "--plot" in argv:
+        return plot_speed(argv)
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="Other flags go to train.py's parser (python train.py --help); "
                               "python bench.py --sample --help lists the sampling flags.")

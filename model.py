@@ -63,9 +63,14 @@ class KVCache:
     A block model's exact cache grows the same way, by each committed block (its clean
     keys/values never change)."""
 
-    def __init__(self, append=False):
+    def __init__(self, append=False, capacity=None):
         self.layers = {}
         self.append = append
+        # capacity (append mode): keys/values live in buffers of `capacity` positions allocated
+        # at the first pass and written in place, so a pass allocates nothing and copies only its
+        # own positions (torch.cat would copy the whole cache every character): the static cache
+        # that lets an autoregressive generation run as one CUDA graph. The same numbers as cat.
+        self.capacity = capacity
 
     def __bool__(self):
         return bool(self.layers)
@@ -74,6 +79,14 @@ class KVCache:
         """Copy the stored tensors into memory of our own: under CUDA graphs (torch.compile's
         reduce-overhead mode) a pass's outputs are overwritten by the next replay."""
         self.layers = {i: (k.clone(), v.clone()) for i, (k, v) in self.layers.items()}
+
+
+def cache_buffers(k, v, capacity):
+    """(keys, values) buffers of `capacity` positions holding k and v in their first positions."""
+    bufs = tuple(t.new_empty(*t.shape[:2], capacity, t.size(3)) for t in (k, v))
+    for buf, t in zip(bufs, (k, v)):
+        buf[:, :, :t.size(2)] = t
+    return bufs
 
 
 class Attention(nn.Module):
@@ -95,7 +108,11 @@ class Attention(nn.Module):
         if cache is not None:
             stored = cache.layers.get(self.layer_idx)
             if stored is None:  # a full pass: remember the window's keys and values
-                cache.layers[self.layer_idx] = (k, v)
+                cache.layers[self.layer_idx] = cache_buffers(k, v, cache.capacity) if cache.capacity else (k, v)
+            elif cache.append and cache.capacity:  # static: write our positions in place, attend to the filled part
+                for buf, new in zip(stored, (k, v)):
+                    buf[:, :, start:start + T] = new
+                k, v = (buf[:, :, :start + T] for buf in stored)
             elif torch.is_tensor(start):  # scattered positions (B, T): fresh there, stored elsewhere
                 at = start[:, None, :, None].expand(-1, k.size(1), -1, k.size(3))
                 k, v = (old.scatter(2, at, new) for old, new in zip(stored, (k, v)))
