@@ -8,7 +8,8 @@ import torch
 
 from devices import autocast, sampling_precision
 from model import KVCache
-from sampler import Noise, SamplerConfig, draw_characters
+from denoise import Noise, StepRecord, draw_characters
+from sampler import SamplerConfig
 
 
 @torch.inference_mode()
@@ -43,5 +44,4 @@ def generate_ar_steps(model, canvas, config=None, seed=0, cached=True):
         canvas[:, i] = chars[:, 0]
         committed = torch.zeros_like(canvas, dtype=torch.bool)
         committed[:, i] = True
-        yield {"canvas": canvas, "committed": committed, "reopened": torch.zeros_like(committed), "nfe": nfe,
-               "window": (start, i + 1), "block": (i, i + 1)}
+        yield StepRecord(canvas, committed, torch.zeros_like(committed), nfe, (start, i + 1), (i, i + 1))
