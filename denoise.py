@@ -251,6 +251,7 @@ class NoCache:
         self.model, self.plan = model, plan
 
     def begin(self, canvas, block_plan):
+        """Before a block's first step (block_plan: sampler.BlockPlan)."""
         self.canvas, self.block_plan = canvas, block_plan
         b, L = block_plan.block, self.model.config.block_len
         self.mask = block_causal_mask(b.end - b.start, L, canvas.device) if L else None
@@ -266,10 +267,11 @@ class NoCache:
         return Pass(self.canvas[:, b.first:run_end], kv, b.first - b.start, 0, b.block_end - b.first)
 
     def pass_for(self, step, state):
+        """The Pass that step number `step` of the block runs (state: its StepState)."""
         return self.window_pass(mask=self.mask)
 
     def passed(self):
-        pass
+        """After each forward pass."""
 
 
 class PrefixCache(NoCache):
