@@ -17,7 +17,8 @@ import torch
 
 from devices import autocast, capture_graph, sampling_precision
 from model import KVCache
-from sampler import Noise, SamplerConfig, draw_characters
+from denoise import Noise, StepRecord, draw_characters
+from sampler import SamplerConfig
 
 
 def masked_columns(model, canvas):
@@ -67,14 +68,13 @@ def compiled(model, mode):
 @torch.inference_mode()
 def generate_ar_steps(model, canvas, config=None, seed=0, cached=True):
     """The AR sampler step by step, for animations and comparisons: yields after every pass
-    the same dicts as sampler.generate_steps (canvas, committed, reopened, nfe, window, block)."""
+    the same records as sampler.generate_steps (denoise.StepRecord)."""
     config = config or SamplerConfig()
     canvas = canvas.clone()
     for nfe, i, start in ar_passes(model, canvas, masked_columns(model, canvas), config, seed, cached):
         committed = torch.zeros_like(canvas, dtype=torch.bool)
         committed[:, i] = True
-        yield {"canvas": canvas, "committed": committed, "reopened": torch.zeros_like(committed), "nfe": nfe,
-               "window": (start, i + 1), "block": (i, i + 1)}
+        yield StepRecord(canvas, committed, torch.zeros_like(committed), nfe, (start, i + 1), (i, i + 1))
 
 
 @torch.inference_mode()

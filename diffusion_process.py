@@ -147,7 +147,7 @@ class Recording:
         return len(self.ends)
 
     def add(self, state):
-        canvas, committed, reopened = state["canvas"][0], state["committed"][0], state["reopened"][0]
+        canvas, committed, reopened = state.canvas[0], state.committed[0], state.reopened[0]
         changed = (committed | reopened | (canvas != self.prev)).nonzero().flatten()
         self.prev.copy_(canvas)
         pos, ids = changed.tolist(), canvas[changed].tolist()
@@ -156,8 +156,8 @@ class Recording:
         self.ids.extend(ids)
         self.flags.extend(flags)
         self.ends.append(len(self.pos))
-        self.nfe.append(int(state["nfe"]))
-        self.focus.extend(state.get("block") or (0, 0))
+        self.nfe.append(int(state.nfe))
+        self.focus.extend(state.block)
         for p, i in zip(pos, ids):
             self.text.set(p, i)
         if self.max_rows <= VIEW_ROWS:

@@ -16,7 +16,7 @@ one pass from x_t, matches the targets on the masked positions.
 import torch
 
 from diffusion import training_masks
-from sampler import commit_positions, draw_characters, rank_for_commit, spread_priority
+from denoise import commit_positions, draw_characters, rank_for_commit, spread_priority
 
 DIVERGENCES = ("kl", "fkl", "tvd", "mse")
 DISTILL_ORDERS = ("random", "spread")

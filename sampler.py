@@ -1,10 +1,14 @@
 """
-The samplers. Masked diffusion: every step runs one forward pass, draws a character for every
-masked position and commits some of them (confidence-ordered parallel unmasking, or another
-order), with prompts, infilling, remasking, block-wise decoding with a key/value cache (or a
-sparse one without blocks), windowed generation of texts longer than the context, one step
-that torch.compile can capture whole, and on CUDA the whole generation as one CUDA graph.
-The autoregressive baseline's sampler writes one character per pass, for comparisons.
+The masked-diffusion sampler, its host side: every step runs one forward pass, draws a character
+for every masked position and commits some of them (confidence-ordered parallel unmasking, or
+another order), with prompts, infilling, remasking, block-wise decoding with a key/value cache
+(or a sparse one without blocks), windowed generation of texts longer than the context, one
+step that torch.compile can capture whole, and on CUDA the whole generation as one CUDA graph.
+
+This file holds what the host decides: the options, and the plan made before the first step
+(the blocks, every step's counts as device tensors: `plan_generation`), then `generate` and the
+sampling scripts' command line. The steps themselves, which only queue device work, are
+denoise.py's; the autoregressive baseline's sampler is ar_sampler.py's.
 
 Every option lives in SamplerConfig: its field defaults are the defaults of `python sample.py`
 (chosen with quality.py), its checks are the sampler's rules, and the CLIs build their flags
@@ -17,22 +21,20 @@ from its fields. From Python:
 
 import math
 import random
+import weakref
 from dataclasses import dataclass, replace
 from typing import NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 
 from checkpoint import DEFAULT_CKPT, load_model_of_kind
 from cli import UserError, add_config_flags, config_values
 from corpus import MASK_GLYPH, encode, mask_id_of
-from devices import autocast, capture_graph, pick_device, sampling_precision
-from diffusion import block_causal_mask, lowest
-from model import KVCache
+from denoise import CACHES, char_prior, compiled_step, denoise_canvas, denoise_step
+from devices import capture_graph, pick_device, sampling_precision
 
 ORDERS = ("confidence", "random", "noisy", "spread", "l2r")
 PLANNED_ORDERS = ("random", "spread", "l2r")  # they choose positions without the pass: the sparse cache works
-CACHES = ("none", "prefix", "dual", "sparse", "exact")
 REMASK_BY = ("prob", "ratio", "pmi")
 SCHEDULES = ("linear", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -113,7 +115,7 @@ SAMPLER_HELP = {
     "cuda_graph": "CUDA: capture the whole generation as one CUDA graph and replay it (needs --steps, no "
                   "--cache; pays off from the second generation of a shape)",
 }
-SAMPLER_CHOICES = {"schedule": SCHEDULES, "order": ORDERS, "remask_by": REMASK_BY, "cache": CACHES,
+SAMPLER_CHOICES = {"schedule": SCHEDULES, "order": ORDERS, "remask_by": REMASK_BY, "cache": tuple(CACHES),
                    "precision": PRECISIONS, "compile": COMPILE_MODES}
 
 
@@ -175,7 +177,7 @@ def check_options(c):
 
 
 # -----------------------------------------------------------------------------
-# Schedules, random numbers, drawing characters
+# The step schedule
 
 def commit_schedule(n, steps, schedule="linear"):
     """How many of n masked positions to commit at each of `steps` steps (each >= 1, sum n).
@@ -198,71 +200,6 @@ def commit_schedule(n, steps, schedule="linear"):
     return [b - a for a, b in zip([0] + done[:-1], done)]
 
 
-class Noise:
-    """The sampler's random numbers: a counter-based generator (a 32-bit integer hash of seed,
-    draw and position), so row i of a batch gets the numbers of a batch of one with seed + i,
-    CPU and GPU draw the same numbers, and a draw for the whole batch is a few elementwise ops
-    (no per-row generator, no host round trip, nothing that stops torch.compile)."""
-
-    def __init__(self, seed, batch, device):
-        # seed: an int, or a 0-dim long tensor on `device` (a CUDA graph's input, see generate)
-        self.rows = mix32((torch.arange(batch, device=device, dtype=torch.long) + seed) & 0xFFFFFFFF)
-        self.draws = 0
-
-    def keys(self, n):
-        """(n, batch) keys for the next n draws; `uniform(keys[i], ...)` turns one into numbers."""
-        draws = torch.arange(self.draws + 1, self.draws + n + 1, device=self.rows.device)
-        self.draws += n
-        return mix32(self.rows[None, :] ^ draws[:, None])
-
-    def uniform(self, n):
-        """(batch, n) uniforms in [0, 1) from a new draw."""
-        return uniform(self.keys(1)[0], n)
-
-
-def uniform(keys, n, stream=0):
-    """(batch, n) uniforms in [0, 1), 24 bits each, from (batch,) keys; streams 0..255 of one key
-    are independent."""
-    index = torch.arange(n, device=keys.device, dtype=torch.long) | (stream << 24)
-    return (mix32(keys[:, None] ^ index) >> 8).float() / 2 ** 24
-
-
-def mix32(x):
-    """A 32-bit integer hash (Mueller's; every output bit depends on every input bit) on int64
-    tensors holding values below 2**32; the constant is below 2**31, so nothing overflows."""
-    for _ in range(2):
-        x = ((x ^ (x >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
-    return x ^ (x >> 16)
-
-
-def draw_characters(logits, temperature, top_k, top_p, u):
-    """Draw one character per position (u: one uniform per position) and return (chars, confidence).
-
-    The confidence is the probability of the drawn character under the distribution it was
-    drawn from (at temperature 0: the largest probability of the model's distribution).
-    top_k keeps the k most likely characters, top_p the smallest set whose probability
-    reaches p (nucleus sampling)."""
-    logits = logits.float()
-    if temperature == 0:
-        probs = logits.softmax(-1)
-        conf, chars = probs.max(-1)
-        return chars, conf
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1:
-        sorted_probs, order = logits.softmax(-1).sort(dim=-1, descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # the most likely is always kept
-        logits = logits.masked_fill(outside.scatter(-1, order, outside), float("-inf"))
-    probs = logits.softmax(-1)
-    # inverse CDF: one uniform per position
-    cdf = probs.cumsum(-1)
-    chars = (cdf <= u[..., None] * cdf[..., -1:]).sum(-1).clamp(max=probs.size(-1) - 1)
-    return chars, probs.gather(-1, chars[..., None]).squeeze(-1)
-
-
-
 
 # -----------------------------------------------------------------------------
 # The host's plan: blocks, and per block the counts of every step, decided before any step
@@ -283,9 +220,18 @@ class StepCounts(NamedTuple):
     reopen: torch.Tensor
     noise_scale: torch.Tensor
 
+    @property
+    def n_steps(self):
+        return self.commit.size(0)
+
+    def at(self, step):
+        """The counts of one step (0-dim tensors) from a block's."""
+        return StepCounts(*(c[step] for c in self))
+
 
 @dataclass
 class BlockPlan:
+    """What the host decides for one block before it starts (`step_plan`)."""
     block: Block
     counts: Optional[list]    # net characters written per step (None: threshold)
     steps: StepCounts         # on the device, one entry per step
@@ -301,18 +247,6 @@ class GenerationPlan:
     precision: str      # "bf16" or "fp32"
     step_fn: object     # denoise_step, or its compiled version
     prior: Optional[torch.Tensor]
-
-
-class Pass(NamedTuple):
-    """What one forward pass runs on: ids `x` placed at `at` in the window (an int, or (B, n)
-    positions for a sparse pass), against `cache`; the block is columns [lo, hi) of its output
-    (of the window, for a sparse pass). mask: the attention mask (a block model's uncached pass)."""
-    x: torch.Tensor
-    cache: Optional[KVCache]
-    at: object
-    lo: int
-    hi: int
-    mask: Optional[torch.Tensor] = None
 
 
 def plan_blocks(masked_cols, N, T, block, keep, aligned=False):
@@ -416,30 +350,6 @@ def block_model_block(model, config):
     return L
 
 
-class ExactCache:
-    """A block model's key/value cache over one window: the clean columns [start, upto), each
-    computed once, under the block-causal mask, when a later block first needs it. A clean
-    block's keys/values depend on it and the blocks before it only, so they never go stale; a
-    new window (the text slid on) starts a new cache."""
-
-    def __init__(self):
-        self.start, self.upto, self.kv = None, None, None
-
-    def extend(self, model, canvas, start, first, precision):
-        """The cache of columns [start, first) (None while that is empty), adding those not in it."""
-        if self.start != start:
-            self.start, self.upto, self.kv = start, start, KVCache()
-        if self.upto < first:
-            a, b = self.upto - start, first - start
-            mask = block_causal_mask(b, model.config.block_len, canvas.device)[a:]
-            self.kv.append = True
-            with autocast(canvas.device, precision):
-                model(canvas[:, self.upto:first], cache=self.kv, start=a, attn_mask=mask)
-            self.kv.append = False
-            self.upto = first
-        return self.kv if self.kv else None
-
-
 def step_plan(block, n_steps, config, device):
     """What the host decides for one block before it starts: per step the commit count, the
     re-open count and the noise scale, and for the sparse cache how many positions each pass
@@ -447,197 +357,21 @@ def step_plan(block, n_steps, config, device):
     remask, refresh = config.remask, config.refresh
     counts = commit_schedule(block.n_masked, n_steps, config.schedule) if n_steps is not None else None
     n_steps = len(counts) if counts is not None else block.block_end - block.first  # threshold: <= one pass per mask
-    plan = torch.zeros(n_steps, 3)
-    reopen = [0] * n_steps
+    commit, reopen = [0] * n_steps, [0] * n_steps  # threshold: counts unused
     if counts is not None:
         done = [sum(counts[:i]) for i in range(n_steps)]
         reopen = [min(round(remask * c), d, sum(counts) - d - c) if remask else 0 for c, d in zip(counts, done)]
-        plan[:, 0] = torch.tensor([c + r for c, r in zip(counts, reopen)], dtype=torch.float)
-        plan[:, 1] = torch.tensor(reopen, dtype=torch.float)
-    plan[:, 2] = 1.0 - torch.arange(n_steps, dtype=torch.float) / n_steps
+        commit = [c + r for c, r in zip(counts, reopen)]
+    noise_scale = 1.0 - torch.arange(n_steps, dtype=torch.float) / n_steps
+    steps = torch.stack([torch.tensor(commit, dtype=torch.float), torch.tensor(reopen, dtype=torch.float),
+                         noise_scale]).to(device)  # one copy to the device
     run_size = None
     if config.cache == "sparse":  # positions per sparse pass: (written now | changed since the refresh) is at
         # most this; the spare ones up to it get fresh keys/values too, which measured no worse
         changes = [c + 2 * r for c, r in zip(counts, reopen)]  # written, and re-opened ones twice
         run_size = [min(block.block_end - block.first, changes[i] + sum(changes[i - i % refresh:i]))
                     for i in range(n_steps)]
-    return BlockPlan(block, counts, StepCounts(*plan.to(device).unbind(1)), run_size)
-
-
-@torch.inference_mode()
-def denoise_canvas(model, canvas, plan):
-    """Denoise a copy of canvas block by block (plan: `plan_generation`'s) and yield after every
-    forward pass."""
-    B, N = canvas.shape
-    canvas = canvas.clone()
-    noise = Noise(plan.seed, B, canvas.device)
-    exact = ExactCache() if plan.config.cache == "exact" else None
-    nfe = 0
-    for block_plan in plan.blocks:
-        start, end, first, block_end, _ = block_plan.block
-        for commit, reopened in denoise_block(model, canvas, block_plan, plan, noise, exact):
-            nfe += 1
-            widen = (first, N - block_end)  # block columns -> canvas columns (a copy: see denoise_block)
-            yield {"canvas": canvas, "committed": F.pad(commit, widen), "reopened": F.pad(reopened, widen), "nfe": nfe,
-                   "window": (start, end), "block": (first, block_end)}
-
-
-def denoise_block(model, canvas, block_plan, plan, noise, exact=None):
-    """Fill the masks of canvas[:, first:block_end] in place, the model seeing canvas[:, start:end].
-    Yields (written, re-opened) masks over the block after every forward pass. The host decided
-    the counts in advance; everything per step runs in `plan.step_fn`. exact: a block model's
-    ExactCache (--cache exact); without it a block model's passes see the window under the
-    block-causal mask."""
-    config = plan.config
-    cache, refresh, order = config.cache, config.refresh, config.order
-    mask_id = model.config.mask_id
-    start, end, first, block_end, _ = block_plan.block
-    counts, run_size = block_plan.counts, block_plan.run_size
-    lo, hi = first - start, block_end - start  # the block inside the window
-    kv = KVCache() if cache in ("prefix", "dual") else None  # sparse: made at every refresh below
-    if exact is not None:  # the clean columns before the block, None at a window's first block (lo = 0)
-        kv = exact.extend(model, canvas, start, first, plan.precision)
-    run_to = hi if cache in ("dual", "exact") else end - start  # cached passes run on [lo, run_to)
-    block_len = model.config.block_len
-    mask = block_causal_mask(end - start, block_len, canvas.device) if block_len and cache == "none" else None
-    region = canvas[:, first:block_end]
-    generated = region == mask_id  # the block's positions to write
-    commit_prob = torch.zeros(generated.shape, device=canvas.device)  # what re-opening ranks by (remask_by)
-    n_steps = block_plan.steps.commit.size(0)
-    keys = noise.keys(n_steps)
-    priority = None
-    if order == "spread":  # one rotation per row and block, from a draw of its own
-        priority = spread_priority(hi - lo, (noise.uniform(1)[:, 0] * (hi - lo)).long())
-    for step in range(n_steps):
-        if counts is None and not (region == mask_id).any():
-            return
-        if cache == "sparse" and step % refresh == 0:
-            kv, at_refresh = KVCache(), region.clone()
-        fills_cache = kv is not None and not kv
-        this_step = StepCounts(*(c[step] for c in block_plan.steps))
-        with autocast(canvas.device, plan.precision):
-            if kv and cache == "sparse":  # what this step writes and all changed since the full pass
-                still_masked = region == mask_id
-                run = choose_commits(None, still_masked, this_step, keys[step], config, priority)
-                run |= region != at_refresh
-                # those first, then spare positions up to the bound (a fixed size for every row)
-                positions = (~run).float().argsort(dim=1, stable=True)[:, :run_size[step]]
-                run_on = Pass(region.gather(1, positions), kv, positions + lo, lo, hi)
-            elif kv or exact is not None:  # the block (and, prefix cache, the right side) against the cache
-                run_on = Pass(canvas[:, first:start + run_to], kv, lo, 0, hi - lo)
-            else:  # a full pass over the window (fills the cache at a block's first step)
-                run_on = Pass(canvas[:, start:end], kv, 0, lo, hi, mask)
-            new, commit, reopened, commit_prob = plan.step_fn(
-                model, run_on, region, generated, commit_prob, keys[step], this_step, config, priority, plan.prior)
-        if fills_cache:
-            kv.own()
-        region.copy_(new)
-        commit_prob = commit_prob.clone()  # under CUDA graphs the next replay overwrites outputs
-        yield commit, reopened  # valid until the next step: copy them to keep them
-
-
-def denoise_step(model, run, region, generated, commit_prob, keys, counts, config, priority=None, prior=None):
-    """One forward pass and what it writes, a pure function of tensors (torch.compile captures
-    it whole, CUDA graphs included). run: a Pass; counts: this step's StepCounts.
-    Returns the block's new content, the written and re-opened masks, and the scores of the
-    written characters that remasking ranks by."""
-    masked_pass = {} if run.mask is None else {"attn_mask": run.mask}  # a block model's uncached pass
-    logits = model(run.x, cache=run.cache, start=run.at, **masked_pass)
-    lo, hi = run.lo, run.hi
-    if torch.is_tensor(run.at):  # a sparse pass: back to block columns (the others are not written)
-        logits = logits.new_zeros(region.shape + logits.shape[2:]).scatter(
-            1, (run.at - lo)[..., None].expand_as(logits), logits)
-    else:
-        logits = logits[:, lo:hi]
-    n = hi - lo
-    temperature = config.temperature
-    chars, prob = draw_characters(logits, temperature, config.top_k, config.top_p, uniform(keys, n, stream=0))
-    still_masked = region == model.config.mask_id
-    commit = choose_commits(prob, still_masked, counts, keys, config, priority)
-    written = generated & ~still_masked
-    reopened = lowest(commit_prob.masked_fill(~written, float("inf")), counts.reopen)  # drawn least likely
-    new = torch.where(commit, chars, region).masked_fill(reopened, model.config.mask_id)
-    score = prob
-    if config.remask_by == "pmi":  # p(drawn | context) / p(drawn): how much the context backs it
-        score = prob / prior[chars]
-    if config.remask_by == "ratio" and temperature > 0:  # p(drawn) / p(best), unchanged by top-k/top-p
-        logits = logits.float()
-        score = ((logits.gather(-1, chars[..., None]).squeeze(-1) - logits.amax(-1)) / temperature).exp()
-    return new, commit, reopened, torch.where(commit, score, commit_prob)
-
-
-def commit_positions(conf, still_masked, count, threshold):
-    """Which still-masked positions to write: the `count` highest `conf`, or (threshold) all with
-    conf >= threshold and at least the best one in every row that has a mask left."""
-    conf = conf.masked_fill(~still_masked, float("-inf"))  # never re-commit
-    if threshold is None:
-        commit = lowest(-conf, count)
-    else:
-        commit = conf >= threshold
-        best = F.one_hot(conf.argmax(1), conf.size(1)).bool()
-        commit |= best & still_masked.any(1, keepdim=True)
-    return commit & still_masked
-
-
-def choose_commits(prob, still_masked, counts, keys, config, priority):
-    """(B, n) bool: the positions a step writes. Orders random, spread and l2r do not look at
-    `prob`: the sparse cache chooses before the pass."""
-    u = uniform(keys, still_masked.size(1), stream=1)
-    rank = rank_for_commit(prob, config.order, counts.noise_scale, u, priority)
-    return commit_positions(rank, still_masked, counts.commit, config.threshold)
-
-
-def rank_for_commit(conf, order, noise_scale, u, priority=None):
-    """The score that decides which masked positions are written first (u: uniforms;
-    priority: the fixed ranks of order "spread", `spread_priority`)."""
-    if order == "random":  # MDLM's ancestral order: which positions to commit is chance
-        return u
-    if order == "spread":
-        return priority
-    if order == "l2r":  # the leftmost masked positions first
-        return -torch.arange(u.size(1), device=u.device, dtype=u.dtype).expand_as(u)
-    if order == "noisy":  # MaskGIT: Gumbel noise on log-confidence, annealed to zero
-        return conf.clamp_min(1e-9).log() - noise_scale * torch.log(-torch.log(u.clamp_min(2 ** -25)))
-    return conf
-
-
-def spread_priority(n, offset):
-    """(B, n) ranks for order "spread" (dilated scheduling, as DUS): position j of the block ranks
-    by the bit-reversal of (j + offset) mod n, so the positions written in one step lie far
-    apart (0, n/2, n/4, 3n/4, ...) and the last ones sit between neighbours already written.
-    offset: (B,) ints, a rotation per row, fixed for the whole block."""
-    bits = max(1, (n - 1).bit_length())
-    j = (torch.arange(n, device=offset.device) + offset[:, None]) % n
-    reversed_j = torch.zeros_like(j)
-    for b in range(bits):
-        reversed_j |= ((j >> b) & 1) << (bits - 1 - b)
-    return -reversed_j.float()  # commit_positions writes the highest first
-
-
-
-
-def char_prior(model, precision="auto"):
-    """(vocab_size - 1,) the model's prior over characters: its prediction with every position
-    masked, averaged over a window (its unigram belief, close to the training text's). One
-    forward pass, made once per model and kept on it."""
-    if getattr(model, "char_prior", None) is None:
-        device = next(model.parameters()).device
-        # a block model's first block, all masks: what it saw in training (it never saw the window)
-        x = torch.full((1, model.config.block_len or model.config.block_size), model.config.mask_id, device=device)
-        with torch.inference_mode(), autocast(device, sampling_precision(precision, device)):
-            model.char_prior = model(x).float().softmax(-1).mean(1)[0]
-    return model.char_prior
-
-
-
-COMPILED_STEPS = {}
-
-
-def compiled_step(mode):
-    """denoise_step under torch.compile (one compiled function per mode, made once)."""
-    if mode not in COMPILED_STEPS:
-        COMPILED_STEPS[mode] = torch.compile(denoise_step, mode=mode, dynamic=False)
-    return COMPILED_STEPS[mode]
+    return BlockPlan(block, counts, StepCounts(*steps), run_size)
 
 
 # -----------------------------------------------------------------------------
@@ -681,8 +415,9 @@ def generate_steps(model, canvas, config=None, seed=0):
     rest; a full pass rebuilds the cache every `refresh` steps.
     precision: "bf16" or "fp32" for the forward passes; "auto" is bf16 where it is native.
     compile: a torch.compile mode for the whole step, forward pass and sampling together.
-    Yields dicts: canvas (B, N) after the step, committed (B, N) bool (written this step),
-    reopened (B, N) bool (masked again this step), nfe, window (start, end), block (start, end).
+    Yields a denoise.StepRecord after every pass: canvas (B, N) after the step, committed (B, N)
+    bool (written this step), reopened (B, N) bool (masked again this step), nfe, window (start,
+    end), block (first, end).
     """
     config = config or SamplerConfig()
     return denoise_canvas(model, canvas, plan_generation(model, canvas, config, seed))
@@ -694,13 +429,30 @@ def generate(model, canvas, config=None, seed=0):
     config = config or SamplerConfig()
     if config.cuda_graph:
         return generate_graphed(model, canvas, config, seed)
-    state = {"canvas": canvas, "nfe": 0}
-    for state in generate_steps(model, canvas, config, seed):
+    last = last_step(generate_steps(model, canvas, config, seed))
+    return (canvas, 0) if last is None else (last.canvas, last.nfe)
+
+
+def last_step(steps):
+    """The last StepRecord of a generation's steps (None if it has none)."""
+    last = None
+    for last in steps:
         pass
-    return state["canvas"], state["nfe"]
+    return last
 
 
-GRAPHS = {}
+class CapturedGeneration(NamedTuple):
+    """A generation captured as one CUDA graph: copy a canvas and a seed into its inputs, replay."""
+    graph: object               # torch.cuda.CUDAGraph
+    canvas_in: torch.Tensor
+    seed_in: torch.Tensor
+    plan: GenerationPlan        # its tensors live outside the graph's memory pool: they must outlive it
+    canvas_out: torch.Tensor
+    nfe: int
+
+
+# model -> {(canvas shape, masked columns, config): CapturedGeneration}; a model's graphs go with it
+GRAPHS = weakref.WeakKeyDictionary()
 
 
 @torch.inference_mode()
@@ -714,23 +466,18 @@ def generate_graphed(model, canvas, config, seed=0):
     if canvas.device.type != "cuda":
         raise ValueError(f"--cuda-graph needs a CUDA device, not {canvas.device.type}")
     masked_cols = tuple((canvas[0] == model.config.mask_id).nonzero().flatten().tolist())
-    key = (id(model), tuple(canvas.shape), masked_cols, config)
-    if key not in GRAPHS:
-        inputs = canvas.clone(), torch.tensor(seed, device=canvas.device)
-        plan = plan_generation(model, inputs[0], config, inputs[1])  # the host's work, done before the capture
-        def run():
-            state = {}
-            for state in denoise_canvas(model, inputs[0], plan):
-                pass
-            return state
-        graph, state = capture_graph(run, warmups=2)
-        # the plan's tensors live outside the graph's memory pool: they must outlive the graph
-        GRAPHS[key] = graph, inputs, plan, state["canvas"], state["nfe"]
-    graph, (canvas_in, seed_in), _, canvas_out, nfe = GRAPHS[key]
-    canvas_in.copy_(canvas)
-    seed_in.fill_(seed)
-    graph.replay()
-    return canvas_out.clone(), nfe
+    graphs = GRAPHS.setdefault(model, {})
+    key = (tuple(canvas.shape), masked_cols, config)
+    if key not in graphs:
+        canvas_in, seed_in = canvas.clone(), torch.tensor(seed, device=canvas.device)
+        plan = plan_generation(model, canvas_in, config, seed_in)  # the host's work, done before the capture
+        graph, last = capture_graph(lambda: last_step(denoise_canvas(model, canvas_in, plan)), warmups=2)
+        graphs[key] = CapturedGeneration(graph, canvas_in, seed_in, plan, last.canvas, last.nfe)
+    captured = graphs[key]
+    captured.canvas_in.copy_(canvas)
+    captured.seed_in.fill_(seed)
+    captured.graph.replay()
+    return captured.canvas_out.clone(), captured.nfe
 
 
 # -----------------------------------------------------------------------------

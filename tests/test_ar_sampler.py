@@ -24,7 +24,7 @@ def canvas(chars, prompt, length, batch=2, device="cpu"):
 
 
 def every_pass(model, c, config, cached):
-    return [s["canvas"].clone() for s in generate_ar_steps(model, c, config, 5, cached=cached)]
+    return [s.canvas.clone() for s in generate_ar_steps(model, c, config, 5, cached=cached)]
 
 
 @pytest.mark.parametrize("prompt, length", [("KING:", 30), ("KING:", 80), ("K_NG:__ my lord,__ the", 45)])

@@ -53,9 +53,9 @@ def test_steps_unmask_everything_following_the_schedule(tiny_model, schedule):
     before = c.clone()
     per_step = []
     for state in generate_steps(model, c, opts(steps=9, temperature=1.0, schedule=schedule), 0):
-        assert not (state["committed"] & (before != mask_id)).any(), "only masked positions are committed"
-        per_step.append(state["committed"].sum(1).tolist())
-        before = state["canvas"].clone()
+        assert not (state.committed & (before != mask_id)).any(), "only masked positions are committed"
+        per_step.append(state.committed.sum(1).tolist())
+        before = state.canvas.clone()
     assert len(per_step) == 9
     assert [row[0] for row in per_step] == commit_schedule(27, 9, schedule)
     assert all(len(set(row)) == 1 for row in per_step), "every sample commits the same count"
@@ -70,26 +70,26 @@ def test_temperature_zero_commits_the_argmax(tiny_model):
         with torch.no_grad():
             probs = model(c).softmax(-1)
         greedy = probs.argmax(-1)
-        assert torch.equal(state["canvas"][state["committed"]], greedy[state["committed"]])
+        assert torch.equal(state.canvas[state.committed], greedy[state.committed])
         # one per step, and at a position the model is most sure of (ties are possible)
         confidence = probs.max(-1).values.masked_fill(c != len(chars), -1)
-        assert state["committed"].sum() == 1
-        assert confidence[state["committed"]].item() == pytest.approx(confidence.max().item(), abs=1e-6)
-        c = state["canvas"].clone()
+        assert state.committed.sum() == 1
+        assert confidence[state.committed].item() == pytest.approx(confidence.max().item(), abs=1e-6)
+        c = state.canvas.clone()
 
 
 @pytest.fixture
 def drawn_confidences(monkeypatch):
     """A list that receives the confidences of every draw the sampler makes."""
-    import sampler as sampler_module
+    import denoise
     seen = []
-    real = sampler_module.draw_characters
+    real = denoise.draw_characters
 
     def spy(logits, temperature, top_k, top_p, u):
         drawn, conf = real(logits, temperature, top_k, top_p, u)
         seen.append(conf.clone())
         return drawn, conf
-    monkeypatch.setattr(sampler_module, "draw_characters", spy)
+    monkeypatch.setattr(denoise, "draw_characters", spy)
     return seen
 
 
@@ -105,10 +105,10 @@ def test_threshold_commits_every_confident_position_and_at_least_one(tiny_model,
         for row in range(2):
             if masked_before[row].any() and not expected[row].any():
                 expected[row, conf[row].masked_fill(~masked_before[row], -1).argmax()] = True
-        assert torch.equal(state["committed"], expected)
-        c = state["canvas"].clone()
+        assert torch.equal(state.committed, expected)
+        c = state.canvas.clone()
     assert (c != len(chars)).all()
-    assert state["nfe"] == len(seen) < 32, "confident steps commit several characters"
+    assert state.nfe == len(seen) < 32, "confident steps commit several characters"
 
 
 def test_infilling_keeps_known_characters_and_fills_every_gap(tiny_model):
@@ -127,11 +127,11 @@ def test_long_generation_slides_a_window_and_keeps_context(tiny_model):
     c = canvas_for(chars, "First Citizen:\n", 100)  # context is 32
     windows, last = [], None
     for state in generate_steps(model, c, opts(steps=40, temperature=1.0), 0):
-        windows.append(state["window"])
+        windows.append(state.window)
         last = state
-    text = decode(last["canvas"][0].tolist(), chars)
+    text = decode(last.canvas[0].tolist(), chars)
     assert len(text) == 100 and text.startswith("First Citizen:\n") and "_" not in text
-    assert last["nfe"] == 40
+    assert last.nfe == 40
     starts = sorted(set(w[0] for w in windows))
     assert len(starts) > 1 and all(e - s == 32 for s, e in set(windows))
     # every later window starts 16 characters (half the context) before its first gap
@@ -152,9 +152,9 @@ def test_top_k_limits_the_draw_to_the_k_most_likely(tiny_model):
     for state in generate_steps(model, c, opts(steps=8, temperature=2.0, top_k=2, precision="fp32"), 0):
         with torch.no_grad():
             top2 = model(c).topk(2, dim=-1).indices
-        drawn = state["canvas"][..., None].expand_as(top2)
-        assert (drawn == top2).any(-1)[state["committed"]].all()
-        c = state["canvas"].clone()
+        drawn = state.canvas[..., None].expand_as(top2)
+        assert (drawn == top2).any(-1)[state.committed].all()
+        c = state.canvas.clone()
 
 
 @pytest.mark.parametrize("order", ["random", "noisy", "l2r"])
@@ -163,12 +163,12 @@ def test_other_orders_follow_the_schedule_and_unmask_everything(tiny_model, orde
     c = canvas_for(chars, "KING:", 32, batch=2)
     counts, last = [], None
     for state in generate_steps(model, c, opts(steps=9, temperature=1.0, order=order), 0):
-        counts.append(state["committed"].sum(1).tolist())
+        counts.append(state.committed.sum(1).tolist())
         last = state
     assert [row[0] for row in counts] == commit_schedule(27, 9) and all(a == b for a, b in counts)
-    assert (last["canvas"] != len(chars)).all() and decode(last["canvas"][0, :5].tolist(), chars) == "KING:"
+    assert (last.canvas != len(chars)).all() and decode(last.canvas[0, :5].tolist(), chars) == "KING:"
     confident, _ = generate(model, c, opts(steps=9, temperature=1.0), 0)
-    assert not torch.equal(confident, last["canvas"]), "a different order gives different text"
+    assert not torch.equal(confident, last.canvas), "a different order gives different text"
 
 
 def test_bf16_forward_passes_on_cpu_still_unmask_everything(tiny_model):
@@ -198,7 +198,7 @@ def test_remasking_reopens_the_least_likely_and_keeps_the_schedule(tiny_model, d
     written_prob = torch.zeros(c.shape)  # probability each written character was drawn with
     before, n_reopened = c.clone(), 0
     for step, state in enumerate(generate_steps(model, c, opts(steps=9, temperature=1.0, remask=1.0), 0)):
-        canvas, reopened = state["canvas"], state["reopened"]
+        canvas, reopened = state.canvas, state.reopened
         assert torch.equal(reopened, (before != mask_id) & (canvas == mask_id))
         # net progress follows the schedule; each step re-opens what the rule allows
         done = sum(counts[:step])
@@ -210,10 +210,10 @@ def test_remasking_reopens_the_least_likely_and_keeps_the_schedule(tiny_model, d
             if expected:
                 lowest = written_prob[row].masked_fill(~written, float("inf")).topk(expected, largest=False)
                 assert set(lowest.indices.tolist()) == set(reopened[row].nonzero().flatten().tolist())
-        lo, hi = state["block"]  # the draws cover the block's columns
+        lo, hi = state.block  # the draws cover the block's columns
         drawn = torch.zeros(c.shape)
         drawn[:, lo:hi] = seen[-1]
-        written_prob = torch.where(state["committed"], drawn, written_prob)
+        written_prob = torch.where(state.committed, drawn, written_prob)
         n_reopened += int(reopened.sum())
         before = canvas.clone()
     assert step == 8 and n_reopened > 0
@@ -293,14 +293,14 @@ def test_block_decoding_writes_only_inside_the_current_block_left_to_right(tiny_
     mask_id = len(chars)
     last_block, n = (0, 0), 0
     for state in generate_steps(model, c, opts(steps=12, temperature=0.8, block=8, cache=cache), 0):
-        lo, hi = state["block"]
-        written = state["committed"].any(0).nonzero().flatten()
+        lo, hi = state.block
+        written = state.committed.any(0).nonzero().flatten()
         assert len(written) and lo <= written.min() and written.max() < hi and hi - lo <= 8
         assert lo >= last_block[0], "blocks go left to right"
-        assert (state["canvas"][:, :lo] != mask_id).all(), "everything before the block is written"
+        assert (state.canvas[:, :lo] != mask_id).all(), "everything before the block is written"
         last_block, n = (lo, hi), n + 1
-    assert n == state["nfe"] == 12
-    assert (state["canvas"] != mask_id).all() and decode(state["canvas"][0, :5].tolist(), chars) == "KING:"
+    assert n == state.nfe == 12
+    assert (state.canvas != mask_id).all() and decode(state.canvas[0, :5].tolist(), chars) == "KING:"
 
 
 @pytest.mark.parametrize("order,block", [("random", None), ("spread", None), ("l2r", None), ("random", 16)])
@@ -345,10 +345,10 @@ def test_l2r_order_commits_the_leftmost_masked_positions_first(tiny_model, steps
     before, per_pass = c.clone(), []
     for state in generate_steps(model, c, opts(steps=steps, temperature=1.0, order="l2r"), 0):
         still = (before == mask_id).nonzero()[:, 1].view(2, -1)  # each row's masked columns, in order
-        written = state["committed"].nonzero()[:, 1].view(2, -1)
+        written = state.committed.nonzero()[:, 1].view(2, -1)
         assert torch.equal(written, still[:, :written.size(1)]), "the leftmost ones"
         per_pass.append(written.size(1))
-        before = state["canvas"].clone()
+        before = state.canvas.clone()
     assert per_pass == ([1] * n_masked if steps == n_masked else commit_schedule(n_masked, steps))
     assert (before != mask_id).all() and decode(before[0, :5].tolist(), chars)[:2] == "KI"
 
@@ -358,8 +358,8 @@ def test_spread_order_writes_far_apart_positions_together(tiny_model):
     c = canvas_for(chars, "", 32)
     gaps = []
     for state in generate_steps(model, c, opts(steps=8, temperature=1.0, order="spread", schedule="linear"), 0):
-        written = state["committed"][0].nonzero().flatten()
-        if state["nfe"] <= 4:  # while at most half is written, the steps' positions are >= 4 apart
+        written = state.committed[0].nonzero().flatten()
+        if state.nfe <= 4:  # while at most half is written, the steps' positions are >= 4 apart
             gaps.append(int(torch.diff(written.sort().values).min()))
     assert min(gaps) >= 4
 
@@ -374,7 +374,7 @@ def test_long_text_through_blocks_is_continuous_and_of_the_asked_length(tiny_mod
 
 
 def test_top_p_keeps_the_smallest_set_that_reaches_p():
-    from sampler import Noise, draw_characters
+    from denoise import Noise, draw_characters
     logits = torch.tensor([[[2.0, 1.0, 0.5, -1.0]]]).log_softmax(-1)  # p = 0.61, 0.22, 0.14, 0.03
 
     def drawn(p):
@@ -390,10 +390,10 @@ def test_autoregressive_sampler_writes_one_character_per_pass(tiny_ar_ckpt):
     ar, chars, _ = load_model(tiny_ar_ckpt)
     c = canvas_for(chars, "KING:", 60)
     states = list(generate_ar_steps(ar, c, opts(temperature=1.0), 0))
-    assert len(states) == 55 and states[-1]["nfe"] == 55
-    assert all(s["committed"].sum() == 1 for s in states)
-    assert decode(states[-1]["canvas"][0, :5].tolist(), chars) == "KING:"
-    assert (states[-1]["canvas"] != len(chars)).all()
+    assert len(states) == 55 and states[-1].nfe == 55
+    assert all(s.committed.sum() == 1 for s in states)
+    assert decode(states[-1].canvas[0, :5].tolist(), chars) == "KING:"
+    assert (states[-1].canvas != len(chars)).all()
 
 
 @pytest.mark.parametrize("prompt,length", [("KING:", 30), ("KING:", 75), ("K_NG:__ my lord,__ the", 40)])
@@ -408,8 +408,8 @@ def test_cached_autoregressive_sampler_equals_the_uncached_one(tiny_ar_ckpt, pro
     uncached = list(generate_ar_steps(ar, c, config, 7, cached=False))
     assert len(cached) == len(uncached) == int((c[0] == len(chars)).sum())
     for a, b in zip(cached, uncached):  # every pass's character, not only the end
-        assert torch.equal(a["canvas"], b["canvas"]) and a["window"] == b["window"]
-    assert not torch.equal(cached[-1]["canvas"][0], cached[-1]["canvas"][1])  # rows draw their own text
+        assert torch.equal(a.canvas, b.canvas) and a.window == b.window
+    assert not torch.equal(cached[-1].canvas[0], cached[-1].canvas[1])  # rows draw their own text
 
 
 def test_append_cache_gives_the_full_pass_logits_of_the_last_position(tiny_ar_ckpt):
@@ -428,7 +428,7 @@ def test_append_cache_gives_the_full_pass_logits_of_the_last_position(tiny_ar_ck
 
 
 def test_noise_is_uniform_independent_and_the_same_for_a_row_in_any_batch():
-    from sampler import Noise
+    from denoise import Noise
     u = Noise(0, 4, "cpu").uniform(50_000)
     assert u.min() >= 0 and u.max() < 1
     assert abs(u.mean().item() - 0.5) < 0.005 and abs(u.var().item() - 1 / 12) < 0.002
@@ -443,7 +443,7 @@ def test_noise_is_uniform_independent_and_the_same_for_a_row_in_any_batch():
 
 
 def test_drawn_characters_follow_the_distribution():
-    from sampler import Noise, draw_characters
+    from denoise import Noise, draw_characters
     p = torch.tensor([0.5, 0.3, 0.15, 0.05])
     logits = p.log().expand(1, 20_000, 4)
     chars, conf = draw_characters(logits, 1.0, None, None, Noise(0, 1, "cpu").uniform(20_000))
@@ -470,7 +470,8 @@ def test_compiled_step_writes_what_the_eager_step_writes(tiny_model, order):
 def test_remask_by_ratio_scores_the_drawn_character_against_the_best(top_k):
     # prob ranks re-opening by p(drawn); ratio by p(drawn) / p(best): a position with many good
     # options (flat distribution) is not re-opened just for being uncertain
-    from sampler import Noise, Pass, StepCounts, denoise_step
+    from denoise import Noise, Pass, StepState, denoise_step
+    from sampler import StepCounts
     torch.manual_seed(0)
     logits = torch.randn(2, 6, 12) * 2
 
@@ -486,8 +487,8 @@ def test_remask_by_ratio_scores_the_drawn_character_against_the_best(top_k):
     out = {}
     for by in ("prob", "ratio", "pmi"):
         config = SamplerConfig(temperature=1.3, top_k=top_k, order="random", remask_by=by)
-        new, commit, _, score = denoise_step(Stub(), Pass(region, None, 0, 0, 6), region, region == 12,
-                                             torch.zeros(2, 6), keys, counts, config, None, prior)
+        state = StepState(region, region == 12, torch.zeros(2, 6), keys, counts)
+        new, commit, _, score, _ = denoise_step(Stub(), Pass(region, None, 0, 0, 6), state, config, prior)
         assert commit.all()
         out[by] = (new, score)
     assert torch.equal(out["prob"][0], out["ratio"][0])  # the same characters are drawn
@@ -503,7 +504,7 @@ def test_remask_by_ratio_scores_the_drawn_character_against_the_best(top_k):
 
 
 def test_char_prior_is_the_models_all_mask_prediction_made_once(tiny_model):
-    from sampler import char_prior
+    from denoise import char_prior
     model, chars = tiny_model
     model.char_prior = None
     prior = char_prior(model, "fp32")
@@ -574,7 +575,7 @@ def test_generate_from_python_writes_what_sample_py_writes(tiny_ckpt):
 
 def test_noise_takes_its_seed_as_an_int_or_a_tensor():
     # a CUDA graph replays with the seed as a tensor input; the numbers must not change with it
-    from sampler import Noise
+    from denoise import Noise
     as_int, as_tensor = Noise(11, 3, "cpu"), Noise(torch.tensor(11), 3, "cpu")
     for _ in range(2):
         assert torch.equal(as_int.uniform(64), as_tensor.uniform(64))
@@ -599,7 +600,7 @@ def test_stepping_needs_no_host_sync_once_generate_steps_returns(tiny_model, mon
     for state in steps:
         pass
     monkeypatch.undo()
-    assert state["nfe"] == 10 and torch.equal(state["canvas"], expected)
+    assert state.nfe == 10 and torch.equal(state.canvas, expected)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
