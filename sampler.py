@@ -112,7 +112,7 @@ SAMPLER_HELP = {
     "precision": "auto = bf16 where it is native (CUDA; CPUs with AVX-512 BF16 or AMX), fp32 elsewhere",
     "compile": "torch.compile each step, forward pass and sampling together (pays off on CUDA after a "
                "warm-up; not with --cache); a bare --compile is mode default, reduce-overhead uses CUDA graphs",
-    "cuda_graph": "CUDA: capture the whole generation as one CUDA graph and replay it (needs --steps, no "
+    "cuda_graph": "CUDA: capture the whole generation as one CUDA graph and replay it (needs --steps; any "
                   "--cache; pays off from the second generation of a shape)",
 }
 SAMPLER_CHOICES = {"schedule": SCHEDULES, "order": ORDERS, "remask_by": REMASK_BY, "cache": tuple(CACHES),
@@ -169,8 +169,6 @@ def check_options(c):
         raise ValueError("--compile works without --cache (the cache's keys/values are not compile-friendly)")
     if c.cuda_graph and c.threshold is not None:
         raise ValueError("--cuda-graph needs a step schedule, not --threshold (the number of passes must be fixed)")
-    if c.cuda_graph and c.cache != "none":
-        raise ValueError("--cuda-graph works without --cache (the cache's shapes change from pass to pass)")
     if c.cuda_graph and c.compile not in (None, "default"):
         raise ValueError("--cuda-graph captures its own CUDA graph: use it with --compile default or without "
                          "--compile")

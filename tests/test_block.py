@@ -231,3 +231,19 @@ def test_cpu_block_preset_is_a_valid_block_run():
     mc, tc, _ = configs_from_args(p.parse_args(["--preset", "cpu-block"]))
     check_config(mc, tc)
     assert tc.objective == "block" and mc.block_size % mc.block_len == 0 and tc.time_budget <= 10
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_of_the_exact_cache_writes_what_the_ungraphed_exact_cache_writes():
+    """A block's shapes are static, so a block model's cached generation is one graph; fp32,
+    past the context (the window slides by whole blocks)."""
+    from sampler import SamplerConfig, generate
+    model = perturbed_model(8).cuda()
+    canvas = text(2, 84, seed=9).cuda()
+    canvas[:, 5:] = VOCAB - 1
+    config = dict(cache="exact", steps=40, precision="fp32", order="random", remask=0.0)
+    plain, _ = generate(model, canvas, SamplerConfig.from_options(**config), seed=3)
+    for seed in (3, 3, 4):  # the capture, a replay, a replay with another seed
+        graphed, nfe = generate(model, canvas, SamplerConfig.from_options(cuda_graph=True, **config), seed=seed)
+        expected = plain if seed == 3 else generate(model, canvas, SamplerConfig.from_options(**config), seed=4)[0]
+        assert nfe == 40 and torch.equal(graphed, expected)

@@ -69,7 +69,6 @@ def test_sample_infills_underscores(tiny_ckpt):
     (["--num-samples", "100000"], ["--num-samples must be in 1..10000"]),
     (["--cuda-graph", "--device", "cpu"], ["--cuda-graph needs a CUDA device"]),
     (["--cuda-graph", "--threshold", "0.9"], ["--cuda-graph needs a step schedule"]),
-    (["--cuda-graph", "--order", "random", "--cache", "sparse"], ["--cuda-graph works without --cache"]),
     (["--cuda-graph", "--compile", "reduce-overhead"], ["--compile default"]),
     (["--compile", "fastest"], ["--compile", "invalid choice"]),
     (["--seed", "4294967296"], ["--seed must be in 0..2147483647"]),

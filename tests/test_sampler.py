@@ -581,8 +581,12 @@ def test_noise_takes_its_seed_as_an_int_or_a_tensor():
         assert torch.equal(as_int.uniform(64), as_tensor.uniform(64))
 
 
+CACHED_SETTINGS = [dict(order="spread", cache="sparse", refresh=4), dict(order="random", cache="sparse", refresh=8),
+                   dict(order="confidence", block=16, cache="prefix"), dict(order="spread", block=16, cache="dual")]
+
+
 @pytest.mark.parametrize("kwargs", [dict(order="spread", remask=0.5, remask_by="pmi", temperature=0.95),
-                                    dict(order="confidence", block=16, top_p=0.9)])
+                                    dict(order="confidence", block=16, top_p=0.9), *CACHED_SETTINGS])
 def test_stepping_needs_no_host_sync_once_generate_steps_returns(tiny_model, monkeypatch, kwargs):
     # what makes generate(..., cuda_graph=True) possible: after generate_steps returns, its steps
     # only queue device work: no reading a tensor on the host, no tensor made from host data
@@ -616,3 +620,19 @@ def test_cuda_graph_replays_write_what_the_plain_sampler_writes(tiny_model):
         plain, _ = generate(model, canvas, opts(**kwargs), seed)
         graphed, nfe = generate(model, canvas, opts(cuda_graph=True, **kwargs), seed)
         assert nfe == 12 and torch.equal(plain, graphed)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("kwargs", CACHED_SETTINGS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
+def test_cuda_graph_of_a_cached_generation_writes_what_the_plain_sampler_writes(tiny_model, kwargs):
+    """Every pass of a cached generation has a shape the host planned (the sparse cache's
+    positions per step are padded to a planned bound), so it is one graph too; fp32."""
+    import copy
+    model, chars = tiny_model
+    model = copy.deepcopy(model).cuda()
+    for prompt, seed in [("KING:\n", 5), ("QUEEN:", 6)]:  # a capture, then a replay with other inputs
+        canvas = torch.tensor([encode(prompt, chars) + [model.config.mask_id] * (90 - len(prompt))] * 2, device="cuda")
+        config = dict(steps=24, precision="fp32", **kwargs)
+        plain, _ = generate(model, canvas, opts(**config), seed)
+        graphed, nfe = generate(model, canvas, opts(cuda_graph=True, **config), seed)
+        assert nfe == 24 and torch.equal(plain, graphed)
