@@ -149,14 +149,17 @@ def block_priority(order, noise, n):
 def char_prior(model, precision="auto"):
     """(vocab_size - 1,) the model's prior over characters: its prediction with every position
     masked, averaged over a window (its unigram belief, close to the training text's). One
-    forward pass, made once per model and kept on it."""
-    if getattr(model, "char_prior", None) is None:
-        device = next(model.parameters()).device
+    forward pass, made once per model, device and precision and kept on the model (a plain
+    attribute: a model moved to another device, or copied there, computes its own)."""
+    device = next(model.parameters()).device
+    key = (str(device), sampling_precision(precision, device))
+    priors = model.__dict__.setdefault("char_priors", {})
+    if key not in priors:
         # a block model's first block, all masks: what it saw in training (it never saw the window)
         x = torch.full((1, model.config.block_len or model.config.block_size), model.config.mask_id, device=device)
-        with torch.inference_mode(), autocast(device, sampling_precision(precision, device)):
-            model.char_prior = model(x).float().softmax(-1).mean(1)[0]
-    return model.char_prior
+        with torch.inference_mode(), autocast(device, key[1]):
+            priors[key] = model(x).float().softmax(-1).mean(1)[0]
+    return priors[key]
 
 
 # -----------------------------------------------------------------------------

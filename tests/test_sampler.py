@@ -506,10 +506,10 @@ def test_remask_by_ratio_scores_the_drawn_character_against_the_best(top_k):
 def test_char_prior_is_the_models_all_mask_prediction_made_once(tiny_model):
     from denoise import char_prior
     model, chars = tiny_model
-    model.char_prior = None
+    model.__dict__.pop("char_priors", None)
     prior = char_prior(model, "fp32")
     assert prior.shape == (len(chars),) and torch.allclose(prior.sum(), torch.tensor(1.0))
-    assert char_prior(model) is prior  # kept on the model
+    assert char_prior(model, "fp32") is prior  # kept on the model
     c = canvas_for(chars, "KING:", 32)
     out, nfe = generate(model, c, opts(steps=8, temperature=1.0, order="spread", remask=0.5, remask_by="pmi"), 0)
     assert nfe == 8 and (out != len(chars)).all() and decode(out[0, :5].tolist(), chars) == "KING:"
@@ -517,11 +517,11 @@ def test_char_prior_is_the_models_all_mask_prediction_made_once(tiny_model):
 
 def test_without_remasking_pmi_costs_no_prior_pass_and_changes_nothing(tiny_model):
     model, chars = tiny_model
-    model.char_prior = None
+    model.__dict__.pop("char_priors", None)
     c = canvas_for(chars, "KING:", 32)
     runs = {by: generate(model, c, opts(steps=8, temperature=1.0, order="spread", remask=0.0, remask_by=by), 3)[0]
             for by in ("pmi", "prob")}
-    assert model.char_prior is None  # the prior's forward pass was skipped
+    assert not model.__dict__.get("char_priors")  # the prior's forward pass was skipped
     assert torch.equal(runs["pmi"], runs["prob"])
 
 
@@ -636,3 +636,13 @@ def test_cuda_graph_of_a_cached_generation_writes_what_the_plain_sampler_writes(
         plain, _ = generate(model, canvas, opts(**config), seed)
         graphed, nfe = generate(model, canvas, opts(cuda_graph=True, **config), seed)
         assert nfe == 24 and torch.equal(plain, graphed)
+
+
+def test_the_character_prior_follows_the_model_to_another_precision(tiny_model):
+    """A prior made in one precision (or on one device) is not reused for another."""
+    from denoise import char_prior
+    import copy
+    model = copy.deepcopy(tiny_model[0])
+    fp32, bf16 = char_prior(model, "fp32"), char_prior(model, "bf16")
+    assert fp32.dtype == bf16.dtype == torch.float32 and not torch.equal(fp32, bf16)
+    assert char_prior(model, "fp32") is fp32
