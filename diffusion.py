@@ -69,13 +69,6 @@ class MaskRate:
     t_min: float = 0.0
     t_max: float = 1.0
 
-    def quantile(self, u):
-        if self.dist == "bell":  # the inverse of F(t) = 3t^2 - 2t^3
-            return 0.5 - torch.sin(torch.asin(1 - 2 * u) / 3)
-        if self.dist == "clipped":
-            return self.t_min + u * (self.t_max - self.t_min)
-        return u
-
     def cdf(self, t):
         t = t.clamp(0, 1)
         if self.dist == "bell":
