@@ -38,7 +38,8 @@ from cli import ArgumentParser, UserError
 from corpus import mask_id_of
 from devices import autocast, capture_graph, sampling_precision
 from sampler import SamplerConfig, add_sampling_flags, generate, load_for_sampling, make_canvas, sampling_config
-from trainer import Trainer, add_train_flags, check_config, configs_from_args, shutdown_distributed
+from train_config import add_train_flags, check_config, configs_from_args
+from trainer import Trainer, shutdown_distributed
 
 MAX_BATCH = 4096  # samples at once: a larger batch needs more memory than a GPU has
 PATHS = {"fast": ("fast: bf16 + compile + fused AdamW", ["--precision", "auto", "--compile", "auto"]),

@@ -14,6 +14,7 @@ import torch
 from cli import UserError
 from corpus import ROOT
 from model import ModelConfig, Transformer
+from objectives import OBJECTIVES
 
 CHECKPOINT_FORMAT = "tiny-diffusion/1"
 DEFAULT_CKPT = os.path.join(ROOT, "weights", "model.pt")  # the shipped diffusion model
@@ -97,15 +98,34 @@ def read_checkpoint(path):
                         f"checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a tiny-diffusion checkpoint (expected format {CHECKPOINT_FORMAT})")
+    ckpt["config"] = cfg = migrate_config(ckpt.get("config", {}), ckpt.get("train_config", {}))
     known = {f.name for f in fields(ModelConfig)}
-    cfg = ckpt.get("config", {})
     if set(cfg) - known:
         raise UserError(f"{path}: unknown config fields {sorted(set(cfg) - known)}")
+    if cfg.get("objective") not in OBJECTIVES:
+        raise UserError(f"{path}: unknown objective {cfg.get('objective')!r}")
     if "checksum" in ckpt and weights_checksum(ckpt.get("model", {})) != ckpt["checksum"]:
         raise UserError(f"{path}: the weights do not match their stored checksum (the file is corrupt)")
     if len(ckpt.get("chars", "")) + 1 != cfg.get("vocab_size"):
         raise UserError(f"{path}: vocabulary of {len(ckpt.get('chars', ''))} characters does not match vocab_size")
     return ckpt
+
+
+def migrate_config(cfg, train_config):
+    """A model config as ModelConfig stores it now. Checkpoints written before it had an
+    `objective` (the shipped weights among them) said `causal` (the AR baseline) and
+    `block_len` > 0 (a block model); a mixed run's last.pt names its objective in its
+    training config. Only the config changes: the weights and their checksum do not."""
+    if "causal" not in cfg:
+        return cfg
+    cfg = dict(cfg)
+    if cfg.pop("causal"):
+        cfg["objective"] = "ar"
+    elif cfg.get("block_len"):
+        cfg["objective"] = "block"
+    else:
+        cfg["objective"] = "mixed" if train_config.get("objective") == "mixed" else "diffusion"
+    return cfg
 
 
 def load_model(path, device="cpu"):

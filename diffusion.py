@@ -69,13 +69,6 @@ class MaskRate:
     t_min: float = 0.0
     t_max: float = 1.0
 
-    def quantile(self, u):
-        if self.dist == "bell":  # the inverse of F(t) = 3t^2 - 2t^3
-            return 0.5 - torch.sin(torch.asin(1 - 2 * u) / 3)
-        if self.dist == "clipped":
-            return self.t_min + u * (self.t_max - self.t_min)
-        return u
-
     def cdf(self, t):
         t = t.clamp(0, 1)
         if self.dist == "bell":
@@ -357,7 +350,7 @@ def ar_block_nll(model, val, T, blocks, batch_size=64, rank=0, world=1):
 @torch.no_grad()
 def l2r_block_nll(model, val, T, blocks, batch_size=64, rank=0, world=1):
     """Per block: the exact mean NLL of its characters read left to right by the diffusion
-    network, an any-order AR model read in one order (DESIGN.md). The character at window
+    network, an any-order AR model read in one order. The character at window
     position p is predicted from the window with MASK at p and at every position after it: the
     clean context and the block's characters before p stay. One forward pass per character, so
     the batch holds (block, position) pairs, several windows' worth at once."""
@@ -422,7 +415,7 @@ def block_scores(model, val, context, mc=4, seed=1234, rank=0, world=1, order="a
     one order and an exact NLL: `order` does not apply to it."""
     if order not in EVAL_ORDERS:
         raise ValueError(f"--order must be one of {', '.join(EVAL_ORDERS)}, got {order!r}")
-    if order == "l2r" and model.config.block_len:
+    if order == "l2r" and model.config.objective == "block":
         raise ValueError("--order l2r reads a plain diffusion model; a block model is scored by its NELBO")
     T = model.config.block_size
     blocks = eval_blocks(len(val), T, context)
@@ -433,7 +426,7 @@ def block_scores(model, val, context, mc=4, seed=1234, rank=0, world=1, order="a
         return ar_block_nll(model, val, T, blocks, batch, rank, world), lengths
     if order == "l2r":  # one pass per character: a bigger batch keeps a GPU busy
         return l2r_block_nll(model, val, T, blocks, 2 * batch, rank, world), lengths
-    if model.config.block_len:
+    if model.config.objective == "block":
         return block_model_block_nll(model, val, T, blocks, mc, seed, batch, rank, world), lengths
     return diffusion_block_nll(model, val, T, blocks, mc, seed, batch, rank, world), lengths
 

@@ -2,8 +2,8 @@
 Self-distillation through time (SDTT; Deschenaux & Gulcehre, arXiv 2410.21035, code
 jdeschena/sdtt): teach the network to take in one pass the step that a frozen copy of itself
 (the teacher) takes in two, then let the student become the teacher and double the step
-again: 64 -> 32 -> 16 -> 8 passes. The loss of `train.py --distill_from CKPT`; the loop, the
-rounds and the checkpoints are trainer.Trainer's.
+again: 64 -> 32 -> 16 -> 8 passes. The loss of `train.py --distill_from CKPT`, and its rounds
+(Distillation: the hooks trainer.Trainer calls); the loop and the checkpoints are the Trainer's.
 
 A training sequence is masked as in training (x_t); the teacher takes two sampler steps of
 size dt = 1 / passes from x_t: a forward pass, a character drawn at every masked position
@@ -13,10 +13,13 @@ at the step that committed it; still masked after both, the second step's. The s
 one pass from x_t, matches the targets on the masked positions.
 """
 
+import copy
+
 import torch
 
-from diffusion import training_masks
 from denoise import commit_positions, draw_characters, rank_for_commit, spread_priority
+from diffusion import training_masks
+from optim import EMA
 
 DIVERGENCES = ("kl", "fkl", "tvd", "mse")
 DISTILL_ORDERS = ("random", "spread")
@@ -76,3 +79,87 @@ def distill_loss(student, teacher, x, mask_id, passes, tc, generator):
     target = teacher_targets(teacher, x_t, mask_id, passes, tc.distill_order, generator)
     per_position = divergence(student(x_t).float().log_softmax(-1), target, tc.divergence)
     return (per_position * hidden).sum() / hidden.sum()
+
+
+# -----------------------------------------------------------------------------
+# The rounds: what trainer.Trainer calls at its hooks
+
+class Distillation:
+    """An SDTT run's teacher and rounds. The Trainer calls: loss (every step), end_rounds
+    (before every step and at the run's end), state/restore (last.pt), best_extra (what
+    best.pt records) and note (the progress line)."""
+
+    state_keys = ("teacher", "teacher_round")  # last.pt only: tools/export_weights.py drops them
+    extra_len = 0  # the student reads diffusion's windows of block_size
+
+    def __init__(self, model, tc, compile_model):
+        self.tc = tc
+        self.teacher = copy.deepcopy(model).eval().requires_grad_(False)  # frozen; last.pt restores it
+        self.fwd_teacher = compile_model(self.teacher)
+        self.round = 0
+
+    def teacher_passes(self):
+        return teacher_passes(self.tc.distill_start_passes, self.round)
+
+    def student_passes(self):
+        """The passes the student is learning to sample with: half its teacher's."""
+        return self.teacher_passes() // 2
+
+    def loss(self, student, x, mc, tc, generator):
+        return distill_loss(student, self.fwd_teacher, x, mc.mask_id, self.teacher_passes(), tc, generator)
+
+    def end_rounds(self, trainer):
+        """At each round's end (every distill_round_steps steps, and when the run ends): save
+        the student as student<passes>.pt, with the step count it was distilled for as its
+        sampler default, and make it the teacher. Keyed on the teacher's round, not the step,
+        so a resumed run never repeats a round's end."""
+        while self.round < trainer.step // self.tc.distill_round_steps:
+            name = f"student{self.student_passes()}.pt"
+            trainer.save(name, sampler={"steps": self.student_passes()})
+            if self.tc.distill_ema:  # the average becomes student and teacher, and restarts
+                trainer.model.load_state_dict(trainer.ema.model.state_dict())
+                trainer.ema = EMA(trainer.model, self.tc.ema)
+            self.teacher.load_state_dict(trainer.model.state_dict())
+            self.round += 1
+            trainer.log(f"round {self.round} done at step {trainer.step}: saved {self.tc.out_dir}/{name}; "
+                        f"the teacher now takes {2 * self.student_passes()} passes")
+
+    def state(self):
+        return {"teacher": {k: v.detach().cpu() for k, v in self.teacher.state_dict().items()},
+                "teacher_round": self.round}
+
+    def restore(self, ckpt):
+        self.teacher.load_state_dict(ckpt["teacher"])
+        self.round = ckpt["teacher_round"]
+
+    def best_extra(self, improved):
+        """best.pt is always the latest student (its NELBO may rise; quality.py judges)."""
+        return {"sampler": {"steps": self.student_passes()}}
+
+    def note(self):
+        return (f"round {self.round + 1}/{self.tc.distill_rounds}, passes "
+                f"{2 * self.student_passes()} -> {self.student_passes()} | ")
+
+
+class NoDistillation:
+    """The hooks of a plain run: the objective's loss; best.pt only when validation improves."""
+
+    state_keys = ()
+
+    def __init__(self, objective):
+        self.loss, self.extra_len = objective.loss, objective.extra_len
+
+    def end_rounds(self, trainer):
+        pass
+
+    def state(self):
+        return {}
+
+    def restore(self, ckpt):
+        pass
+
+    def best_extra(self, improved):
+        return {} if improved else None
+
+    def note(self):
+        return ""

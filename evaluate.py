@@ -49,10 +49,10 @@ def check_args(args):
 
 def load_for_evaluation(path, device, context, as_ar=False):
     """The model and its vocabulary, with the context checked against its length; as_ar: its
-    network read causally, as an AR model (the forward pass follows config.causal)."""
+    network read causally, as an AR model (the forward pass follows its objective's attention)."""
     model, chars, _ = load_model(path, device)
     if as_ar:
-        model.config = replace(model.config, causal=True)
+        model.config = replace(model.config, objective="ar")
     T = model.config.block_size
     if context >= T:
         raise UserError(f"--context must be in 0..{T - 1} for {path} (its context is {T})")
@@ -103,7 +103,7 @@ def main(argv=None):
             how = describe_estimator(model.config.causal, args)
             if args.as_ar and model is models[0][0]:
                 how += "; its network read as an AR model (--as-ar)"
-            if model.config.block_len:  # block diffusion: the sum of its L'-blocks' conditional NELBOs
+            if model.config.objective == "block":  # block diffusion: the sum of its L'-blocks' conditional NELBOs
                 how += f"; block model, L' = {model.config.block_len}"
             print(f"{path}: {format_eval(mean, se, model.config.causal, args.order)} on {len(val):,} held-out chars "
                   f"[context {args.context}: {len(lengths)} blocks; {how}; {device}, {time.time() - t0:.1f}s]",

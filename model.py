@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from objectives import OBJECTIVES
+
 
 @dataclass
 class ModelConfig:
@@ -31,12 +33,17 @@ class ModelConfig:
     attn_dropout: float = 0.0   # on the attention probabilities (nanoGPT has all three)
     embd_dropout: float = 0.0   # on the normalised input embedding
     logit_softcap: float = 0.0  # if > 0, logits = cap * tanh(logits / cap) (nanochat uses 15)
-    causal: bool = False        # True only for the autoregressive baseline
-    block_len: int = 0          # L' of a block-diffusion model (BD3-LM); 0 = not a block model
+    objective: str = "diffusion"  # what it is trained for: a key of objectives.OBJECTIVES
+    block_len: int = 0          # L' of objective "block" (BD3-LM); 0 for every other objective
 
     @property
     def mask_id(self):
         return self.vocab_size - 1
+
+    @property
+    def causal(self):
+        """The attention pattern of the model's objective (only the AR baseline's is causal)."""
+        return OBJECTIVES[self.objective].causal
 
 
 def norm(x):

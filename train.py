@@ -23,7 +23,8 @@ import argparse
 import sys
 
 from cli import ArgumentParser, UserError
-from trainer import Trainer, add_train_flags, check_config, configs_from_args, shutdown_distributed
+from train_config import add_train_flags, check_config, configs_from_args
+from trainer import Trainer, shutdown_distributed
 
 
 def main(argv=None):

@@ -14,7 +14,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from trainer import Trainer, add_train_flags, check_config, configs_from_args  # noqa: E402
+from train_config import add_train_flags, check_config, configs_from_args  # noqa: E402
+from trainer import Trainer  # noqa: E402
 from cli import ArgumentParser  # noqa: E402
 
 VARIANTS = {"shipped": [], "no dropout": ["--dropout", "0", "--attn_dropout", "0", "--embd_dropout", "0"],

@@ -17,7 +17,7 @@ T, VOCAB = 32, 66
 def perturbed_model(block_len, block_size=T):
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32, block_size=block_size,
-                                    block_len=block_len))
+                                    objective="block" if block_len else "diffusion", block_len=block_len))
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.2)
     return model.eval()
@@ -225,12 +225,12 @@ def test_block_model_sampler_rules():
 
 def test_cpu_block_preset_is_a_valid_block_run():
     from cli import ArgumentParser
-    from trainer import add_train_flags, check_config, configs_from_args
+    from train_config import add_train_flags, check_config, configs_from_args
     p = ArgumentParser()
     add_train_flags(p)
     mc, tc, _ = configs_from_args(p.parse_args(["--preset", "cpu-block"]))
     check_config(mc, tc)
-    assert tc.objective == "block" and mc.block_size % mc.block_len == 0 and tc.time_budget <= 10
+    assert mc.objective == "block" and mc.block_size % mc.block_len == 0 and tc.time_budget <= 10
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")

@@ -1,5 +1,3 @@
-import itertools
-
 import pytest
 import torch
 
@@ -7,7 +5,8 @@ import train
 import trainer
 from checkpoint import load_model, read_checkpoint
 from distill import distill_loss, divergence, teacher_targets
-from trainer import TrainConfig, Trainer
+from train_config import TrainConfig
+from trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +60,7 @@ def test_one_round_brings_the_students_one_pass_closer_to_the_teachers_two(tiny_
     def measured_kl():  # KL(student || teacher's two steps) on the same held-out x_t and draws
         t.model.eval()
         with torch.no_grad():
-            kl = distill_loss(t.model, t.teacher, held_out, t.mc.mask_id, 8, tc, torch.Generator().manual_seed(9))
+            kl = distill_loss(t.model, t.distill.teacher, held_out, t.mc.mask_id, 8, tc, torch.Generator().manual_seed(9))
         t.model.train()
         return kl.item()
 
@@ -76,7 +75,7 @@ def test_one_round_brings_the_students_one_pass_closer_to_the_teachers_two(tiny_
     # distillation removes is a few percent of it here
     assert before > 0.02, "one pass differs from two steps before distillation"
     assert after < halfway < before and after < 0.995 * before, "the held-out distillation loss falls"
-    assert all(torch.equal(a, b) for a, b in zip(t.teacher.state_dict().values(),
+    assert all(torch.equal(a, b) for a, b in zip(t.distill.teacher.state_dict().values(),
                                                   load_model(tiny_ckpt)[0].state_dict().values())), "frozen"
 
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import diffusion
 import train
-import trainer
+import train_config
 from cli import UserError
 from conftest import TINY, read_log, run_script
 from diffusion import MaskRate, draw_training_masks
@@ -77,7 +77,7 @@ def test_loss_weights_none_is_the_plain_mean_over_masked_characters():
 def test_causal_flag_per_call_is_the_causal_model():
     T = 12
     model = _random_tiny_model(T)
-    causal = Transformer(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=T, causal=True)).eval()
+    causal = Transformer(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=T, objective="ar")).eval()
     causal.load_state_dict(model.state_dict())
     x = torch.randint(0, 65, (3, T))
     assert torch.allclose(model(x, causal=True), causal(x), atol=1e-6)
@@ -108,7 +108,7 @@ def test_a_tiny_mixed_run_trains_and_evaluates_as_diffusion_and_as_ar(tmp_path, 
     losses = [r["train_loss"] for r in read_log(str(out)) if "train_loss" in r]
     assert losses[-1] < losses[0] - 0.5
     ckpt = str(out / "best.pt")
-    assert not torch.load(ckpt, weights_only=True)["config"]["causal"], "it stays a diffusion model"
+    assert torch.load(ckpt, weights_only=True)["config"]["objective"] == "mixed", "a diffusion model that also reads AR"
     r = run_script("evaluate.py", "--ckpt", ckpt, "--as-ar", "--data", data_path, "--device", "cpu")
     assert r.returncode == 0 and " NLL " in r.stdout and "(--as-ar)" in r.stdout, r.stderr
     assert float(r.stdout.split(" NLL ")[1].split()[0]) < 4.0  # its AR half learned something (uniform: 4.2)
@@ -120,4 +120,6 @@ def test_a_tiny_mixed_run_trains_and_evaluates_as_diffusion_and_as_ar(tmp_path, 
                                            (dict(objective="dual"), "--objective")])
 def test_bad_lever_options_are_one_line_errors_naming_the_flag(flags, needle):
     with pytest.raises(UserError, match=needle):
-        trainer.check_config(ModelConfig(), trainer.TrainConfig(**flags))
+        model_flags = {k: v for k, v in flags.items() if k in ModelConfig.__dataclass_fields__}
+        train_flags = {k: v for k, v in flags.items() if k not in model_flags}
+        train_config.check_config(ModelConfig(**model_flags), train_config.TrainConfig(**train_flags))

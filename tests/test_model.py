@@ -20,7 +20,7 @@ def test_no_biases_and_no_norm_parameters():
 
 def _perturbed_logits(causal):
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, causal=causal))
+    model = Transformer(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, objective="ar" if causal else "diffusion"))
     for p in model.parameters():  # output projections start at zero; make them matter
         torch.nn.init.normal_(p, std=0.2)
     x = torch.randint(0, 65, (1, 16))

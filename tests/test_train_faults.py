@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import train
-import trainer
+import objectives
 from checkpoint import read_checkpoint
 from conftest import TINY, read_log
 
@@ -48,12 +48,12 @@ def test_every_numeric_setting_is_range_checked(tmp_path, data_path, flags, need
 
 def test_a_loss_that_becomes_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data_path,
                                                                                  monkeypatch):
-    real, calls = trainer.diffusion_loss, itertools.count(1)
+    real, calls = objectives.diffusion_loss, itertools.count(1)
 
     def diverging(*args, **kwargs):
         loss = real(*args, **kwargs)
         return loss * float("nan") if next(calls) >= 12 else loss
-    monkeypatch.setattr(trainer, "diffusion_loss", diverging)
+    monkeypatch.setattr(objectives, "diffusion_loss", diverging)
     message = exit_message(TINY + ["--data", data_path, "--out_dir", str(tmp_path), "--max_steps", "40",
                                    "--eval_interval", "10", "--log_interval", "5"])
     assert "nan between steps 11 and 15" in message and "diverged" in message

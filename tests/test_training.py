@@ -10,6 +10,8 @@ import torch
 
 import diffusion
 import train
+import objectives
+import train_config
 import trainer
 from checkpoint import load_model, read_checkpoint
 from corpus import split_text
@@ -41,7 +43,7 @@ def test_best_checkpoint_round_trips(tiny_run):
 # where in a training step a signal can land: patched functions that step `step` calls
 SIGNAL_POINTS = {
     "batch": (trainer, "get_batch"),                        # the step's start
-    "loss": (trainer, "diffusion_loss"),                    # after the batch was drawn
+    "loss": (objectives, "diffusion_loss"),                   # after the batch was drawn
     "clip": (torch.nn.utils, "clip_grad_norm_"),            # after backward, before the optimiser
     "ema": (trainer.EMA, "update"),                         # after the optimiser, the step's end
 }
@@ -195,7 +197,7 @@ def test_ar_sliding_windows_give_each_character_its_preceding_context():
     characters before it, and character i < T from all of val[:i]: checked one by one."""
     T = 16
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=T, causal=True)).eval()
+    model = Transformer(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=T, objective="ar")).eval()
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.3)
     val = torch.randint(0, 65, (50,))
@@ -399,4 +401,4 @@ def test_torchrun_with_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(UserError, match="--nproc_per_node 1 or fewer"):
-        trainer.setup_distributed(trainer.TrainConfig())
+        trainer.setup_distributed(train_config.TrainConfig())
