@@ -334,37 +334,33 @@ class Renderer:
 # GIF, written frame by frame: Pillow's save_all keeps every frame until the end
 
 class GifWriter:
-    """A looping GIF89a. Each frame is the rectangle that changed since the one before (not
-    disposed), its unchanged pixels transparent, with its own palette; a frame identical to the
-    one before lengthens that one instead, as Pillow does."""
+    """A looping GIF89a. Each frame is the rectangle that changed since the one before (kept,
+    not disposed), its unchanged pixels transparent, with its own palette; a frame identical to
+    the one before lengthens that one instead, as Pillow does."""
 
     def __init__(self, fp):
-        self.fp, self.prev, self.pending = fp, None, None
+        self.fp, self.prev, self.pending = fp, None, None  # pending: the last frame, its duration still growing
 
     def add(self, image, ms):
         from PIL import ImageChops
-        box, unchanged = (0, 0, *image.size), None
-        if self.prev is None:
-            self.fp.write(b"GIF89a" + struct.pack("<HHBBB", *image.size, 0x70, 0, 0)  # no global palette
-                          + b"!\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00")  # loop forever
+        if self.prev is None:  # the header: no global palette (each frame has one), loop forever
+            self.fp.write(b"GIF89a" + struct.pack("<HHBBB", *image.size, 0x70, 0, 0)
+                          + b"!\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00")
+            box, unchanged = (0, 0, *image.size), None
         else:
             diff = ImageChops.difference(image, self.prev)
             box = diff.getbbox()
             if box is None:
-                self.pending[0] += ms
+                self.pending[-1] += ms
                 return
             r, g, b = diff.crop(box).split()
             unchanged = ImageChops.lighter(ImageChops.lighter(r, g), b).point([255] + [0] * 255, "1")
-        self.prev = image
         self.flush()
-        self.pending = [ms, *gif_image_block(image.crop(box), box[:2], unchanged)]
+        self.prev, self.pending = image, [image.crop(box), box[:2], unchanged, ms]
 
     def flush(self):
         if self.pending:
-            ms, block, transparency = self.pending
-            # graphic control extension: disposal 1 (keep), the delay in centiseconds, transparency
-            self.fp.write(b"!\xf9\x04" + struct.pack("<BHB", 0x04 | (transparency is not None), round(ms / 10),
-                                                        transparency or 0) + b"\x00" + block)
+            self.fp.write(gif_frame(*self.pending))
             self.pending = None
 
     def close(self):
@@ -372,44 +368,31 @@ class GifWriter:
         self.fp.write(b";")
 
 
-def quantize(image):
-    """`image` with a palette of at most 255 colours (index 255 left free for transparency). The
-    fast octree keeps all ~100 colours (antialiased text) in 4 ms a frame (median cut: 35 ms)."""
+def gif_frame(image, offset, unchanged, ms):
+    """One GIF frame of `image` placed at `offset`, shown ms, kept (disposal 1), with its own
+    palette; unchanged: a mask of the pixels left transparent. Cut out of Pillow's one-frame GIF
+    of it: the graphic control extension, then the image with Pillow's global palette made local.
+    A palette per frame: the fast octree keeps all ~100 colours (antialiased text) and takes 4 ms
+    a frame, where Pillow's default median cut takes 35."""
     from PIL import Image
-    frame = image.quantize(255, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+    frame = image.quantize(255, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)  # 255: free
     palette = frame.getpalette()[:255 * 3]
     for i in range(0, len(palette), 3):  # the octree's mean of white and its faintest antialiasing
         if min(palette[i:i + 3]) >= 250:  # (253, 253, 254), say: white, or rectangles of other frames
             palette[i:i + 3] = [255, 255, 255]  # would show as faint patches
     frame.putpalette(palette + [0] * (768 - len(palette)))
-    return frame
-
-
-def gif_image_block(image, offset, unchanged=None):
-    """(image descriptor, local palette and LZW data of `image` placed at `offset`; the
-    transparent index or None), cut out of Pillow's one-frame GIF of it. unchanged: a mask of
-    the pixels to leave transparent."""
-    frame, params = quantize(image), {}
+    params = {} if unchanged is None else {"transparency": 255}
     if unchanged is not None:
         frame.paste(255, mask=unchanged)
-        params["transparency"] = 255
-    buf = io.BytesIO()
-    frame.save(buf, format="GIF", interlace=False, **params)
+    buf = io.BytesIO()  # Pillow writes the delay in whole centiseconds, rounded down
+    frame.save(buf, format="GIF", interlace=False, duration=round(ms / 10) * 10, disposal=1, **params)
     data = buf.getvalue()
-    bits = data[10] & 7  # Pillow writes its palette as the global one
-    i, transparency = 13 + (3 << (bits + 1)), None
-    palette = data[13:i]
-    while data[i] == 0x21:  # extensions: the graphic control one's transparency is kept
-        if data[i + 1] == 0xF9 and data[i + 3] & 1:
-            transparency = data[i + 6]
-        i += 2
-        while data[i]:
-            i += data[i] + 1
-        i += 1
-    if data[i] != 0x2C or data[i + 9] or data[-1] != 0x3B:  # one plain image, no local palette
+    bits = data[10] & 7
+    i = 13 + (3 << (bits + 1))  # past the global palette: the extension (8 bytes), the image descriptor
+    if data[i:i + 2] != b"!\xf9" or data[i + 8] != 0x2C or data[i + 17] or data[-1] != 0x3B:
         raise ValueError("unexpected GIF from Pillow")
-    size = data[i + 5:i + 9]
-    return b"," + struct.pack("<HH", *offset) + size + bytes([0x80 | bits]) + palette + data[i + 10:-1], transparency
+    descriptor = b"," + struct.pack("<HH", *offset) + data[i + 13:i + 17] + bytes([0x80 | bits])  # a local palette
+    return data[i:i + 8] + descriptor + data[13:i] + data[i + 18:-1]
 
 
 def frame_ms(fps, hold, last):
