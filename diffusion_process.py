@@ -218,12 +218,14 @@ class View:
                 cells = list(text.layout(self.top, self.n_rows))
         return cells
 
-    def note(self, frame, cells):
-        """'characters a-b of n ...' when part of the text is out of view, else ''."""
-        if not self.scroll:
-            return ""
-        return (f"characters {self.top + 1}-{cells[-1][0] + 1 if cells else self.top} of {len(frame.text.ids)} "
-                f"(at most {self.n_rows} rows are shown: those around the block being written)")
+    def show(self, frame):
+        """(note, [(row, col, character, style)]) of the frame's text in view (see `style`); the
+        note says which characters are in view when some are not, else it is ''."""
+        cells = self.place(frame)
+        note = "" if not self.scroll else (
+            f"characters {self.top + 1}-{cells[-1][0] + 1 if cells else self.top} of {len(frame.text.ids)} "
+            f"(at most {self.n_rows} rows are shown: those around the block being written)")
+        return note, [(row, col, *style(frame, pos)) for pos, row, col in cells]
 
 
 def views(recordings, budget=VIEW_ROWS):
@@ -305,12 +307,10 @@ class Renderer:
         y = 0
         for frame, (label, rec), view, height in zip(frames, self.panels, self.views, self.heights):
             draw.text((MARGIN, y + 12), header(frame, len(rec), label), font=self.title_font, fill="black")
-            cells = view.place(frame)
-            note = view.note(frame, cells)
+            note, cells = view.show(frame)
             if note:
                 draw.text((MARGIN, y + 34), note, font=self.note_font, fill="#666666")
-            for pos, row, col in cells:
-                ch, s = style(frame, pos)
+            for row, col, ch, s in cells:
                 if ch.strip():
                     mask, (dx, dy) = self.tile(ch, s)
                     x0, y0 = MARGIN + col * CELL_PX + dx, y + TEXT_TOP + row * LINE_PX + dy
@@ -395,23 +395,16 @@ def gif_frame(image, offset, unchanged, ms):
     return data[i:i + 8] + descriptor + data[13:i] + data[i + 18:-1]
 
 
-def frame_ms(fps, hold, last):
-    """A frame's duration; the last one is held --hold seconds longer."""
-    ms = 1000 / fps
-    return round(ms * (1 + round(hold * fps))) if last else round(ms)
-
-
 def save_gif(panels, path, fps, hold):
     """Draw the frames and write them one at a time; to a temporary file, then renamed, so an
     interrupted run leaves no half-written GIF. Returns the number of frames."""
-    renderer = Renderer(panels)
-    n = n_frames([rec for _, rec in panels])
-    tmp = f"{path}.tmp{os.getpid()}"
+    renderer, n, tmp = Renderer(panels), n_frames([rec for _, rec in panels]), f"{path}.tmp{os.getpid()}"
+    ms = 1000 / fps  # a frame's duration; the last one is held --hold seconds longer
     try:
         with open(tmp, "wb") as f:
             gif = GifWriter(f)
             for i, image in enumerate(renderer.images(progress("rendering", "frames")), start=1):
-                gif.add(image, frame_ms(fps, hold, i == n))
+                gif.add(image, round(ms * (1 + round(hold * fps))) if i == n else round(ms))
             gif.close()
         os.replace(tmp, path)
     except OSError as e:
@@ -478,18 +471,11 @@ ANSI_STYLES = ("", DIM, NEW, REOPENED)
 
 def text_frame(frame, view, total, label, plain=False):
     """One panel of one frame as terminal text: a header, a blank line, the rows in view."""
-    cells = view.place(frame)
-    note = view.note(frame, cells)
-    lines = [header(frame, total, label, committed_now=False) + (f" | {note}" if note else ""), ""]
-    row_of = -1
-    for pos, row, _ in cells:
-        if row != row_of:
-            lines.append("")
-            row_of = row
-        ch, s = style(frame, pos)
-        if ch:
-            lines[-1] += ch if plain or not s else f"{ANSI_STYLES[s]}{ch}{RESET}"
-    return "\n".join(lines)
+    note, cells = view.show(frame)
+    rows = [""] * (cells[-1][0] + 1 if cells else 0)
+    for row, _, ch, s in cells:
+        rows[row] += ch if plain or not s else f"{ANSI_STYLES[s]}{ch}{RESET}"
+    return "\n".join([header(frame, total, label, committed_now=False) + (f" | {note}" if note else ""), "", *rows])
 
 
 def play_terminal(panels, fps, hold, stream=None, plain=None):
@@ -571,9 +557,8 @@ def load_ar_baseline(path, canvas, chars, device):
 
 
 def record_panels(args, config, seed):
-    """[(label, Recording)]: the diffusion model's run; with --compare, and the autoregressive
-    baseline's on the same canvas (one character a pass, the same temperature, top-k/top-p and
-    precision)."""
+    """[(label, Recording)]: the diffusion model's run and, with --compare, the autoregressive
+    baseline's on the same canvas (the same temperature, top-k/top-p and precision)."""
     device, model, chars, config = load_for_sampling(args, config)
     canvas = make_canvas(args.prompt, args.length, chars, 1, device)
     ar = load_ar_baseline(args.compare, canvas, chars, device) if args.compare else None
@@ -588,12 +573,9 @@ def record_panels(args, config, seed):
 
 def summary(panels):
     """'256 steps, NFE 64'; with --compare 'diffusion: 256 steps, NFE 64; autoregressive: 200 passes'."""
-    def one(label, rec):
-        if label == "autoregressive":
-            return f"{label}: {len(rec)} passes"
-        what = f"{len(rec)} steps, NFE {rec.nfe}"
-        return what if len(panels) == 1 else f"{label}: {what}"
-    return "; ".join(one(label, rec) for label, rec in panels)
+    counts = [f"{len(rec)} passes" if label == "autoregressive" else f"{len(rec)} steps, NFE {rec.nfe}"
+              for label, rec in panels]
+    return counts[0] if len(panels) == 1 else "; ".join(f"{label}: {c}" for (label, _), c in zip(panels, counts))
 
 
 def main(argv=None):
