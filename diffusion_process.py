@@ -47,8 +47,7 @@ from ar_sampler import generate_ar_steps
 from checkpoint import DEFAULT_AR, load_model
 from cli import ArgumentParser, UserError
 from corpus import mask_id_of
-from sampler import (add_sampling_flags, generate_steps, load_for_sampling, make_canvas,
-                     sampling_config)
+from sampler import add_sampling_flags, generate_steps, load_for_sampling, make_canvas, sampling_config
 
 SCREEN_MASK = "░"  # how a masked position looks on screen
 WRAP = 80          # columns before a long line wraps
@@ -278,8 +277,8 @@ class Renderer:
 
     def __init__(self, panels):
         from PIL import ImageColor
-        self.panels = panels
-        self.views = views([rec for _, rec in panels])
+        self.panels, self.recordings = panels, [rec for _, rec in panels]
+        self.views, self.n_frames = views(self.recordings), n_frames(self.recordings)
         self.heights = [TEXT_TOP + LINE_PX * view.n_rows + 20 for view in self.views]
         self.size = (WIDTH, sum(self.heights))
         mono = font("DejaVu Sans Mono", FONT_PX)
@@ -322,12 +321,10 @@ class Renderer:
         """One image per clock tick, drawn as it is asked for (each call from the start, the view
         scrolled back to the top); report(done, total) after each."""
         self.views = [View(view.n_rows, view.scroll) for view in self.views]
-        recordings = [rec for _, rec in self.panels]
-        n = n_frames(recordings)
-        for i, frames in enumerate(on_one_clock(recordings), start=1):
+        for i, frames in enumerate(on_one_clock(self.recordings), start=1):
             yield self.draw(frames)
             if report:
-                report(i, n)
+                report(i, self.n_frames)
 
 
 # -----------------------------------------------------------------------------
@@ -398,13 +395,13 @@ def gif_frame(image, offset, unchanged, ms):
 def save_gif(panels, path, fps, hold):
     """Draw the frames and write them one at a time; to a temporary file, then renamed, so an
     interrupted run leaves no half-written GIF. Returns the number of frames."""
-    renderer, n, tmp = Renderer(panels), n_frames([rec for _, rec in panels]), f"{path}.tmp{os.getpid()}"
+    renderer, tmp = Renderer(panels), f"{path}.tmp{os.getpid()}"
     ms = 1000 / fps  # a frame's duration; the last one is held --hold seconds longer
     try:
         with open(tmp, "wb") as f:
             gif = GifWriter(f)
             for i, image in enumerate(renderer.images(progress("rendering", "frames")), start=1):
-                gif.add(image, round(ms * (1 + round(hold * fps))) if i == n else round(ms))
+                gif.add(image, round(ms * (1 + round(hold * fps))) if i == renderer.n_frames else round(ms))
             gif.close()
         os.replace(tmp, path)
     except OSError as e:
@@ -412,7 +409,7 @@ def save_gif(panels, path, fps, hold):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return n
+    return renderer.n_frames
 
 
 def check_writable(path):
