@@ -12,10 +12,10 @@ highlighted, and so are characters re-opened this step by --remask. A GIF holds 
 canvas, one frame per step, and --hold seconds of the final text. Takes the sampling flags of
 sample.py. Progress goes to stderr; Ctrl-C exits quietly with status 130.
 
-Long texts: at most 40 rows of text are drawn (20 per side with --compare; in a terminal, as
-many as the screen has, up to that), through a window of rows that follows the block being
-written; a note under the title says which characters are in view. Frames are drawn and
-written one at a time, so memory does not grow with their number (--length 100000: 782 frames).
+Long texts: at most 40 rows are drawn (20 per side with --compare; in a terminal, as many as
+the screen has, up to that), a window that follows the block being written; a note says which
+characters are in view. Frames are drawn and written one at a time: memory does not grow with
+their number (--length 100000: 782 frames).
 
 --compare runs the autoregressive baseline (weights/ar_baseline.pt) on the same prompt and
 length, on one clock: frame i is each model after i forward passes (the AR model writes one
@@ -132,11 +132,10 @@ class Frame(NamedTuple):
 
 
 class Recording:
-    """One sample's run through a sampler, kept as what each step changed: per step the
-    positions written or re-opened, their new ids and flags (1 written, 2 re-opened) in small
-    arrays, the forward passes so far and the block it wrote. Memory grows with the characters
-    changed, not with steps x length (every frame's text was 24 GB at --length 100000).
-    len(): the steps; nfe: the forward passes; report(written, to_write) after each step."""
+    """One sample's run through a sampler, kept as what each step changed (the positions written
+    or re-opened, their ids and flags: 1 written, 2 re-opened), the passes so far and the block
+    it wrote: memory grows with the characters changed, not with steps x length (every frame's
+    text was 24 GB at --length 100000). len(): the steps; report(written, to_write) after each."""
 
     def __init__(self, states, canvas, chars, report=None):
         self.canvas, self.chars, self.steps, self.nfe = canvas[0].tolist(), chars, [], 0
@@ -187,9 +186,6 @@ def on_one_clock(recordings):
             frames[j] = frame or frames[j]._replace(new=frozenset(), reopened=frozenset())
         yield frames
 
-
-# -----------------------------------------------------------------------------
-# What a panel shows, the same in an image and in the terminal
 
 class View:
     """Which rows of a panel are drawn: all of them when the text fits in n_rows rows (scroll
@@ -269,14 +265,12 @@ def font(family, px, weight="normal"):
 
 
 class Renderer:
-    """Draws the panels of one clock tick, one under another, into a new RGB image with Pillow
-    (which matplotlib itself needs), one visible character at a time: about 0.02 s a frame, where
-    a matplotlib figure redrew every glyph and space of every frame, twice (0.4 s). Each
-    (character, style) is drawn once into a tile that later frames paste (the same pixels).
-    panels: [(label, Recording)]."""
+    """Draws the panels [(label, Recording)] of one clock tick, one under another, into an RGB
+    image with Pillow (which matplotlib needs), one visible character at a time: each (character,
+    style) is drawn once into a tile that later frames paste, 0.02 s a frame, where a matplotlib
+    figure redrew every glyph and space of every frame, twice (0.4 s)."""
 
     def __init__(self, panels):
-        from PIL import ImageColor
         self.panels, self.recordings = panels, [rec for _, rec in panels]
         self.views, self.n_frames = views(self.recordings), n_frames(self.recordings)
         self.heights = [TEXT_TOP + LINE_PX * view.n_rows + 20 for view in self.views]
@@ -284,7 +278,6 @@ class Renderer:
         mono = font("DejaVu Sans Mono", FONT_PX)
         self.fonts = (mono, mono, font("DejaVu Sans Mono", FONT_PX, "bold"), mono)  # by style: new is bold
         self.title_font, self.note_font = font("DejaVu Sans", TITLE_PX), font("DejaVu Sans", NOTE_PX)
-        self.colors = [ImageColor.getrgb(c) for c in COLORS]
         self.tiles = {}
 
     def tile(self, ch, style):
@@ -313,7 +306,7 @@ class Renderer:
                 if ch.strip():
                     mask, (dx, dy) = self.tile(ch, s)
                     x0, y0 = MARGIN + col * CELL_PX + dx, y + TEXT_TOP + row * LINE_PX + dy
-                    image.paste(self.colors[s], (x0, y0, x0 + mask.width, y0 + mask.height), mask)
+                    image.paste(COLORS[s], (x0, y0, x0 + mask.width, y0 + mask.height), mask)
             y += height
         return image
 
@@ -462,8 +455,8 @@ def show_window(panels, fps, hold):
 # Terminal: ANSI escape codes, redrawn in place; works over ssh and in a pipe. TERM=dumb: plain
 # frames one after another, no escapes.
 
-DIM, NEW, REOPENED, RESET = "\x1b[2m", "\x1b[1;32m", "\x1b[33m", "\x1b[0m"
-ANSI_STYLES = ("", DIM, NEW, REOPENED)
+ANSI_STYLES = ("", "\x1b[2m", "\x1b[1;32m", "\x1b[33m")  # by style: plain, dim masks, bold green new, yellow
+RESET = "\x1b[0m"
 
 
 def text_frame(frame, view, total, label, plain=False):
