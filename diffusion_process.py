@@ -116,9 +116,7 @@ class Text:
         return line + (pos - line) // WRAP * WRAP
 
     def rows(self, cap):
-        """Rows the whole text takes, counted up to `cap`."""
-        if len(self.ids) > cap * WRAP:  # a row holds at most WRAP characters
-            return cap
+        """Rows the whole text takes, counted up to `cap` (so at most cap * WRAP characters are read)."""
         return max((row for _, row, _ in self.layout(0, cap)), default=0) + 1
 
 
