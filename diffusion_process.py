@@ -282,11 +282,11 @@ class Renderer:
         """(mask, (dx, dy)): the glyph as draw.text draws it at (0, 0), offset by (dx, dy)."""
         if (ch, style) not in self.tiles:
             from PIL import Image, ImageDraw
-            font = self.fonts[style]
-            left, top, right, bottom = font.getbbox(ch)
+            face = self.fonts[style]
+            left, top, right, bottom = face.getbbox(ch)
             dx, dy = min(0, left), min(0, top)
             mask = Image.new("L", (max(1, right - dx), max(1, bottom - dy)), 0)
-            ImageDraw.Draw(mask).text((-dx, -dy), ch, font=font, fill=255)
+            ImageDraw.Draw(mask).text((-dx, -dy), ch, font=face, fill=255)
             self.tiles[ch, style] = mask, (dx, dy)
         return self.tiles[ch, style]
 
