@@ -9,26 +9,22 @@ Watch tiny-diffusion denoise: every frame is one step of the same sampler sample
 
 Masked positions are drawn as a shaded block; characters committed in the current step are
 highlighted, and so are characters re-opened this step by --remask. A GIF holds the starting
-canvas, one frame per step, and --hold seconds of the final text. Takes the
-prompt/length/steps/threshold/seed flags of sample.py. Progress goes to stderr; Ctrl-C exits
-quietly with status 130.
+canvas, one frame per step, and --hold seconds of the final text. Takes the sampling flags of
+sample.py. Progress goes to stderr; Ctrl-C exits quietly with status 130.
 
-Long texts: at most 40 rows of text are drawn (20 per side with --compare; in a terminal, as
-many as the screen has, up to that). A text taller than that is shown through a window of rows
-that follows the block being written, scrolling down as it goes, and a note under the title
-says which characters are in view. The sampler's run is kept as what each step changed, and
-the frames are drawn and written one at a time (the GIF frame by frame, without Pillow's
-save_all, which keeps every frame), so memory does not grow with the number of frames:
---length 100000 is 782 frames.
+Long texts: at most 40 rows are drawn (20 per side with --compare; in a terminal, as many as
+the screen has, up to that), a window that follows the block being written; a note says which
+characters are in view. Frames are drawn and written one at a time: memory does not grow with
+their number (--length 100000: 782 frames).
 
 --compare runs the autoregressive baseline (weights/ar_baseline.pt) on the same prompt and
-length, and shows both on one clock: frame i is each model after i forward passes. The AR
-model writes one character per pass, the diffusion model many; each side shows its count.
-Without --prompt it starts from "ROMEO:" (the AR model cannot write the first character).
+length, on one clock: frame i is each model after i forward passes (the AR model writes one
+character per pass, the diffusion model many). Without --prompt it starts from "ROMEO:" (the
+AR model cannot write the first character).
 
---terminal redraws in place with ANSI escape codes, also over ssh and through a pipe (read
-it with `less -R`). With TERM=dumb (Emacs' shell, some CI logs) it prints the frames one
-after another as plain text, without escape codes.
+--terminal redraws in place with ANSI escape codes, also over ssh and through a pipe (read it
+with `less -R`). With TERM=dumb (Emacs' shell, some CI logs) it prints plain frames one after
+another, without escape codes.
 """
 
 import argparse
@@ -51,16 +47,18 @@ from ar_sampler import generate_ar_steps
 from checkpoint import DEFAULT_AR, load_model
 from cli import ArgumentParser, UserError
 from corpus import mask_id_of
-from sampler import (add_sampling_flags, generate_steps, load_for_sampling, make_canvas,
-                     sampling_config)
+from sampler import add_sampling_flags, generate_steps, load_for_sampling, make_canvas, sampling_config
 
 SCREEN_MASK = "░"  # how a masked position looks on screen
 WRAP = 80          # columns before a long line wraps
+VIEW_ROWS = 40     # the most rows of text drawn, shared by the panels of --compare (20 each)
+COMPARE_PROMPT = "ROMEO:"  # --compare without --prompt: the autoregressive model needs a first character
 
 
-def progress(what, unit, stream=sys.stderr):
+def progress(what, unit, stream=None):
     """report(i, n): 'what: i/n unit (elapsed)' on stderr, redrawn in place on a terminal; in a
     pipe or a log, a line a second and the last one."""
+    stream = stream or sys.stderr
     start = last = time.time()
     tty = stream.isatty()
 
@@ -78,7 +76,10 @@ def progress(what, unit, stream=sys.stderr):
 # -----------------------------------------------------------------------------
 # A sampler's run, kept as what each step changed, and played back one frame at a time
 
-VIEW_ROWS = 40  # the most rows of text drawn, shared by the panels of --compare (20 each)
+def step_fields(state):
+    """(canvas, committed, reopened, nfe, block) of the first sample of one step the sampler
+    yields (generate_steps and generate_ar_steps alike): the one place that reads a step."""
+    return state.canvas[0], state.committed[0], state.reopened[0], int(state.nfe), state.block
 
 
 class Text:
@@ -91,17 +92,9 @@ class Text:
         self.breaks = bytearray(i == self.newline for i in self.ids)
         self.masked = self.ids.count(self.mask_id)
 
-    def __len__(self):
-        return len(self.ids)
-
     def set(self, pos, new):
         self.masked += (new == self.mask_id) - (self.ids[pos] == self.mask_id)
-        self.ids[pos] = new
-        self.breaks[pos] = new == self.newline
-
-    def shown(self, pos):
-        i = self.ids[pos]
-        return SCREEN_MASK if i == self.mask_id else self.chars[i]
+        self.ids[pos], self.breaks[pos] = new, new == self.newline
 
     def layout(self, top, n_rows):
         """(position, row, col) from position `top` (a row's first) through row n_rows - 1:
@@ -122,64 +115,8 @@ class Text:
         return line + (pos - line) // WRAP * WRAP
 
     def rows(self, cap):
-        """Rows the whole text takes, counted up to `cap`."""
-        if len(self.ids) > cap * WRAP:  # a row holds at most WRAP characters
-            return cap
+        """Rows the whole text takes, counted up to `cap` (so at most cap * WRAP characters are read)."""
         return max((row for _, row, _ in self.layout(0, cap)), default=0) + 1
-
-
-class Recording:
-    """One sample's run through a sampler (generate_steps or generate_ar_steps), stored as what
-    each step changed: the positions written or re-opened, their new ids and flags (1 written,
-    2 re-opened), in flat arrays; per step the forward passes so far and the block it wrote
-    (`focus`). Memory grows with the characters changed, not with steps x length (a list of
-    every frame's text was 24 GB at --length 100000). len(): the steps."""
-
-    def __init__(self, canvas, chars):
-        self.canvas, self.chars = canvas[0].tolist(), chars
-        self.pos, self.ids, self.flags = array("q"), array("q"), array("b")
-        self.ends, self.nfe, self.focus = array("q"), array("q"), array("q")
-        self.text = Text(self.canvas, chars)  # the latest state, for progress and the rows
-        self.max_rows = self.text.rows(VIEW_ROWS + 1)  # the most rows any frame takes, up to VIEW_ROWS + 1
-        self.prev = canvas[0].clone()
-
-    def __len__(self):
-        return len(self.ends)
-
-    def add(self, state):
-        canvas, committed, reopened = state.canvas[0], state.committed[0], state.reopened[0]
-        changed = (committed | reopened | (canvas != self.prev)).nonzero().flatten()
-        self.prev.copy_(canvas)
-        pos, ids = changed.tolist(), canvas[changed].tolist()
-        flags = [c + 2 * r for c, r in zip(committed[changed].tolist(), reopened[changed].tolist())]
-        self.pos.extend(pos)
-        self.ids.extend(ids)
-        self.flags.extend(flags)
-        self.ends.append(len(self.pos))
-        self.nfe.append(int(state.nfe))
-        self.focus.extend(state.block)
-        for p, i in zip(pos, ids):
-            self.text.set(p, i)
-        if self.max_rows <= VIEW_ROWS:
-            self.max_rows = max(self.max_rows, self.text.rows(VIEW_ROWS + 1))
-
-    def frames(self):
-        """Frame(text, new, reopened, step, nfe, focus) for the start and after every step. One
-        Text is updated in place: use a frame before asking for the next."""
-        text = Text(self.canvas, self.chars)
-        yield Frame(text, frozenset(), frozenset(), 0, 0, (0, 0))
-        lo = 0
-        for step, hi in enumerate(self.ends):
-            new, reopened = set(), set()
-            for k in range(lo, hi):
-                p = self.pos[k]
-                text.set(p, self.ids[k])
-                if self.flags[k] & 1:
-                    new.add(p)
-                if self.flags[k] & 2:
-                    reopened.add(p)
-            lo = hi
-            yield Frame(text, new, reopened, step + 1, self.nfe[step], tuple(self.focus[2 * step:2 * step + 2]))
 
 
 class Frame(NamedTuple):
@@ -191,15 +128,48 @@ class Frame(NamedTuple):
     focus: tuple         # (start, end) of the block this step wrote
 
 
-def collect_frames(states, canvas, chars, report=None):
-    """A Recording of every state a sampler yields; one sample. report(written, to_write)."""
-    rec = Recording(canvas, chars)
-    to_write = rec.text.masked
-    for state in states:
-        rec.add(state)
-        if report:
-            report(to_write - rec.text.masked, to_write)
-    return rec
+class Recording:
+    """One sample's run through a sampler, kept as what each step changed (the positions written
+    or re-opened, their ids and flags: 1 written, 2 re-opened), the passes so far and the block
+    it wrote: memory grows with the characters changed, not with steps x length (every frame's
+    text was 24 GB at --length 100000). len(): the steps; report(written, to_write) after each."""
+
+    def __init__(self, states, canvas, chars, report=None):
+        self.canvas, self.chars, self.steps, self.nfe = canvas[0].tolist(), chars, [], 0
+        self.text = Text(self.canvas, chars)  # the latest state, for progress and the rows
+        self.max_rows = self.text.rows(VIEW_ROWS + 1)  # the most rows any frame takes, up to VIEW_ROWS + 1
+        prev, to_write = canvas[0].clone(), self.text.masked
+        for state in states:
+            canvas, committed, reopened, self.nfe, block = step_fields(state)
+            changed = (committed | reopened | (canvas != prev)).nonzero().flatten()
+            prev.copy_(canvas)
+            pos, ids = changed.tolist(), canvas[changed].tolist()
+            flags = (committed[changed].long() + 2 * reopened[changed].long()).tolist()
+            self.steps.append((array("q", pos), array("q", ids), array("b", flags), self.nfe, tuple(block)))
+            for p, i in zip(pos, ids):
+                self.text.set(p, i)
+            if self.max_rows <= VIEW_ROWS:
+                self.max_rows = max(self.max_rows, self.text.rows(VIEW_ROWS + 1))
+            if report:
+                report(to_write - self.text.masked, to_write)
+
+    def __len__(self):
+        return len(self.steps)
+
+    def frames(self):
+        """A Frame for the start and after every step. One Text is updated in place: use a
+        frame before asking for the next."""
+        text = Text(self.canvas, self.chars)
+        yield Frame(text, frozenset(), frozenset(), 0, 0, (0, 0))
+        for step, (pos, ids, flags, nfe, focus) in enumerate(self.steps, start=1):
+            for p, i in zip(pos, ids):
+                text.set(p, i)
+            new = {p for p, f in zip(pos, flags) if f & 1}
+            yield Frame(text, new, {p for p, f in zip(pos, flags) if f & 2}, step, nfe, focus)
+
+
+def n_frames(recordings):
+    return max(len(rec) for rec in recordings) + 1
 
 
 def on_one_clock(recordings):
@@ -212,10 +182,6 @@ def on_one_clock(recordings):
             frame = next(stream, None)
             frames[j] = frame or frames[j]._replace(new=frozenset(), reopened=frozenset())
         yield frames
-
-
-def n_frames(recordings):
-    return max(len(rec) for rec in recordings) + 1
 
 
 class View:
@@ -244,26 +210,14 @@ class View:
                 cells = list(text.layout(self.top, self.n_rows))
         return cells
 
-    def note(self, frame, cells):
-        """'characters a-b of n ...' when part of the text is out of view, else ''."""
-        if not self.scroll:
-            return ""
-        return (f"characters {self.top + 1}-{cells[-1][0] + 1 if cells else self.top} of {len(frame.text)} "
-                f"(at most {self.n_rows} rows are shown: those around the block being written)")
-
-
-def reopened_note(n):
-    return f" | re-opened {n}" if n else ""
-
-
-def style(frame, pos):
-    """What a position shows and how: (character, style); style 0 plain text, 1 mask, 2 newly
-    committed, 3 re-opened. A newline is '↵' in the step that writes it, else it only ends a row."""
-    ch = frame.text.shown(pos)
-    new = pos in frame.new
-    if ch == "\n":
-        ch = "↵" if new else ""
-    return ch, 3 if pos in frame.reopened else 2 if new else 1 if ch == SCREEN_MASK else 0
+    def show(self, frame):
+        """(note, [(row, col, character, style)]) of the frame's text in view (see `style`); the
+        note says which characters are in view when some are not, else it is ''."""
+        cells = self.place(frame)
+        note = "" if not self.scroll else (
+            f"characters {self.top + 1}-{cells[-1][0] + 1 if cells else self.top} of {len(frame.text.ids)} "
+            f"(at most {self.n_rows} rows are shown: those around the block being written)")
+        return note, [(row, col, *style(frame, pos)) for pos, row, col in cells]
 
 
 def views(recordings, budget=VIEW_ROWS):
@@ -272,10 +226,26 @@ def views(recordings, budget=VIEW_ROWS):
     return [View(min(rec.max_rows, per), rec.max_rows > per) for rec in recordings]
 
 
+def header(frame, total, label, committed_now=True):
+    """A panel's title: 'label | step 3/64 | NFE 3 | committed now 5 | still masked 200'
+    (the terminal's leaves out 'committed now'), with ' | re-opened n' in a step that has some."""
+    now = f" | committed now {len(frame.new)}" if committed_now else ""
+    reopened = f" | re-opened {len(frame.reopened)}" if frame.reopened else ""
+    return f"{label} | step {frame.step}/{total} | NFE {frame.nfe}{now}{reopened} | still masked {frame.text.masked}"
+
+
+def style(frame, pos):
+    """What a position shows and how: (character, style); style 0 plain text, 1 mask, 2 newly
+    committed, 3 re-opened. A newline is '↵' in the step that writes it, else it only ends a row."""
+    text, new = frame.text, pos in frame.new
+    ch = SCREEN_MASK if text.ids[pos] == text.mask_id else text.chars[text.ids[pos]]
+    if ch == "\n":
+        ch = "↵" if new else ""
+    return ch, 3 if pos in frame.reopened else 2 if new else 1 if ch == SCREEN_MASK else 0
+
+
 # -----------------------------------------------------------------------------
-# Images for the GIF and the window, drawn with Pillow one visible character at a time: about
-# 0.02 s a frame, where a matplotlib figure redrew every glyph and space of every frame, twice (0.4 s).
-# Each (character, style) is drawn once into a tile that later frames paste (the same pixels).
+# Images, one renderer for the GIF and the window
 
 FONT_PX, TITLE_PX, NOTE_PX = 14, 15, 12  # 10 pt, 11 pt and 9 pt at 100 dpi
 CELL_PX, LINE_PX = 8, 17                 # a whole-pixel column (no seams between mask blocks), 1.2 lines
@@ -284,48 +254,38 @@ COLORS = ("#111111", "#9aa5b1", "#d62728", "#ff9f1c")  # text, mask, new, re-ope
 WIDTH = 900
 
 
-def title(frame, total, label="tiny-diffusion"):
-    return (f"{label} | step {frame.step}/{total} | NFE {frame.nfe} | committed now {len(frame.new)}"
-            f"{reopened_note(len(frame.reopened))} | still masked {frame.text.masked}")
-
-
-def load_fonts():
-    """DejaVu Sans Mono (regular for text, bold for new characters) and DejaVu Sans for the
-    title and the note: matplotlib ships them, so they are there wherever matplotlib is."""
+def font(family, px, weight="normal"):
+    """A Pillow font of DejaVu Sans (Mono): matplotlib ships it, so it is there wherever matplotlib is."""
     from matplotlib import font_manager
     from PIL import ImageFont
-
-    def font(family, px, weight="normal"):
-        props = font_manager.FontProperties(family=family, weight=weight)
-        return ImageFont.truetype(font_manager.findfont(props), px)
-
-    mono = font("DejaVu Sans Mono", FONT_PX)
-    return ((mono, mono, font("DejaVu Sans Mono", FONT_PX, "bold"), mono), font("DejaVu Sans", TITLE_PX),
-            font("DejaVu Sans", NOTE_PX))
+    return ImageFont.truetype(font_manager.findfont(font_manager.FontProperties(family=family, weight=weight)), px)
 
 
 class Renderer:
-    """Draws the panels of one clock tick, one under another, into a new RGB image."""
+    """Draws the panels [(label, Recording)] of one clock tick, one under another, into an RGB
+    image with Pillow (which matplotlib needs), one visible character at a time: each (character,
+    style) is drawn once into a tile that later frames paste, 0.02 s a frame, where a matplotlib
+    figure redrew every glyph and space of every frame, twice (0.4 s)."""
 
-    def __init__(self, recordings, labels):
-        from PIL import ImageColor
-        self.recordings, self.labels = recordings, labels
-        self.views = views(recordings)
+    def __init__(self, panels):
+        self.panels, self.recordings = panels, [rec for _, rec in panels]
+        self.views, self.n_frames = views(self.recordings), n_frames(self.recordings)
         self.heights = [TEXT_TOP + LINE_PX * view.n_rows + 20 for view in self.views]
         self.size = (WIDTH, sum(self.heights))
-        self.fonts, self.title_font, self.note_font = load_fonts()
-        self.colors = [ImageColor.getrgb(c) for c in COLORS]
+        mono = font("DejaVu Sans Mono", FONT_PX)
+        self.fonts = (mono, mono, font("DejaVu Sans Mono", FONT_PX, "bold"), mono)  # by style: new is bold
+        self.title_font, self.note_font = font("DejaVu Sans", TITLE_PX), font("DejaVu Sans", NOTE_PX)
         self.tiles = {}
 
     def tile(self, ch, style):
         """(mask, (dx, dy)): the glyph as draw.text draws it at (0, 0), offset by (dx, dy)."""
         if (ch, style) not in self.tiles:
             from PIL import Image, ImageDraw
-            font = self.fonts[style]
-            left, top, right, bottom = font.getbbox(ch)
+            face = self.fonts[style]
+            left, top, right, bottom = face.getbbox(ch)
             dx, dy = min(0, left), min(0, top)
             mask = Image.new("L", (max(1, right - dx), max(1, bottom - dy)), 0)
-            ImageDraw.Draw(mask).text((-dx, -dy), ch, font=font, fill=255)
+            ImageDraw.Draw(mask).text((-dx, -dy), ch, font=face, fill=255)
             self.tiles[ch, style] = mask, (dx, dy)
         return self.tiles[ch, style]
 
@@ -334,18 +294,16 @@ class Renderer:
         image = Image.new("RGB", self.size, "white")
         draw = ImageDraw.Draw(image)
         y = 0
-        for frame, rec, label, view, height in zip(frames, self.recordings, self.labels, self.views, self.heights):
-            draw.text((MARGIN, y + 12), title(frame, len(rec), label), font=self.title_font, fill="black")
-            cells = view.place(frame)
-            note = view.note(frame, cells)
+        for frame, (label, rec), view, height in zip(frames, self.panels, self.views, self.heights):
+            draw.text((MARGIN, y + 12), header(frame, len(rec), label), font=self.title_font, fill="black")
+            note, cells = view.show(frame)
             if note:
                 draw.text((MARGIN, y + 34), note, font=self.note_font, fill="#666666")
-            for pos, row, col in cells:
-                ch, s = style(frame, pos)
+            for row, col, ch, s in cells:
                 if ch.strip():
                     mask, (dx, dy) = self.tile(ch, s)
                     x0, y0 = MARGIN + col * CELL_PX + dx, y + TEXT_TOP + row * LINE_PX + dy
-                    image.paste(self.colors[s], (x0, y0, x0 + mask.width, y0 + mask.height), mask)
+                    image.paste(COLORS[s], (x0, y0, x0 + mask.width, y0 + mask.height), mask)
             y += height
         return image
 
@@ -353,48 +311,43 @@ class Renderer:
         """One image per clock tick, drawn as it is asked for (each call from the start, the view
         scrolled back to the top); report(done, total) after each."""
         self.views = [View(view.n_rows, view.scroll) for view in self.views]
-        n = n_frames(self.recordings)
         for i, frames in enumerate(on_one_clock(self.recordings), start=1):
             yield self.draw(frames)
             if report:
-                report(i, n)
+                report(i, self.n_frames)
 
+
+# -----------------------------------------------------------------------------
+# GIF, written frame by frame: Pillow's save_all keeps every frame until the end
 
 class GifWriter:
-    """A looping GIF89a written frame by frame: Pillow's save_all keeps every frame until the
-    end. Each frame is the rectangle that changed since the one before (not disposed), its
-    unchanged pixels transparent, with its own palette; Pillow quantizes and LZW-encodes it as a
-    one-frame GIF whose image block is copied here. A frame identical to the one before lengthens
-    that one instead, as Pillow does."""
+    """A looping GIF89a. Each frame is the rectangle that changed since the one before (kept,
+    not disposed), its unchanged pixels transparent, with its own palette; a frame identical to
+    the one before lengthens that one instead, as Pillow does."""
 
     def __init__(self, fp):
-        self.fp, self.prev, self.pending = fp, None, None
+        self.fp, self.prev, self.pending = fp, None, None  # pending: the last frame, its duration still growing
 
     def add(self, image, ms):
         from PIL import ImageChops
-        if self.prev is None:
-            self.fp.write(b"GIF89a" + struct.pack("<HHBBB", *image.size, 0x70, 0, 0)  # no global palette
-                          + b"!\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00")  # loop forever
+        if self.prev is None:  # the header: no global palette (each frame has one), loop forever
+            self.fp.write(b"GIF89a" + struct.pack("<HHBBB", *image.size, 0x70, 0, 0)
+                          + b"!\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00")
             box, unchanged = (0, 0, *image.size), None
         else:
             diff = ImageChops.difference(image, self.prev)
             box = diff.getbbox()
-            if box:
-                r, g, b = diff.crop(box).split()
-                unchanged = ImageChops.lighter(ImageChops.lighter(r, g), b).point([255] + [0] * 255, "1")
-        self.prev = image
-        if box is None:
-            self.pending[0] += ms
-            return
+            if box is None:
+                self.pending[-1] += ms
+                return
+            r, g, b = diff.crop(box).split()
+            unchanged = ImageChops.lighter(ImageChops.lighter(r, g), b).point([255] + [0] * 255, "1")
         self.flush()
-        self.pending = [ms, *encode_gif_block(image.crop(box), box[:2], unchanged)]
+        self.prev, self.pending = image, [image.crop(box), box[:2], unchanged, ms]
 
     def flush(self):
         if self.pending:
-            ms, block, transparency = self.pending
-            # graphic control extension: disposal 1 (keep), the delay in centiseconds, transparency
-            self.fp.write(b"!\xf9\x04" + struct.pack("<BHB", 0x04 | (transparency is not None), round(ms / 10),
-                                                        transparency or 0) + b"\x00" + block)
+            self.fp.write(gif_frame(*self.pending))
             self.pending = None
 
     def close(self):
@@ -402,65 +355,43 @@ class GifWriter:
         self.fp.write(b";")
 
 
-def encode_gif_block(image, offset, unchanged=None):
-    """(image descriptor, local palette and LZW data of `image` placed at `offset`; the
-    transparent index or None), taken from Pillow's one-frame GIF of it. unchanged: a mask of
-    the pixels to leave transparent. A palette per frame: the fast octree keeps all ~100 colours
-    (antialiased text) and takes 4 ms a frame, where Pillow's default median cut takes 35."""
+def gif_frame(image, offset, unchanged, ms):
+    """One GIF frame of `image` placed at `offset`, shown ms, kept (disposal 1), with its own
+    palette; unchanged: a mask of the pixels left transparent. Cut out of Pillow's one-frame GIF
+    of it: the graphic control extension, then the image with Pillow's global palette made local.
+    A palette per frame: the fast octree keeps all ~100 colours (antialiased text) and takes 4 ms
+    a frame, where Pillow's default median cut takes 35."""
     from PIL import Image
-    frame = image.quantize(255, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)  # 255 free
+    frame = image.quantize(255, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)  # 255: free
     palette = frame.getpalette()[:255 * 3]
     for i in range(0, len(palette), 3):  # the octree's mean of white and its faintest antialiasing
         if min(palette[i:i + 3]) >= 250:  # (253, 253, 254), say: white, or rectangles of other frames
             palette[i:i + 3] = [255, 255, 255]  # would show as faint patches
     frame.putpalette(palette + [0] * (768 - len(palette)))
-    params = {}
+    params = {} if unchanged is None else {"transparency": 255}
     if unchanged is not None:
         frame.paste(255, mask=unchanged)
-        params["transparency"] = 255
-    buf = io.BytesIO()
-    frame.save(buf, format="GIF", interlace=False, **params)
+    buf = io.BytesIO()  # Pillow writes the delay in whole centiseconds, rounded down
+    frame.save(buf, format="GIF", interlace=False, duration=round(ms / 10) * 10, disposal=1, **params)
     data = buf.getvalue()
-    i, flags, palette, transparency = 13, data[10], b"", None
-    if flags & 0x80:  # the global palette
-        palette, bits = data[i:i + (3 << ((flags & 7) + 1))], flags & 7
-        i += len(palette)
-    while data[i] == 0x21:  # extensions: the graphic control one's transparency is kept
-        if data[i + 1] == 0xF9 and data[i + 3] & 1:
-            transparency = data[i + 6]
-        i += 2
-        while data[i]:
-            i += data[i] + 1
-        i += 1
-    if data[i] != 0x2C or data[-1] != 0x3B:
+    bits = data[10] & 7
+    i = 13 + (3 << (bits + 1))  # past the global palette: the extension (8 bytes), the image descriptor
+    if data[i:i + 2] != b"!\xf9" or data[i + 8] != 0x2C or data[i + 17] or data[-1] != 0x3B:
         raise ValueError("unexpected GIF from Pillow")
-    width, height = struct.unpack("<HH", data[i + 5:i + 9])
-    desc = data[i + 9]
-    i += 10
-    if desc & 0x80:  # a local palette
-        palette, bits = data[i:i + (3 << ((desc & 7) + 1))], desc & 7
-        i += len(palette)
-    block = b"," + struct.pack("<HHHHB", *offset, width, height, 0x80 | (desc & 0x40) | bits) + palette + data[i:-1]
-    return block, transparency
-
-
-def frame_ms(fps, hold, last):
-    """A frame's duration; the last one is held --hold seconds longer."""
-    ms = 1000 / fps
-    return round(ms * (1 + round(hold * fps))) if last else round(ms)
+    descriptor = b"," + struct.pack("<HH", *offset) + data[i + 13:i + 17] + bytes([0x80 | bits])  # a local palette
+    return data[i:i + 8] + descriptor + data[13:i] + data[i + 18:-1]
 
 
 def save_gif(panels, path, fps, hold):
     """Draw the frames and write them one at a time; to a temporary file, then renamed, so an
-    interrupted run leaves no half-written GIF. panels: [(label, recording)]. Returns the frames."""
-    renderer = Renderer([rec for _, rec in panels], [label for label, _ in panels])
-    n = n_frames(renderer.recordings)
-    tmp = f"{path}.tmp{os.getpid()}"
+    interrupted run leaves no half-written GIF. Returns the number of frames."""
+    renderer, tmp = Renderer(panels), f"{path}.tmp{os.getpid()}"
+    ms = 1000 / fps  # a frame's duration; the last one is held --hold seconds longer
     try:
         with open(tmp, "wb") as f:
             gif = GifWriter(f)
             for i, image in enumerate(renderer.images(progress("rendering", "frames")), start=1):
-                gif.add(image, frame_ms(fps, hold, i == n))
+                gif.add(image, round(ms * (1 + round(hold * fps))) if i == renderer.n_frames else round(ms))
             gif.close()
         os.replace(tmp, path)
     except OSError as e:
@@ -468,17 +399,7 @@ def save_gif(panels, path, fps, hold):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return n
-
-
-def summary(panels):
-    """'256 steps, NFE 64'; with --compare 'diffusion: 256 steps, NFE 64; autoregressive: 200 passes'."""
-    def one(label, rec):
-        if label == "autoregressive":
-            return f"{label}: {len(rec)} passes"
-        what = f"{len(rec)} steps, NFE {rec.nfe[-1] if len(rec) else 0}"
-        return what if len(panels) == 1 else f"{label}: {what}"
-    return "; ".join(one(label, rec) for label, rec in panels)
+    return renderer.n_frames
 
 
 def check_writable(path):
@@ -496,32 +417,26 @@ def check_writable(path):
         raise UserError(f"cannot write {path}: {e.strerror or e} ({folder})") from None
 
 
-def check_display():
-    import matplotlib.pyplot as plt
-    backend = plt.get_backend().lower()
-    if backend in ("agg", "pdf", "ps", "svg", "cairo", "pgf", "template"):
-        raise UserError(f"no display for a window (matplotlib backend {backend}): "
-                        "use --save out.gif or --terminal")
-
+# -----------------------------------------------------------------------------
+# The matplotlib window: the renderer's images, shown as they are drawn
 
 def show_window(panels, fps, hold):
     """The frames drawn as they are shown (again on every loop), the last held --hold seconds."""
     import matplotlib.pyplot as plt
     from matplotlib.animation import FuncAnimation
     from PIL import Image
-    renderer = Renderer([rec for _, rec in panels], [label for label, _ in panels])
+    renderer = Renderer(panels)
     width, height = renderer.size
     fig = plt.figure(figsize=(width / 100, height / 100), dpi=100)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.axis("off")
     shown = ax.imshow(Image.new("RGB", renderer.size, "white"))
 
-    def frames():
+    def frames():  # the images, the last one again for --hold seconds
         image = None
         for image in renderer.images():
             yield image
-        for _ in range(int(round(hold * fps))):
-            yield image
+        yield from [image] * int(round(hold * fps))
 
     def draw(image):
         shown.set_data(image)
@@ -533,70 +448,32 @@ def show_window(panels, fps, hold):
     return anim
 
 
-def load_ar_baseline(args, canvas, chars, device):
-    """The autoregressive model for --compare, checked before any sampling starts."""
-    ar, ar_chars, _ = load_model(args.compare, device)
-    if not ar.config.causal or ar_chars != chars:
-        raise UserError(f"{args.compare} is not an autoregressive model with the diffusion model's vocabulary")
-    if canvas[0, 0] == mask_id_of(chars):
-        raise UserError("--compare needs a prompt: the autoregressive model cannot write the first character")
-    return ar
-
-
-def compare_frames(ar, config, seed, canvas, chars):
-    """The autoregressive baseline's frames on the same canvas: one character per pass, with the
-    same temperature, top-k/top-p and precision."""
-    states = generate_ar_steps(ar, canvas, config, seed)
-    return collect_frames(states, canvas, chars, progress("sampling (autoregressive)", "characters"))
-
-
-COMPARE_PROMPT = "ROMEO:"  # --compare without --prompt: the autoregressive model needs a first character
-
-
-def compare_defaults(args):
-    if args.compare and not args.prompt:
-        args.prompt = COMPARE_PROMPT
-
-
 # -----------------------------------------------------------------------------
 # Terminal: ANSI escape codes, redrawn in place; works over ssh and in a pipe. TERM=dumb: plain
 # frames one after another, no escapes.
 
-DIM, NEW, REOPENED, RESET = "\x1b[2m", "\x1b[1;32m", "\x1b[33m", "\x1b[0m"
-ANSI_STYLES = ("", DIM, NEW, REOPENED)
+ANSI_STYLES = ("", "\x1b[2m", "\x1b[1;32m", "\x1b[33m")  # by style: plain, dim masks, bold green new, yellow
+RESET = "\x1b[0m"
 
 
-def text_frame(frame, view, total, label="tiny-diffusion", plain=False):
+def text_frame(frame, view, total, label, plain=False):
     """One panel of one frame as terminal text: a header, a blank line, the rows in view."""
-    cells = view.place(frame)
-    note = view.note(frame, cells)
-    lines = [f"{label} | step {frame.step}/{total} | NFE {frame.nfe}{reopened_note(len(frame.reopened))} | "
-             f"still masked {frame.text.masked}" + (f" | {note}" if note else ""), ""]
-    row_of = -1
-    for pos, row, _ in cells:
-        if row != row_of:
-            lines.append("")
-            row_of = row
-        ch, s = style(frame, pos)
-        if ch:
-            lines[-1] += ch if plain or not s else f"{ANSI_STYLES[s]}{ch}{RESET}"
-    return "\n".join(lines)
+    note, cells = view.show(frame)
+    rows = [""] * (cells[-1][0] + 1 if cells else 0)
+    for row, _, ch, s in cells:
+        rows[row] += ch if plain or not s else f"{ANSI_STYLES[s]}{ch}{RESET}"
+    return "\n".join([header(frame, total, label, committed_now=False) + (f" | {note}" if note else ""), "", *rows])
 
 
-def terminal_rows(n_panels, stream):
-    """Rows of text per panel: the screen's height on a terminal, else VIEW_ROWS shared."""
-    if stream.isatty():
-        return min(VIEW_ROWS, max(3, shutil.get_terminal_size().lines // n_panels - 4))
-    return VIEW_ROWS // n_panels
-
-
-def play_terminal(panels, fps, hold, stream=sys.stdout, plain=None):
-    """panels: [(label, recording)], shown one under another on one clock. plain (default: when
-    TERM is dumb): the frames one after another, without escape codes."""
-    if plain is None:
-        plain = os.environ.get("TERM") == "dumb"
-    recordings = [rec for _, rec in panels]
-    shown = views(recordings, terminal_rows(len(panels), stream) * len(panels))
+def play_terminal(panels, fps, hold, stream=None, plain=None):
+    """panels shown one under another on one clock. plain (default: when TERM is dumb): the
+    frames one after another, without escape codes."""
+    stream = stream or sys.stdout
+    plain = os.environ.get("TERM") == "dumb" if plain is None else plain
+    recordings, rows = [rec for _, rec in panels], VIEW_ROWS // len(panels)
+    if stream.isatty():  # as many rows as the screen has, up to VIEW_ROWS
+        rows = min(VIEW_ROWS, max(3, shutil.get_terminal_size().lines // len(panels) - 4))
+    shown = views(recordings, rows * len(panels))
     if not plain:
         stream.write("\x1b[?25l")  # hide the cursor
     try:
@@ -616,7 +493,10 @@ def play_terminal(panels, fps, hold, stream=sys.stdout, plain=None):
             stream.flush()
 
 
-def main(argv=None):
+# -----------------------------------------------------------------------------
+# The command line
+
+def parse_args(argv):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sampling_flags(p, cuda_graph=False)  # the animation needs every step's state
     mode = p.add_mutually_exclusive_group()
@@ -631,27 +511,66 @@ def main(argv=None):
     p.add_argument("--fps", type=float, default=None, help="frames per second (default 8, 24 with --compare)")
     p.add_argument("--hold", type=float, default=2.0, help="seconds to hold the final text (default %(default)s)")
     args = p.parse_args(argv)
-    compare_defaults(args)
+    if args.compare and not args.prompt:
+        args.prompt = COMPARE_PROMPT
+    if args.fps is None:
+        args.fps = 24.0 if args.compare else 8.0
+    return args
+
+
+def check_output(args):
+    """Fail before any work: the playback flags, then the GIF's path or a display for the window."""
+    if not 0 < args.fps <= 100 or not 0 <= args.hold <= 60:
+        raise UserError("--fps must be in (0, 100] and --hold in [0, 60]")
+    if args.save and not args.save.lower().endswith(".gif"):
+        raise UserError(f"--save writes a GIF: give a .gif path, got {args.save!r}")
+    if args.save:
+        check_writable(args.save)
+    elif not args.terminal:
+        import matplotlib.pyplot as plt
+        backend = plt.get_backend().lower()
+        if backend in ("agg", "pdf", "ps", "svg", "cairo", "pgf", "template"):
+            raise UserError(f"no display for a window (matplotlib backend {backend}): use --save out.gif or --terminal")
+
+
+def load_ar_baseline(path, canvas, chars, device):
+    """The autoregressive model for --compare, checked before any sampling starts."""
+    ar, ar_chars, _ = load_model(path, device)
+    if not ar.config.causal or ar_chars != chars:
+        raise UserError(f"{path} is not an autoregressive model with the diffusion model's vocabulary")
+    if canvas[0, 0] == mask_id_of(chars):
+        raise UserError("--compare needs a prompt: the autoregressive model cannot write the first character")
+    return ar
+
+
+def record_panels(args, config, seed):
+    """[(label, Recording)]: the diffusion model's run and, with --compare, the autoregressive
+    baseline's on the same canvas (the same temperature, top-k/top-p and precision)."""
+    device, model, chars, config = load_for_sampling(args, config)
+    canvas = make_canvas(args.prompt, args.length, chars, 1, device)
+    ar = load_ar_baseline(args.compare, canvas, chars, device) if args.compare else None
+    diffusion = Recording(generate_steps(model, canvas, config, seed), canvas, chars,
+                          progress("sampling", "characters"))
+    if ar is None:
+        return [("tiny-diffusion", diffusion)]
+    baseline = Recording(generate_ar_steps(ar, canvas, config, seed), canvas, chars,
+                         progress("sampling (autoregressive)", "characters"))
+    return [("diffusion", diffusion), ("autoregressive", baseline)]
+
+
+def summary(panels):
+    """'256 steps, NFE 64'; with --compare 'diffusion: 256 steps, NFE 64; autoregressive: 200 passes'."""
+    counts = [f"{len(rec)} passes" if label == "autoregressive" else f"{len(rec)} steps, NFE {rec.nfe}"
+              for label, rec in panels]
+    return counts[0] if len(panels) == 1 else "; ".join(f"{label}: {c}" for (label, _), c in zip(panels, counts))
+
+
+def main(argv=None):
+    args = parse_args(argv)
     try:
         config, seed = sampling_config(args)
-        if args.fps is None:
-            args.fps = 24.0 if args.compare else 8.0
-        if not 0 < args.fps <= 100 or not 0 <= args.hold <= 60:
-            raise UserError("--fps must be in (0, 100] and --hold in [0, 60]")
-        if args.save and not args.save.lower().endswith(".gif"):
-            raise UserError(f"--save writes a GIF: give a .gif path, got {args.save!r}")
-        if args.save:
-            check_writable(args.save)
-        elif not args.terminal:
-            check_display()
-        device, model, chars, config = load_for_sampling(args, config)
-        canvas = make_canvas(args.prompt, args.length, chars, 1, device)
-        ar = load_ar_baseline(args, canvas, chars, device) if args.compare else None
-        states = generate_steps(model, canvas, config, seed)
-        frames = collect_frames(states, canvas, chars, progress("sampling", "characters"))
-        panels = [("tiny-diffusion", frames)]  # (label, recording): drawn frame by frame from here on
-        if args.compare:
-            panels = [("diffusion", frames), ("autoregressive", compare_frames(ar, config, seed, canvas, chars))]
+        check_output(args)
+        panels = record_panels(args, config, seed)
         if args.terminal:
             play_terminal(panels, args.fps, args.hold)
         elif args.save:

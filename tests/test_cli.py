@@ -1,10 +1,8 @@
 """Every CLI: the happy path prints what the README says; bad input is one line, exit != 0."""
 
 import os
-import re
 
 import pytest
-from PIL import Image
 
 from conftest import TINY, assert_one_line_error, run_script
 
@@ -130,42 +128,6 @@ def test_prepare_verifies_the_checksum(tmp_path, data_path):
     assert_one_line_error(run_script("data/prepare.py", "--from", bad, "--out", tmp_path / "x.txt"), "sha256")
     assert not (tmp_path / "x.txt").exists()
     assert_one_line_error(run_script("data/prepare.py", "--from", tmp_path / "none.txt"), "cannot read")
-
-
-def test_diffusion_process_writes_a_gif_with_one_frame_per_step(tmp_path, tiny_ckpt):
-    gif = tmp_path / "d.gif"
-    r = run_script("diffusion_process.py", "--ckpt", tiny_ckpt, "--save", gif, "--steps", "6",
-                   "--length", "32", "--fps", "4", "--hold", "1", "--seed", "0", env={**os.environ, "DISPLAY": ""})
-    assert r.returncode == 0, r.stderr
-    image = Image.open(gif)
-    assert image.n_frames == 1 + 6  # the start and one per step
-    # the 4 hold frames (1 s at 4 fps) repeat the last one: the GIF stores them as one long frame
-    image.seek(image.n_frames - 1)
-    assert image.info["duration"] == (1 + 4) * 250
-
-
-def test_diffusion_process_terminal_mode_through_a_pipe(tiny_ckpt):
-    r = run_script("diffusion_process.py", "--ckpt", tiny_ckpt, "--terminal", "--threshold", "0.8",
-                   "--length", "32", "--fps", "100", "--hold", "0", "--seed", "0")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.count("\x1b[H\x1b[2J") >= 2 and "step 1/" in r.stdout
-    assert r.stdout.startswith("\x1b[?25l") and r.stdout.rstrip("\n").endswith("\x1b[?25h")
-
-
-def test_diffusion_process_shows_remasked_characters(tiny_ckpt):
-    r = run_script("diffusion_process.py", "--ckpt", tiny_ckpt, "--terminal", "--steps", "8", "--remask", "1",
-                   "--length", "32", "--fps", "100", "--hold", "0", "--seed", "0")
-    assert r.returncode == 0, r.stderr
-    headers = re.findall(r"step (\d+)/8 \| NFE \d+(?: \| re-opened (\d+))? \| still masked (\d+)", r.stdout)
-    assert len(headers) == 9 and headers[-1] == ("8", "", "0")
-    reopened = [int(n or 0) for _, n, _ in headers]
-    assert sum(reopened) > 0 and r.stdout.count("\x1b[33m") == sum(reopened), "each re-opened mask is coloured"
-
-
-def test_diffusion_process_without_display_says_what_to_do(tiny_ckpt):
-    r = run_script("diffusion_process.py", "--ckpt", tiny_ckpt, "--length", "32",
-                   env={**os.environ, "DISPLAY": "", "MPLBACKEND": "Agg"})
-    assert_one_line_error(r, "--save", "--terminal")
 
 
 def test_every_cli_has_help():

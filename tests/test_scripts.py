@@ -1,21 +1,13 @@
-"""The helper scripts: plot_curve.py, data/prepare.py, diffusion_process.py (GIF, Ctrl-C),
-tools/export_weights.py. CPU only, a few seconds each."""
+"""The helper scripts: plot_curve.py, data/prepare.py, tools/export_weights.py
+(diffusion_process.py: test_diffusion_process.py). CPU only, a few seconds each."""
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 from PIL import Image
 
-from conftest import ROOT, assert_one_line_error, run_script
-
-HEADLESS = {**os.environ, "DISPLAY": "", "MPLBACKEND": "Agg"}
-
-
+from conftest import assert_one_line_error, run_script
 
 
 def write_log(path, train, val):
@@ -85,85 +77,12 @@ def test_prepare_out_under_a_file_is_one_line_error(tmp_path, data_path):
 
 
 # -----------------------------------------------------------------------------
-# diffusion_process.py
-
-def test_diffusion_process_save_under_a_file_fails_before_loading(tmp_path):
-    (tmp_path / "file.txt").write_text("x")
-    # the checkpoint does not exist either: the --save error must come first, before any work
-    r = run_script("diffusion_process.py", "--ckpt", tmp_path / "none.pt",
-                   "--save", tmp_path / "file.txt" / "d.gif")
-    assert_one_line_error(r, "diffusion_process.py: error: cannot write", "is a file")
-
-
-def test_diffusion_process_saves_a_gif_headless_with_progress(tmp_path, tiny_ckpt):
-    gif = tmp_path / "missing" / "d.gif"  # the folder is created
-    r = run_script("diffusion_process.py", "--ckpt", tiny_ckpt, "--save", gif, "--length", "40", "--steps", "4",
-                   "--seed", "0", env=HEADLESS)
-    assert r.returncode == 0, r.stderr
-    assert "sampling: 40/40 characters" in r.stderr and "rendering: 5/5 frames" in r.stderr
-    image = Image.open(gif)
-    assert image.n_frames == 5
-
-    def pixels(i, kind):  # pixels of frame i in the masks' grey-blue (b > r) or the new characters' red
-        image.seek(i)
-        test = (lambda r, g, b: b - r >= 8) if kind == "mask" else (lambda r, g, b: r - g >= 60)
-        return sum(n for n, px in image.convert("RGB").getcolors(1 << 16) if test(*px))
-
-    assert pixels(0, "mask") > 500 and pixels(0, "new") == 0  # the start: all masks, shaded
-    assert any(pixels(i, "new") for i in range(1, 5))  # committed characters highlighted (not spaces)
-    assert pixels(4, "mask") == 0  # the end: no masks left
-
-
-def test_diffusion_process_ctrl_c_exits_quietly_with_130(tiny_ckpt):
-    def interrupt(args, when):
-        cmd = [sys.executable, "diffusion_process.py", "--ckpt", tiny_ckpt, "--seed", "0", *args]
-        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        when(p)
-        p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=60)
-        return p.returncode, out, err
-
-    def wait_for_last_frame(p):  # then the 30 s hold is on
-        for line in p.stdout:
-            if "still masked 0" in line:
-                return
-
-    code, out, err = interrupt(["--terminal", "--length", "24", "--steps", "3", "--hold", "30"], wait_for_last_frame)
-    assert code == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err, err
-    assert out.endswith("\x1b[?25h\n")  # the cursor is back
-    for after in (0.3, 1.0):  # importing torch (an exception there aborted the process), loading or sampling
-        code, out, err = interrupt(["--terminal", "--hold", "30"], lambda p: time.sleep(after))
-        assert code == 130 and "Traceback" not in err and "terminate" not in err, err
-
-
-# -----------------------------------------------------------------------------
 # every script
 
 def test_export_weights_missing_file_is_one_line_error(tmp_path):
     r = run_script("tools/export_weights.py", tmp_path / "none.pt", tmp_path / "out.pt")
     assert_one_line_error(r, "export_weights.py: error:", "not found")
     assert not (tmp_path / "out.pt").exists()
-
-
-def test_compare_shows_both_models_on_one_clock_in_a_headless_gif(tmp_path, tiny_ckpt, tiny_ar_ckpt):
-    out = tmp_path / "compare.gif"
-    r = run_script("diffusion_process.py", "--ckpt", tiny_ckpt, "--compare", tiny_ar_ckpt, "--save", out,
-                   "--prompt", "KING:", "--length", "40", "--steps", "5", "--seed", "0", "--device", "cpu")
-    assert r.returncode == 0, r.stderr
-    gif = Image.open(out)
-    assert gif.n_frames == 1 + 35, "one frame per AR pass; the diffusion side holds after its 5"
-    r = run_script("diffusion_process.py", "--ckpt", tiny_ckpt, "--compare", tiny_ar_ckpt, "--terminal",
-                   "--prompt", "KING:", "--length", "40", "--steps", "5", "--fps", "100", "--hold", "0",
-                   "--device", "cpu")
-    assert r.returncode == 0 and "autoregressive | step 35/35 | NFE 35" in r.stdout
-    assert "diffusion | step 5/5 | NFE 5" in r.stdout
-
-
-def test_compare_needs_a_prompt_and_an_ar_checkpoint(tmp_path, tiny_ckpt):
-    r = run_script("diffusion_process.py", "--ckpt", tiny_ckpt, "--compare", tiny_ckpt, "--terminal",
-                   "--prompt", "KING:", "--length", "20", "--device", "cpu")
-    assert r.returncode == 1 and "not an autoregressive model" in r.stderr and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, "checked before any sampling"
 
 
 def test_bench_sample_and_quality_run_on_a_tiny_model(tiny_ckpt, tiny_ar_ckpt, data_path):
