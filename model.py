@@ -8,6 +8,7 @@ The network: a nanochat-style transformer, bidirectional for masked diffusion.
 - untied input embedding and output head; the head never predicts the mask symbol
 - no time/noise-level input: the mask ratio is visible in the input (MDLM, Sahoo et al. 2024)
 - an optional key/value cache, so a sampling pass can run on a few positions of the window
+  (KVCache; StaticKVCache, preallocated, for autoregressive decoding under CUDA graphs)
 Everything else lives beside it: diffusion.py (masks, losses, estimators), sampler.py,
 checkpoint.py (checkpoints, vocabulary, device), optim.py.
 """
@@ -76,6 +77,35 @@ class KVCache:
         self.layers = {i: (k.clone(), v.clone()) for i, (k, v) in self.layers.items()}
 
 
+class StaticKVCache:
+    """Preallocated keys/values, (B, n_head, block_size, head_dim) per layer, for autoregressive
+    decoding under CUDA graphs and torch.compile: a pass on positions `pos` (a (T,) long tensor,
+    given to Transformer.forward as both start and pos) writes its keys/values in place there
+    and attends to every stored position <= its own. Shapes never change and the positions are
+    a tensor, so one compiled pass or one captured graph serves every step. Positions past the
+    last written one are masked out; they start at zero so that the masked entries are finite
+    (softmax weight 0 times NaN would still be NaN). The buffers may be reused by the next
+    generation of the same shape: every position is written before it is read."""
+
+    def __init__(self, config, batch, device, dtype=torch.float32):
+        head_dim = config.n_embd // config.n_head
+        shape = (batch, config.n_head, config.block_size, head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.columns = torch.arange(config.block_size, device=device)
+
+    def __bool__(self):
+        return True
+
+    def write(self, layer, pos, k, v):
+        """Store this pass's k, v (B, H, T, D) at positions pos; returns every position's keys,
+        values and the (T, block_size) mask of those each query may attend to."""
+        keys, values = self.keys[layer], self.values[layer]
+        keys.index_copy_(2, pos, k.to(keys.dtype))
+        values.index_copy_(2, pos, v.to(values.dtype))
+        return keys, values, self.columns <= pos[:, None]
+
+
 class Attention(nn.Module):
     def __init__(self, config, layer_idx=0):
         super().__init__()
@@ -92,7 +122,10 @@ class Attention(nn.Module):
         q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
         q, k = norm(q), norm(k)  # QK-norm keeps attention logits bounded without a softcap
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        if cache is not None:
+        mask = attn_mask  # bool, True = may attend: the block model's block-causal structure
+        if isinstance(cache, StaticKVCache):  # start: the (T,) positions of x
+            k, v, mask = cache.write(self.layer_idx, start, k, v)
+        elif cache is not None:
             stored = cache.layers.get(self.layer_idx)
             if stored is None:  # a full pass: remember the window's keys and values
                 cache.layers[self.layer_idx] = (k, v)
@@ -104,7 +137,6 @@ class Attention(nn.Module):
                         for old, new in zip(stored, (k, v)))
                 if cache.append:
                     cache.layers[self.layer_idx] = (k, v)
-        mask = attn_mask  # bool, True = may attend: the block model's block-causal structure
         if mask is not None:
             causal = False
         elif causal and k.size(2) != T:  # queries at start.. against more keys: is_causal would align them
