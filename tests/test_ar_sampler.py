@@ -137,7 +137,8 @@ def test_gpu_static_cache_equals_the_uncached_sampler_in_fp32(ar, prompt, length
 def test_cuda_graph_equals_the_uncached_sampler_in_fp32(ar, prompt, length):
     model, c = gpu_case(ar, prompt, length)
     for seed in (7, 8):  # the second replays the graph captured for the first, with a new seed
-        assert torch.equal(generate_ar(model, c, config(cuda_graph=True), seed)[0], reference_ar(model, c, config(), seed))
+        graphed = generate_ar(model, c, config(cuda_graph=True), seed)[0]
+        assert torch.equal(graphed, reference_ar(model, c, config(), seed))
 
 
 @CUDA

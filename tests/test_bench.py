@@ -1,0 +1,77 @@
+"""bench.py --sample's sweep and --plot, in-process: settings on the command line's engine,
+one JSON record per timing, the plot. CUDA paths are skipped without a GPU."""
+
+import json
+
+import pytest
+import torch
+
+import bench
+from cli import UserError
+from sampler import SamplerConfig
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def sweep(tmp_path, tiny_ckpt, tiny_ar_ckpt, *flags, device="cpu"):
+    """Run a tiny sweep; returns its records."""
+    out = tmp_path / "speed.jsonl"
+    bench.main(["--sample", "--ckpt", tiny_ckpt, "--ar", tiny_ar_ckpt, "--device", device, "--batch-sizes", "1,2",
+                "--runs", "1", "--warmup", "0", "--length", "20", "--steps", "4", "--jsonl", str(out), *flags])
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_a_setting_the_cuda_graph_refuses_runs_ungraphed_and_says_why():
+    config, note = bench.config_for_setting(SamplerConfig(steps=8, cuda_graph=True), "cache=sparse")
+    assert config.cache == "sparse" and not config.cuda_graph
+    assert "ran with eager, not cuda-graph" in note and "--cuda-graph works without --cache" in note
+
+
+def test_a_setting_the_engine_accepts_keeps_the_engine():
+    config, note = bench.config_for_setting(SamplerConfig(steps=8, cuda_graph=True), "default")
+    assert config.cuda_graph and note is None
+
+
+def test_a_setting_wrong_on_every_engine_is_a_user_error():
+    with pytest.raises(UserError, match="setting 'cache=sparse,order=confidence'"):
+        bench.config_for_setting(SamplerConfig(steps=8), "cache=sparse,order=confidence")
+    with pytest.raises(UserError, match="unknown setting 'colour'"):
+        bench.config_for_setting(SamplerConfig(steps=8), "colour=red")
+
+
+def test_sweep_writes_one_record_per_batch_and_sampler(tmp_path, tiny_ckpt, tiny_ar_ckpt, capsys):
+    records = sweep(tmp_path, tiny_ckpt, tiny_ar_ckpt, "--settings", "default", "cache=sparse")
+    assert [(r["batch"], r["sampler"]) for r in records] == [
+        (b, s) for b in (1, 2) for s in ("diffusion default", "diffusion cache=sparse", "autoregressive")]
+    for r in records:
+        assert r["chars_per_s"] > 0 and r["ms"] > 0 and r["n_new"] == 20 and r["torch"] == torch.__version__
+        assert r["device_name"].startswith("cpu") and r["engine"] == "eager"
+    assert [r["nfe"] for r in records[:3]] == [4, 4, 20]
+    assert records[0]["passes_ms"] > 0 and records[2]["passes_ms"] is None
+    assert capsys.readouterr().out.count("autoregressive") == 2
+
+
+def test_plot_draws_chars_per_second_against_batch(tmp_path, tiny_ckpt, tiny_ar_ckpt):
+    sweep(tmp_path, tiny_ckpt, tiny_ar_ckpt)
+    lines = bench.read_results([str(tmp_path / "speed.jsonl")])
+    assert sorted(lines) == ["autoregressive [eager] | cpu, %d threads" % torch.get_num_threads(),
+                             "diffusion default [eager] | cpu, %d threads" % torch.get_num_threads()]
+    assert all([b for b, _ in points] == [1, 2] for points in lines.values())
+    bench.main(["--plot", str(tmp_path / "speed.jsonl"), "--out", str(tmp_path / "speed.png")])
+    assert (tmp_path / "speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_of_a_file_without_records_is_a_one_line_error(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(SystemExit, match="no timed records"):
+        bench.main(["--plot", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "x.png")])
+
+
+@CUDA
+def test_gpu_sweep_graphs_both_samplers_and_runs_the_cache_ungraphed(tmp_path, tiny_ckpt, tiny_ar_ckpt):
+    records = sweep(tmp_path, tiny_ckpt, tiny_ar_ckpt, "--cuda-graph", "--settings", "default", "cache=sparse",
+                    device="cuda")
+    engines = {r["sampler"]: (r["engine"], r["note"]) for r in records if r["batch"] == 1}
+    assert engines["diffusion default"] == ("cuda-graph", None)
+    assert engines["autoregressive"][0] == "cuda-graph"
+    assert engines["diffusion cache=sparse"][0] == "eager" and "without --cache" in engines["diffusion cache=sparse"][1]
