@@ -19,7 +19,7 @@ import torch
 
 from devices import autocast, capture_graph, sampling_precision
 from model import StaticKVCache
-from sampler import Noise, SamplerConfig, draw_characters
+from sampler import Noise, SamplerConfig, draw_characters, uniform
 
 
 def masked_columns(model, canvas):
@@ -37,11 +37,12 @@ def new_cache(model, canvas, precision):
     return StaticKVCache(model.config, canvas.size(0), canvas.device, torch.bfloat16 if bf16 else torch.float32)
 
 
-def cached_pass(model, tokens, pos, cache, u, config, precision):
-    """The next character after tokens (B, T) at positions pos (T,), their keys/values written
-    into the cache; u: (B, 1) uniforms for the draw."""
+def cached_pass(model, tokens, cache, u, config, precision):
+    """The next character after tokens (B, T) at the positions the cache is at (StaticKVCache.at,
+    called outside, so that a compiled pass sees the mask as an input), their keys/values
+    written into the cache; u: (B, 1) uniforms for the draw."""
     with autocast(tokens.device, precision):
-        logits = model(tokens, cache=cache, start=pos, pos=pos)[:, -1:]
+        logits = model(tokens, cache=cache, pos=cache.pos)[:, -1:]
     return draw_characters(logits, config.temperature, config.top_k, config.top_p, u)[0][:, 0]
 
 
@@ -73,14 +74,16 @@ def write_columns(model, canvas, columns, config, seed, cache=None, passes=EAGER
     rotary positions, so a pass runs on the characters not yet cached alone (None: every pass
     encodes its window whole, the reference). Issues no host sync: it runs under CUDA graph capture."""
     T = model.config.block_size
-    noise = Noise(seed, canvas.size(0), canvas.device)
+    # one draw per written column, as in every sampler, all made at once (the same numbers as
+    # noise.uniform(1) column by column; a few kernels instead of a dozen per column)
+    keys = Noise(seed, canvas.size(0), canvas.device).keys(len(columns))
+    draws = uniform(keys.flatten(), 1).view(len(columns), canvas.size(0), 1)
     precision = sampling_precision(config.precision, canvas.device)
     cached_fn, window_fn = passes
     filled = 0  # canvas columns [0, filled) have their keys/values in the cache
-    for i in columns:
-        u = noise.uniform(1)  # one draw per written column, as in every sampler: the same numbers
+    for i, u in zip(columns, draws):
         if cache is not None and i <= T:
-            chars = cached_fn(model, canvas[:, filled:i], cache.columns[filled:i], cache, u, config, precision)
+            chars = cached_fn(model, canvas[:, filled:i], cache.at(cache.columns[filled:i]), u, config, precision)
             filled = i
         else:
             chars = window_fn(model, canvas[:, max(0, i - T):i], u, config, precision)

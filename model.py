@@ -79,13 +79,14 @@ class KVCache:
 
 class StaticKVCache:
     """Preallocated keys/values, (B, n_head, block_size, head_dim) per layer, for autoregressive
-    decoding under CUDA graphs and torch.compile: a pass on positions `pos` (a (T,) long tensor,
-    given to Transformer.forward as both start and pos) writes its keys/values in place there
-    and attends to every stored position <= its own. Shapes never change and the positions are
-    a tensor, so one compiled pass or one captured graph serves every step. Positions past the
-    last written one are masked out; they start at zero so that the masked entries are finite
-    (softmax weight 0 times NaN would still be NaN). The buffers may be reused by the next
-    generation of the same shape: every position is written before it is read."""
+    decoding under CUDA graphs and torch.compile. `at(pos)` (a (T,) long tensor) sets where the
+    next pass's T positions are (pass the same pos to Transformer.forward for their rotary
+    angles): it writes its keys/values in place there and attends to every stored position <=
+    its own. Shapes never change and the positions are a tensor, so one compiled pass or one
+    captured graph serves every step. Positions past the last written one are masked out; they
+    start at zero so that the masked entries are finite (softmax weight 0 times NaN would still
+    be NaN). The buffers may be reused by the next generation of the same shape: every position
+    is written before it is read."""
 
     def __init__(self, config, batch, device, dtype=torch.float32):
         head_dim = config.n_embd // config.n_head
@@ -93,17 +94,23 @@ class StaticKVCache:
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.columns = torch.arange(config.block_size, device=device)
+        self.pos = self.mask = None
 
     def __bool__(self):
         return True
 
-    def write(self, layer, pos, k, v):
-        """Store this pass's k, v (B, H, T, D) at positions pos; returns every position's keys,
-        values and the (T, block_size) mask of those each query may attend to."""
+    def at(self, pos):
+        """The next pass is on positions pos: its mask (T, block_size), made once for all layers."""
+        self.pos, self.mask = pos, self.columns <= pos[:, None]
+        return self
+
+    def write(self, layer, k, v):
+        """Store this pass's k, v (B, H, T, D) at its positions; returns every position's keys,
+        values and the mask of those each query may attend to."""
         keys, values = self.keys[layer], self.values[layer]
-        keys.index_copy_(2, pos, k.to(keys.dtype))
-        values.index_copy_(2, pos, v.to(values.dtype))
-        return keys, values, self.columns <= pos[:, None]
+        keys.index_copy_(2, self.pos, k.to(keys.dtype))
+        values.index_copy_(2, self.pos, v.to(values.dtype))
+        return keys, values, self.mask
 
 
 class Attention(nn.Module):
@@ -123,8 +130,8 @@ class Attention(nn.Module):
         q, k = norm(q), norm(k)  # QK-norm keeps attention logits bounded without a softcap
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         mask = attn_mask  # bool, True = may attend: the block model's block-causal structure
-        if isinstance(cache, StaticKVCache):  # start: the (T,) positions of x
-            k, v, mask = cache.write(self.layer_idx, start, k, v)
+        if isinstance(cache, StaticKVCache):  # positions set by cache.at
+            k, v, mask = cache.write(self.layer_idx, k, v)
         elif cache is not None:
             stored = cache.layers.get(self.layer_idx)
             if stored is None:  # a full pass: remember the window's keys and values
