@@ -285,6 +285,8 @@ def plot_results(argv):
     args = p.parse_args(argv)
     try:
         lines = read_results(args.plot)
+        if not args.out.endswith(".png") or not os.path.isdir(os.path.dirname(args.out) or "."):
+            raise UserError(f"--out must be a .png in an existing folder, got {args.out!r}")
     except UserError as e:
         sys.exit(f"bench.py: error: {e}")
     import matplotlib
@@ -337,7 +339,8 @@ def main(argv=None):
         return sample_benchmark(argv)
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="Other flags go to train.py's parser (python train.py --help); "
-                              "python bench.py --sample --help lists the sampling flags.")
+                              "python bench.py --sample --help lists the sampling flags, "
+                              "python bench.py --plot --help the plot's.")
     p.add_argument("--steps", type=int, default=30, help="timed steps per path (default %(default)s)")
     p.add_argument("--paths", default="fast,plain", help="which paths to time: fast, plain or both")
     args, rest = p.parse_known_args(argv)

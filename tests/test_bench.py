@@ -67,6 +67,13 @@ def test_plot_of_a_file_without_records_is_a_one_line_error(tmp_path):
         bench.main(["--plot", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "x.png")])
 
 
+def test_plot_into_a_missing_folder_is_a_one_line_error(tmp_path):
+    record = {"sampler": "autoregressive", "engine": "eager", "device_name": "cpu", "batch": 1, "chars_per_s": 9.0}
+    (tmp_path / "speed.jsonl").write_text(json.dumps(record) + "\n")
+    with pytest.raises(SystemExit, match="--out must be a .png in an existing folder"):
+        bench.main(["--plot", str(tmp_path / "speed.jsonl"), "--out", str(tmp_path / "nowhere" / "x.png")])
+
+
 @CUDA
 def test_gpu_sweep_graphs_both_samplers_and_runs_the_cache_ungraphed(tmp_path, tiny_ckpt, tiny_ar_ckpt):
     records = sweep(tmp_path, tiny_ckpt, tiny_ar_ckpt, "--cuda-graph", "--settings", "default", "cache=sparse",
