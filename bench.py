@@ -292,12 +292,19 @@ def plot_results(argv):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, points in sorted(lines.items()):
         batches, speeds = zip(*sorted(points))
         ax.plot(batches, speeds, marker="o", label=label)
     ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="new characters / s",
            title=f"sampling speed, 256 new characters ({', '.join(sorted({k.split(' | ')[-1] for k in lines}))})")
+    batches = sorted({b for points in lines.values() for b, _ in points})
+    ax.set_xticks(batches, [str(b) for b in batches])  # the batch sizes timed, not 2 x 10^0
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
