@@ -13,28 +13,33 @@ peak) and the speed-up. Any train.py flag (e.g. --optimizer muon) also works her
 Sampling (--sample): 256 new characters from the shipped weights with sample.py's sampler
 flags, at each batch size: --warmup untimed runs (compilation, CUDA-graph capture), then the
 median of --runs timed runs; and, for scale, the same number of full forward passes of the
-model alone. Prints chars/s and the device; and beside them the autoregressive baseline's
-(--ar, default weights/ar_baseline.pt; --ar none skips it): the same number of new characters,
-one per pass with its key/value cache, eager, after a newline when there is no prompt.
+model alone, on the same engine. --settings times several diffusion settings in one run (each
+over the flags; a setting the engine refuses runs on the best engine it accepts and says
+so). Beside them the autoregressive baseline (--ar,
+default weights/ar_baseline.pt; none skips it): the same number of new characters, one per
+pass, with its static key/value cache and the same --compile / --cuda-graph, after a newline
+when there is no prompt. --jsonl writes every timing as a JSON record; --plot draws them.
 
     python bench.py --sample                          # the default sampler, batch 1 and 64
-    python bench.py --sample --device cpu --precision fp32 --batch-sizes 1
+    python bench.py --sample --device cpu --precision fp32 --batch-sizes 1,4 --settings default cache=sparse
     python bench.py --sample --compile --compile-mode reduce-overhead
-    python bench.py --sample --compile --cuda-graph    # the whole generation as one CUDA graph
+    python bench.py --sample --compile --cuda-graph --batch-sizes 1,4,16,64,256 --jsonl speed.jsonl
+    python bench.py --plot speed.jsonl --out assets/speed.png   # chars/s against batch, log-log
 """
 
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import torch
 
-from ar_sampler import generate_ar
+from ar_sampler import generate_ar, masked_columns
 from checkpoint import DEFAULT_AR, load_model_of_kind
-from cli import ArgumentParser, UserError
+from cli import ArgumentParser, UserError, field_type
 from corpus import mask_id_of
 from devices import autocast, capture_graph, sampling_precision
 from sampler import SamplerConfig, add_sampling_flags, generate, load_for_sampling, make_canvas, sampling_config
@@ -44,6 +49,8 @@ from trainer import Trainer, shutdown_distributed
 MAX_BATCH = 4096  # samples at once: a larger batch needs more memory than a GPU has
 PATHS = {"fast": ("fast: bf16 + compile + fused AdamW", ["--precision", "auto", "--compile", "auto"]),
          "plain": ("plain: fp32 eager", ["--precision", "fp32", "--compile", "off"])}
+# a --settings entry may change any field of SamplerConfig but the engine's (the command line's)
+SETTING_TYPES = {f.name: field_type(f) for f in fields(SamplerConfig) if f.name not in ("compile", "cuda_graph")}
 
 
 def time_training(trainer, steps, warmup=3):
@@ -70,146 +77,257 @@ def captured(fn):
     return capture_graph(fn)[0].replay
 
 
-def sample_benchmark(argv):
-    import statistics
+def parse_batch_sizes(text):
+    try:
+        batch_sizes = [int(b) for b in text.split(",")]
+    except ValueError:
+        raise UserError(f"--batch-sizes must be a comma list of integers, got {text!r}") from None
+    if not (1 <= min(batch_sizes) and max(batch_sizes) <= MAX_BATCH):
+        raise UserError(f"every batch size in 1..{MAX_BATCH}, got {text!r}")
+    return batch_sizes
 
+
+def setting_overrides(text):
+    """'cache=sparse,refresh=4' -> {field: value}, checked against SamplerConfig's fields
+    ('default': none); a threshold brings confidence order and no remasking, as from_options does."""
+    given = {}
+    for part in text.split(","):
+        if part == "default":
+            continue
+        key, _, value = part.partition("=")
+        if key not in SETTING_TYPES:
+            raise UserError(f"unknown setting {key!r} in {text!r} (known: default, {', '.join(SETTING_TYPES)})")
+        try:
+            given[key] = None if value == "none" else SETTING_TYPES[key](value)
+        except ValueError:
+            raise UserError(f"bad value {value!r} for {key} in {text!r}") from None
+    if given.get("threshold") is not None:
+        given = {"order": "confidence", "remask": 0.0, "steps": None, **given}
+    return given
+
+
+def engine_name(config):
+    parts = ([f"compile {config.compile}"] if config.compile else []) + (["cuda-graph"] if config.cuda_graph else [])
+    return " + ".join(parts) or "eager"
+
+
+def config_for_setting(base, text):
+    """(config, note) for one --settings entry on the command line's engine; where that engine
+    refuses the setting, the best engine it accepts and a note saying why; (None, reason) where
+    none does. A setting that is wrong whatever the engine is a UserError."""
+    given = setting_overrides(text)
+    try:
+        replace(base, **{**given, "cuda_graph": False, "compile": None})
+    except ValueError as e:
+        raise UserError(f"setting {text!r}: {e}") from None
+    refused = None
+    for drop in ({}, {"compile": None}, {"cuda_graph": False}, {"cuda_graph": False, "compile": None}):
+        try:
+            config = replace(base, **{**given, **drop})
+        except ValueError as e:
+            refused = refused or str(e)
+            continue
+        return config, (f"ran with {engine_name(config)}, not {engine_name(base)}: {refused}" if refused else None)
+    return None, refused
+
+
+def median_time(fn, runs, warmup, device):
+    """Median seconds of `runs` calls of fn after `warmup` untimed ones (compilation, capture)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+FORWARDS = {}
+
+
+def bare_passes(model, canvas, config, nfe, mask_id):
+    """The reference: nfe full forward passes of the model alone on the canvas's first window,
+    with the config's engine (compiled, and captured as one CUDA graph, if it is)."""
+    device = canvas.device
+    precision = sampling_precision(config.precision, device)
+    if config.compile not in FORWARDS:
+        FORWARDS[config.compile] = torch.compile(model, mode=config.compile) if config.compile else model
+    forward = FORWARDS[config.compile]
+    full = canvas.masked_fill(canvas == mask_id, 0)[:, :model.config.block_size]
+
+    def passes():
+        with torch.inference_mode(), autocast(device, precision):
+            for _ in range(nfe):
+                forward(full).clone()
+    return captured(passes) if config.cuda_graph else passes
+
+
+def sample_parser():
     p = ArgumentParser(prog="bench.py --sample", description="sampling speed (see bench.py's docstring)")
     add_sampling_flags(p)
     p.add_argument("--sample", action="store_true", help="time sampling (this mode)")
     p.add_argument("--batch-sizes", default="1,64", help="comma list (default %(default)s)")
+    p.add_argument("--settings", nargs="+", default=["default"],
+                   help="diffusion sampler settings timed in turn, each 'default' or field=value[,field=value] "
+                        "over the flags above (e.g. --settings default cache=sparse); one the engine "
+                        "(--compile, --cuda-graph) refuses runs on the best engine it accepts, and says so")
     p.add_argument("--runs", type=int, default=5, help="timed runs; the median is reported (default %(default)s)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default %(default)s)")
     p.add_argument("--ar", default=DEFAULT_AR, help="autoregressive baseline timed beside the diffusion model, "
-                                                    "with its key/value cache (default weights/ar_baseline.pt; none: skip)")
-    p.add_argument("--jsonl", default=None, metavar="PATH", help="also append one JSON row per measurement to PATH")
-    args = p.parse_args(argv)
+                                                    "with its static key/value cache and the same --compile / "
+                                                    "--cuda-graph (default weights/ar_baseline.pt; none: skip)")
+    p.add_argument("--jsonl", default=None, help="also write one JSON record per timing to this file "
+                                                 "(device, torch version, batch, sampler, chars/s, ms, passes)")
+    return p
+
+
+def sample_benchmark(argv):
+    args = sample_parser().parse_args(argv)
     try:
-        check_appendable(args.jsonl)
-        try:
-            batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-        except ValueError:
-            raise UserError(f"--batch-sizes must be a comma list of integers, got {args.batch_sizes!r}") from None
-        if not (1 <= args.runs <= 1000 and 0 <= args.warmup <= 1000 and 1 <= min(batch_sizes)
-                and max(batch_sizes) <= MAX_BATCH):
-            raise UserError(f"--runs must be in 1..1000, --warmup in 0..1000 and every batch size in 1..{MAX_BATCH}")
+        batch_sizes = parse_batch_sizes(args.batch_sizes)
+        if not (1 <= args.runs <= 1000 and 0 <= args.warmup <= 1000):
+            raise UserError("--runs must be in 1..1000 and --warmup in 0..1000")
         args.seed = 0 if args.seed is None else args.seed
         config, seed = sampling_config(args)
         device, model, chars, config = load_for_sampling(args, config)
+        settings = [(text, *config_for_setting(config, text)) for text in args.settings]
         ar = None if args.ar == "none" else load_model_of_kind(args.ar, device, causal=True)[0]
         canvases = {batch: make_canvas(args.prompt, args.length, chars, batch, device) for batch in batch_sizes}
+        log = open_log(args.jsonl)
     except UserError as e:
         sys.exit(f"bench.py: error: {e}")
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def median_time(fn):
-        for _ in range(args.warmup):
-            fn()
-        times = []
-        for _ in range(args.runs):
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
     shown = " ".join(f"{k}={v}" for k, v in vars(config).items() if v not in (None, "none", 0.0, False))
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"sampling {shown} | device {device} ({name}) | median of {args.runs} runs after {args.warmup} warm-up")
-    mask_id = mask_id_of(chars)
-    precision = sampling_precision(config.precision, device)
-    forward = torch.compile(model, mode=config.compile) if config.compile else model  # for the reference
+    print(f"sampling {shown} | device {device} ({name}) | torch {torch.__version__} | median of {args.runs} runs "
+          f"after {args.warmup} warm-up", flush=True)
+    common = {"device": str(device), "device_name": name, "torch": torch.__version__, "runs": args.runs,
+              "warmup": args.warmup, "precision": sampling_precision(config.precision, device), "seed": seed}
+    timing = dict(runs=args.runs, warmup=args.warmup, device=device)
     for batch in batch_sizes:
         canvas = canvases[batch]
-        n_new = int((canvas[0] == mask_id).sum())
-        nfe = generate(model, canvas, config, seed)[1]
-        seconds = median_time(lambda: generate(model, canvas, config, seed))
-        full = canvas.masked_fill(canvas == mask_id, 0)[:, :model.config.block_size]
-
-        def passes():
-            with torch.inference_mode(), autocast(device, precision):
-                for _ in range(nfe):
-                    forward(full).clone()
-        reference = median_time(captured(passes) if config.cuda_graph else passes)
-        print(f"batch {batch:>4}: {n_new * batch / seconds:>12,.0f} chars/s | {seconds * 1e3:9.1f} ms for {n_new} "
-              f"new chars x {batch}, NFE {nfe} | {nfe} full forward passes alone: {reference * 1e3:9.1f} ms "
-              f"({seconds / reference:.2f}x)", flush=True)
-        row = dict(device=name, torch=torch.__version__, batch=batch, new_chars=n_new, precision=precision)
-        record(args.jsonl, row, sampler="diffusion " + changed_fields(config), seconds=seconds, nfe=nfe,
-               chars_per_s=n_new * batch / seconds, full_passes_seconds=reference)
+        n_new = int((canvas[0] == mask_id_of(chars)).sum())
+        best = None
+        for text, setting, note in settings:
+            record = time_diffusion(model, canvas, setting, seed, timing) if setting else {"skipped": note}
+            record.update(common, batch=batch, n_new=n_new, sampler=f"diffusion {text}",
+                          engine=engine_name(setting) if setting else None, note=note if setting else None)
+            print_record(record)
+            write_record(log, record)
+            if setting and (best is None or record["seconds"] < best["seconds"]):
+                best = record
         if ar is not None:
-            ar_canvas = ar_canvas_for(canvas, chars)
-            ar_seconds = median_time(lambda: generate_ar(ar, ar_canvas, config, seed))
-            print(f"  autoregressive, static cache{engine(config)}: {n_new * batch / ar_seconds:>12,.0f} chars/s | "
-                  f"{ar_seconds * 1e3:9.1f} ms, NFE {n_new} | diffusion {ar_seconds / seconds:.2f}x as fast", flush=True)
-            record(args.jsonl, row, sampler="autoregressive" + engine(config), seconds=ar_seconds, nfe=n_new,
-                   chars_per_s=n_new * batch / ar_seconds)
+            record = time_ar(ar, ar_canvas_for(canvas, chars), config, seed, timing)
+            record.update(common, batch=batch, n_new=n_new, sampler="autoregressive", engine=engine_name(config),
+                          note=None)
+            print_record(record, best)
+            write_record(log, record)
+    if log:
+        log.close()
 
 
-def changed_fields(config):
-    """The sampler's settings that differ from SamplerConfig's defaults ('default' if none)."""
-    base = SamplerConfig()
-    changed = [f"{f.name}={getattr(config, f.name)}" for f in fields(config)
-               if getattr(config, f.name) != getattr(base, f.name)]
-    return ",".join(changed) or "default"
+def time_diffusion(model, canvas, config, seed, timing):
+    nfe = generate(model, canvas, config, seed)[1]
+    seconds = median_time(lambda: generate(model, canvas, config, seed), **timing)
+    reference = median_time(bare_passes(model, canvas, config, nfe, model.config.mask_id), **timing)
+    return {"seconds": seconds, "nfe": nfe, "passes_seconds": reference}
 
 
-def engine(config):
-    """How a sampler ran, for the AR line: ', compile, CUDA graph' and the like."""
-    parts = ([f"compile {config.compile}"] if config.compile else []) + (["CUDA graph"] if config.cuda_graph else [])
-    return "".join(", " + p for p in parts)
+def time_ar(ar, canvas, config, seed, timing):
+    """The autoregressive baseline with its best engine: static cache, and config's compile /
+    cuda_graph (the diffusion sampler's --steps, --cache, ... do not apply to it)."""
+    config = replace(config, cache="none", threshold=None, steps=None)
+    seconds = median_time(lambda: generate_ar(ar, canvas, config, seed), **timing)
+    return {"seconds": seconds, "nfe": len(masked_columns(ar, canvas)), "passes_seconds": None}
 
 
-def check_appendable(path):
-    if path:
-        try:
-            open(path, "a").close()
-        except OSError as e:
-            raise UserError(f"cannot write {path}: {e.strerror}") from None
+def print_record(r, diffusion=None):
+    head = f"batch {r['batch']:>4} | {r['sampler']:<28}"
+    if "skipped" in r:
+        print(f"{head} skipped: {r['skipped']}", flush=True)
+        return
+    chars_s, ms = r["n_new"] * r["batch"] / r["seconds"], r["seconds"] * 1e3
+    r.update(chars_per_s=chars_s, ms=ms, passes_ms=r["passes_seconds"] and r["passes_seconds"] * 1e3)
+    line = f"{head} {chars_s:>12,.0f} chars/s | {ms:9.1f} ms"
+    if r["passes_seconds"] is not None:
+        line += (f" for {r['n_new']} new chars x {r['batch']}, NFE {r['nfe']} | {r['nfe']} full forward passes "
+                 f"alone: {r['passes_ms']:9.1f} ms ({r['seconds'] / r['passes_seconds']:.2f}x)")
+    else:
+        line += f", NFE {r['nfe']}"
+    if diffusion is not None:
+        line += f" | {diffusion['sampler']} {r['seconds'] / diffusion['seconds']:.2f}x as fast"
+    print(f"{line} | {r['engine']}" + (f" ({r['note']})" if r.get("note") else ""), flush=True)
 
 
-def record(path, row, **fields):
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps({**row, **fields}) + "\n")
+def open_log(path):
+    if path is None:
+        return None
+    try:
+        return open(path, "w")
+    except OSError as e:
+        raise UserError(f"--jsonl {path}: {e.strerror}") from None
 
 
-def plot_speed(argv):
-    """bench.py --plot FILE.jsonl ... --out PNG: chars/s against batch size, log-log, one line
-    per sampler and device."""
+def write_record(log, record):
+    if log:
+        log.write(json.dumps({k: v for k, v in record.items() if k != "seconds" and k != "passes_seconds"}) + "\n")
+        log.flush()
+
+
+def plot_results(argv):
+    """chars/s against batch size, log-log, one line per sampler and engine, from --jsonl files."""
+    p = ArgumentParser(prog="bench.py --plot", description="plot bench.py --sample --jsonl results")
+    p.add_argument("--plot", nargs="+", required=True, help="JSONL files written by bench.py --sample --jsonl")
+    p.add_argument("--out", default="assets/speed.png", help="PNG to write (default %(default)s)")
+    args = p.parse_args(argv)
+    try:
+        lines = read_results(args.plot)
+        if not args.out.endswith(".png") or not os.path.isdir(os.path.dirname(args.out) or "."):
+            raise UserError(f"--out must be a .png in an existing folder, got {args.out!r}")
+    except UserError as e:
+        sys.exit(f"bench.py: error: {e}")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    p = ArgumentParser(prog="bench.py --plot", description="chars/s against batch size from --jsonl rows")
-    p.add_argument("--plot", nargs="+", required=True, metavar="JSONL", help="rows written by --sample --jsonl")
-    p.add_argument("--out", default="speed.png", help="image to write (default %(default)s)")
-    p.add_argument("--title", default="Sampling speed, 256 new characters")
-    args = p.parse_args(argv)
-    lines = {}
-    try:
-        for path in args.plot:
-            for n, text in enumerate(open(path), start=1):
-                try:
-                    r = json.loads(text)
-                    lines.setdefault(f"{r['sampler']} ({r['device']})", []).append((r["batch"], r["chars_per_s"]))
-                except (ValueError, KeyError, TypeError):
-                    raise UserError(f"{path} line {n} is not a bench.py --jsonl row") from None
-        if not lines:
-            raise UserError("no rows to plot")
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for label, points in sorted(lines.items()):
-            ax.plot(*zip(*sorted(points)), "o-", label=label)
-        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="new characters / s", title=args.title)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(args.out, dpi=120)
-    except OSError as e:
-        raise SystemExit(f"bench.py: error: cannot read or write: {e.strerror}: {e.filename}")
-    except UserError as e:
-        raise SystemExit(f"bench.py: error: {e}")
+    import matplotlib.ticker
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, points in sorted(lines.items()):
+        batches, speeds = zip(*sorted(points))
+        ax.plot(batches, speeds, marker="o", label=label)
+    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="new characters / s",
+           title=f"sampling speed, 256 new characters ({', '.join(sorted({k.split(' | ')[-1] for k in lines}))})")
+    batches = sorted({b for points in lines.values() for b, _ in points})
+    ax.set_xticks(batches, [str(b) for b in batches])  # the batch sizes timed, not 2 x 10^0
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=120)
     print(f"wrote {args.out}")
+
+
+def read_results(paths):
+    """{'sampler [engine] | device': [(batch, chars/s)]} from JSONL files; skipped rows left out."""
+    lines = {}
+    for path in paths:
+        try:
+            with open(path) as f:
+                records = [json.loads(line) for line in f if line.strip()]
+        except (OSError, ValueError) as e:
+            raise UserError(f"--plot {path}: {getattr(e, 'strerror', None) or e}") from None
+        for r in records:
+            if "chars_per_s" in r:
+                lines.setdefault(f"{r['sampler']} [{r['engine']}] | {r['device_name']}", []).append(
+                    (r["batch"], r["chars_per_s"]))
+    if not lines:
+        raise UserError("--plot: no timed records in " + ", ".join(paths))
+    return lines
 
 
 def ar_canvas_for(canvas, chars):
@@ -222,13 +340,14 @@ def ar_canvas_for(canvas, chars):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--plot" in argv:
+        return plot_results(argv)
     if "--sample" in argv:
         return sample_benchmark(argv)
-    if "--plot" in argv:
-        return plot_speed(argv)
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="Other flags go to train.py's parser (python train.py --help); "
-                              "python bench.py --sample --help lists the sampling flags.")
+                              "python bench.py --sample --help lists the sampling flags, "
+                              "python bench.py --plot --help the plot's.")
     p.add_argument("--steps", type=int, default=30, help="timed steps per path (default %(default)s)")
     p.add_argument("--paths", default="fast,plain", help="which paths to time: fast, plain or both")
     args, rest = p.parse_known_args(argv)

@@ -8,6 +8,7 @@ The network: a nanochat-style transformer, bidirectional for masked diffusion.
 - untied input embedding and output head; the head never predicts the mask symbol
 - no time/noise-level input: the mask ratio is visible in the input (MDLM, Sahoo et al. 2024)
 - an optional key/value cache, so a sampling pass can run on a few positions of the window
+  (KVCache; StaticKVCache, preallocated, for autoregressive decoding under CUDA graphs)
 Everything else lives beside it: diffusion.py (masks, losses, estimators), sampler.py,
 checkpoint.py (checkpoints, vocabulary, device), optim.py.
 """
@@ -70,14 +71,9 @@ class KVCache:
     A block model's exact cache grows the same way, by each committed block (its clean
     keys/values never change)."""
 
-    def __init__(self, append=False, capacity=None):
+    def __init__(self, append=False):
         self.layers = {}
         self.append = append
-        # capacity (append mode): keys/values live in buffers of `capacity` positions allocated
-        # at the first pass and written in place, so a pass allocates nothing and copies only its
-        # own positions (torch.cat would copy the whole cache every character): the static cache
-        # that lets an autoregressive generation run as one CUDA graph. The same numbers as cat.
-        self.capacity = capacity
 
     def __bool__(self):
         return bool(self.layers)
@@ -88,12 +84,40 @@ class KVCache:
         self.layers = {i: (k.clone(), v.clone()) for i, (k, v) in self.layers.items()}
 
 
-def cache_buffers(k, v, capacity):
-    """(keys, values) buffers of `capacity` positions holding k and v in their first positions."""
-    bufs = tuple(t.new_empty(*t.shape[:2], capacity, t.size(3)) for t in (k, v))
-    for buf, t in zip(bufs, (k, v)):
-        buf[:, :, :t.size(2)] = t
-    return bufs
+class StaticKVCache:
+    """Preallocated keys/values, (B, n_head, block_size, head_dim) per layer, for autoregressive
+    decoding under CUDA graphs and torch.compile. `at(pos)` (a (T,) long tensor) sets where the
+    next pass's T positions are (pass the same pos to Transformer.forward for their rotary
+    angles): it writes its keys/values in place there and attends to every stored position <=
+    its own. Shapes never change and the positions are a tensor, so one compiled pass or one
+    captured graph serves every step. Positions past the last written one are masked out; they
+    start at zero so that the masked entries are finite (softmax weight 0 times NaN would still
+    be NaN). The buffers may be reused by the next generation of the same shape: every position
+    is written before it is read."""
+
+    def __init__(self, config, batch, device, dtype=torch.float32):
+        head_dim = config.n_embd // config.n_head
+        shape = (batch, config.n_head, config.block_size, head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.columns = torch.arange(config.block_size, device=device)
+        self.pos = self.mask = None
+
+    def __bool__(self):
+        return True
+
+    def at(self, pos):
+        """The next pass is on positions pos: its mask (T, block_size), made once for all layers."""
+        self.pos, self.mask = pos, self.columns <= pos[:, None]
+        return self
+
+    def write(self, layer, k, v):
+        """Store this pass's k, v (B, H, T, D) at its positions; returns every position's keys,
+        values and the mask of those each query may attend to."""
+        keys, values = self.keys[layer], self.values[layer]
+        keys.index_copy_(2, self.pos, k.to(keys.dtype))
+        values.index_copy_(2, self.pos, v.to(values.dtype))
+        return keys, values, self.mask
 
 
 class Attention(nn.Module):
@@ -112,14 +136,13 @@ class Attention(nn.Module):
         q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
         q, k = norm(q), norm(k)  # QK-norm keeps attention logits bounded without a softcap
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        if cache is not None:
+        mask = attn_mask  # bool, True = may attend: the block model's block-causal structure
+        if isinstance(cache, StaticKVCache):  # positions set by cache.at
+            k, v, mask = cache.write(self.layer_idx, k, v)
+        elif cache is not None:
             stored = cache.layers.get(self.layer_idx)
             if stored is None:  # a full pass: remember the window's keys and values
-                cache.layers[self.layer_idx] = cache_buffers(k, v, cache.capacity) if cache.capacity else (k, v)
-            elif cache.append and cache.capacity:  # static: write our positions in place, attend to the filled part
-                for buf, new in zip(stored, (k, v)):
-                    buf[:, :, start:start + T] = new
-                k, v = (buf[:, :, :start + T] for buf in stored)
+                cache.layers[self.layer_idx] = (k, v)
             elif torch.is_tensor(start):  # scattered positions (B, T): fresh there, stored elsewhere
                 at = start[:, None, :, None].expand(-1, k.size(1), -1, k.size(3))
                 k, v = (old.scatter(2, at, new) for old, new in zip(stored, (k, v)))
@@ -128,7 +151,6 @@ class Attention(nn.Module):
                         for old, new in zip(stored, (k, v)))
                 if cache.append:
                     cache.layers[self.layer_idx] = (k, v)
-        mask = attn_mask  # bool, True = may attend: the block model's block-causal structure
         if mask is not None:
             causal = False
         elif causal and k.size(2) != T:  # queries at start.. against more keys: is_causal would align them

@@ -1,26 +1,98 @@
-"""bench.py --sample: one JSON row per measurement, both families; --plot draws them."""
+"""bench.py --sample's sweep and --plot, in-process: settings on the command line's engine,
+one JSON record per timing, the plot. CUDA paths are skipped without a GPU."""
+
 import json
 
 import pytest
+import torch
 
 import bench
+from cli import UserError
+from sampler import SamplerConfig
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def test_sampling_rows_name_each_sampler_batch_and_speed_and_plot(tiny_ckpt, tiny_ar_ckpt, tmp_path, capsys):
-    rows = tmp_path / "speed.jsonl"
-    bench.main(["--sample", "--ckpt", tiny_ckpt, "--ar", tiny_ar_ckpt, "--device", "cpu", "--batch-sizes", "1,2",
-                "--runs", "1", "--warmup", "0", "--length", "24", "--steps", "4", "--jsonl", str(rows)])
-    got = [json.loads(line) for line in rows.read_text().splitlines()]
-    assert [(r["sampler"], r["batch"], r["nfe"]) for r in got] == [
-        ("diffusion steps=4", 1, 4), ("autoregressive", 1, 24), ("diffusion steps=4", 2, 4), ("autoregressive", 2, 24)]
-    assert all(r["chars_per_s"] == pytest.approx(r["batch"] * 24 / r["seconds"]) for r in got)
-    out = tmp_path / "speed.png"
-    bench.main(["--plot", str(rows), "--out", str(out)])
-    assert out.read_bytes()[:4] == b"\x89PNG" and capsys.readouterr().out.strip().endswith(f"wrote {out}")
+def sweep(tmp_path, tiny_ckpt, tiny_ar_ckpt, *flags, device="cpu"):
+    """Run a tiny sweep; returns its records."""
+    out = tmp_path / "speed.jsonl"
+    bench.main(["--sample", "--ckpt", tiny_ckpt, "--ar", tiny_ar_ckpt, "--device", device, "--batch-sizes", "1,2",
+                "--runs", "1", "--warmup", "0", "--length", "20", "--steps", "4", "--jsonl", str(out), *flags])
+    return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-def test_plot_of_a_file_that_is_not_bench_rows_is_a_one_line_error(tmp_path):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text("{\"x\": 1}\n")
-    with pytest.raises(SystemExit, match="line 1 is not a bench.py --jsonl row"):
-        bench.main(["--plot", str(bad), "--out", str(tmp_path / "s.png")])
+def test_a_setting_the_cuda_graph_refuses_runs_ungraphed_and_says_why():
+    # a threshold decides the number of passes on the GPU, so no graph can be captured for it
+    config, note = bench.config_for_setting(SamplerConfig(steps=8, cuda_graph=True), "threshold=0.9")
+    assert config.threshold == 0.9 and not config.cuda_graph
+    assert "ran with eager, not cuda-graph" in note and "--threshold" in note
+
+
+def test_a_cache_keeps_the_cuda_graph():
+    config, note = bench.config_for_setting(SamplerConfig(steps=8, cuda_graph=True), "cache=sparse,refresh=8")
+    assert config.cache == "sparse" and config.refresh == 8 and config.cuda_graph and note is None
+
+
+def test_a_setting_the_engine_accepts_keeps_the_engine():
+    config, note = bench.config_for_setting(SamplerConfig(steps=8, cuda_graph=True), "default")
+    assert config.cuda_graph and note is None
+
+
+def test_a_setting_wrong_on_every_engine_is_a_user_error():
+    with pytest.raises(UserError, match="setting 'cache=sparse,order=confidence'"):
+        bench.config_for_setting(SamplerConfig(steps=8), "cache=sparse,order=confidence")
+    with pytest.raises(UserError, match="unknown setting 'colour'"):
+        bench.config_for_setting(SamplerConfig(steps=8), "colour=red")
+
+
+def test_sweep_writes_one_record_per_batch_and_sampler(tmp_path, tiny_ckpt, tiny_ar_ckpt, capsys):
+    records = sweep(tmp_path, tiny_ckpt, tiny_ar_ckpt, "--settings", "default", "cache=sparse")
+    assert [(r["batch"], r["sampler"]) for r in records] == [
+        (b, s) for b in (1, 2) for s in ("diffusion default", "diffusion cache=sparse", "autoregressive")]
+    for r in records:
+        assert r["chars_per_s"] > 0 and r["ms"] > 0 and r["n_new"] == 20 and r["torch"] == torch.__version__
+        assert r["device_name"].startswith("cpu") and r["engine"] == "eager"
+    assert [r["nfe"] for r in records[:3]] == [4, 4, 20]
+    assert records[0]["passes_ms"] > 0 and records[2]["passes_ms"] is None
+    assert capsys.readouterr().out.count("autoregressive") == 2
+
+
+def test_plot_draws_chars_per_second_against_batch(tmp_path, tiny_ckpt, tiny_ar_ckpt):
+    sweep(tmp_path, tiny_ckpt, tiny_ar_ckpt)
+    lines = bench.read_results([str(tmp_path / "speed.jsonl")])
+    assert sorted(lines) == ["autoregressive [eager] | cpu, %d threads" % torch.get_num_threads(),
+                             "diffusion default [eager] | cpu, %d threads" % torch.get_num_threads()]
+    assert all([b for b, _ in points] == [1, 2] for points in lines.values())
+    bench.main(["--plot", str(tmp_path / "speed.jsonl"), "--out", str(tmp_path / "speed.png")])
+    assert (tmp_path / "speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_of_a_file_without_records_is_a_one_line_error(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(SystemExit, match="no timed records"):
+        bench.main(["--plot", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "x.png")])
+
+
+def test_plot_into_a_missing_folder_is_a_one_line_error(tmp_path):
+    record = {"sampler": "autoregressive", "engine": "eager", "device_name": "cpu", "batch": 1, "chars_per_s": 9.0}
+    (tmp_path / "speed.jsonl").write_text(json.dumps(record) + "\n")
+    with pytest.raises(SystemExit, match="--out must be a .png in an existing folder"):
+        bench.main(["--plot", str(tmp_path / "speed.jsonl"), "--out", str(tmp_path / "nowhere" / "x.png")])
+
+
+@CUDA
+def test_gpu_sweep_graphs_both_samplers_and_the_sparse_cache(tmp_path, tiny_ckpt, tiny_ar_ckpt):
+    records = sweep(tmp_path, tiny_ckpt, tiny_ar_ckpt, "--cuda-graph", "--settings", "default", "cache=sparse",
+                    device="cuda")
+    engines = {r["sampler"]: (r["engine"], r["note"]) for r in records if r["batch"] == 1}
+    assert engines == {s: ("cuda-graph", None) for s in ("diffusion default", "diffusion cache=sparse", "autoregressive")}
+
+
+def test_a_cache_under_compile_and_cuda_graph_keeps_both():
+    config, note = bench.config_for_setting(SamplerConfig(steps=8, cuda_graph=True, compile="default"), "cache=sparse")
+    assert config.cuda_graph and config.compile == "default" and note is None
+
+
+def test_a_setting_refused_by_the_graph_keeps_the_compiler():
+    config, note = bench.config_for_setting(SamplerConfig(steps=8, cuda_graph=True, compile="default"), "threshold=0.9")
+    assert config.compile == "default" and not config.cuda_graph and "ran with compile default, not" in note

@@ -58,7 +58,6 @@ def test_sample_infills_underscores(tiny_ckpt):
     (["--top-p", "0"], ["--top-p must be in (0, 1]"]),
     (["--block", "0"], ["--block must be an integer >= 1"]),
     (["--remask-by", "chance"], ["--remask-by", "invalid choice"]),
-    (["--compile", "--block", "8", "--cache", "dual"], ["--compile works without --cache"]),
     (["--block", "-4", "--cache", "dual"], ["--block must be an integer >= 1"]),
     (["--cache", "dual"], ["--cache dual needs --block"]),
     (["--cache", "sparse", "--order", "confidence"], ["--cache sparse needs", "random, spread or l2r"]),
