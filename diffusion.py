@@ -294,8 +294,26 @@ def summarize(per_block, lengths):
     return mean.item(), se.item()
 
 
+def sharded(n, batch_size, shard, device, score, first=0):
+    """The loop every estimator shares: rows first .. n-1 in batches of batch_size, this rank's
+    share of them (shard = (rank, world): batches dealt round-robin), score(slice) giving each
+    batch's values, in a float64 vector of n that is zero in other ranks' rows (sum_over_ranks)."""
+    rank, world = shard
+    out = torch.zeros(n, dtype=torch.float64, device=device)
+    for i in range(first + rank * batch_size, n, world * batch_size):
+        sl = slice(i, min(i + batch_size, n))
+        out[sl] = score(sl)
+    return out
+
+
+def sum_over_ranks(values, shard):
+    if shard[1] > 1:
+        dist.all_reduce(values)
+    return values
+
+
 @torch.no_grad()
-def diffusion_block_nll(model, val, T, blocks, mc=4, seed=1234, batch_size=64, rank=0, world=1):
+def diffusion_block_nll(model, val, T, blocks, mc=4, seed=1234, batch_size=64, shard=(0, 1)):
     """Per block: the conditional NELBO per character, averaged over `mc` draws. A draw masks
     k ~ U{1..length} of the block's positions (k stratified over all draws, a CPU generator with a
     fixed seed: the same masks on any device) and scores their mean -log p given the window."""
@@ -306,26 +324,23 @@ def diffusion_block_nll(model, val, T, blocks, mc=4, seed=1234, batch_size=64, r
     g = torch.Generator().manual_seed(seed)
     u = ((torch.arange(n_draws) + torch.rand(n_draws, generator=g)) / n_draws)[torch.randperm(n_draws, generator=g)]
     masked, k = draw_masks(n_draws, T, T - lengths, u, generator=g)
-    per_draw = torch.zeros(n_draws, dtype=torch.float64, device=device)
-    for i in range(rank * batch_size, n_draws, world * batch_size):
-        sl = slice(i, min(i + batch_size, n_draws))
+
+    def score(sl):
         x = val[(ends[sl].to(device) - T)[:, None] + torch.arange(T, device=device)]
         m, kk = masked[sl].to(device), k[sl].to(device)
         with autocast(device):
             logits = model(x.masked_fill(m, model.config.mask_id))
-        per_draw[sl] = masked_nll_per_sequence(logits, x, m, kk).double()
-    if world > 1:
-        dist.all_reduce(per_draw)
+        return masked_nll_per_sequence(logits, x, m, kk).double()
+    per_draw = sum_over_ranks(sharded(n_draws, batch_size, shard, device, score), shard)
     return per_draw.view(mc, len(blocks)).mean(0)
 
 
 @torch.no_grad()
-def ar_block_nll(model, val, T, blocks, batch_size=64, rank=0, world=1):
+def ar_block_nll(model, val, T, blocks, batch_size=64, shard=(0, 1)):
     """Per block: the exact mean NLL of its characters, each given everything before it in a
     window of T characters (sliding windows). The very first character has nothing to be
     predicted from, so the first block scores its last T - 1 characters."""
     device = val.device
-    per_block = torch.zeros(len(blocks), dtype=torch.float64, device=device)
 
     def score(inputs, targets, length):
         with autocast(device):
@@ -334,21 +349,19 @@ def ar_block_nll(model, val, T, blocks, batch_size=64, rank=0, world=1):
         keep = torch.arange(targets.size(1), device=device)[None, :] >= targets.size(1) - length[:, None]
         return (ce * keep).sum(1).double() / length
 
-    if rank == 0:  # the first block on its own: T - 1 inputs
-        per_block[0] = score(val[None, :T - 1], val[None, 1:T], torch.tensor([T - 1], device=device))[0]
-    for i in range(1 + rank * batch_size, len(blocks), world * batch_size):
-        chunk = blocks[i:i + batch_size]
-        ends = torch.tensor([e for e, _ in chunk], device=device)
-        lengths = torch.tensor([L for _, L in chunk], device=device)
+    def score_blocks(sl):
+        ends = torch.tensor([e for e, _ in blocks[sl]], device=device)
+        lengths = torch.tensor([L for _, L in blocks[sl]], device=device)
         window = val[(ends - T - 1)[:, None] + torch.arange(T + 1, device=device)]
-        per_block[i:i + len(chunk)] = score(window[:, :-1], window[:, 1:], lengths)
-    if world > 1:
-        dist.all_reduce(per_block)
-    return per_block
+        return score(window[:, :-1], window[:, 1:], lengths)
+    per_block = sharded(len(blocks), batch_size, shard, device, score_blocks, first=1)
+    if shard[0] == 0:  # the first block on its own: T - 1 inputs
+        per_block[0] = score(val[None, :T - 1], val[None, 1:T], torch.tensor([T - 1], device=device))[0]
+    return sum_over_ranks(per_block, shard)
 
 
 @torch.no_grad()
-def l2r_block_nll(model, val, T, blocks, batch_size=64, rank=0, world=1):
+def l2r_block_nll(model, val, T, blocks, batch_size=64, shard=(0, 1)):
     """Per block: the exact mean NLL of its characters read left to right by the diffusion
     network, an any-order AR model read in one order. The character at window
     position p is predicted from the window with MASK at p and at every position after it: the
@@ -360,24 +373,22 @@ def l2r_block_nll(model, val, T, blocks, batch_size=64, rank=0, world=1):
     block_of = torch.repeat_interleave(torch.arange(len(blocks)), lengths)  # per scored character
     first_of_block = torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
     pos = T - lengths[block_of] + torch.arange(len(block_of)) - first_of_block  # its window position
-    per_char = torch.zeros(len(block_of), dtype=torch.float64, device=device)
     cols = torch.arange(T, device=device)
-    for i in range(rank * batch_size, len(block_of), world * batch_size):
-        sl = slice(i, min(i + batch_size, len(block_of)))
+
+    def score(sl):
         p = pos[sl].to(device)
         x = val[(ends[block_of[sl]].to(device) - T)[:, None] + cols]
         with autocast(device):
             logits = model(x.masked_fill(cols[None, :] >= p[:, None], model.config.mask_id))
         at_p = logits.gather(1, p[:, None, None].expand(-1, 1, logits.size(-1)))[:, 0].double()
-        per_char[sl] = F.cross_entropy(at_p, x.gather(1, p[:, None])[:, 0], reduction="none")
-    if world > 1:
-        dist.all_reduce(per_char)
+        return F.cross_entropy(at_p, x.gather(1, p[:, None])[:, 0], reduction="none")
+    per_char = sum_over_ranks(sharded(len(block_of), batch_size, shard, device, score), shard)
     per_block = torch.zeros(len(blocks), dtype=torch.float64, device=device)
     return per_block.index_add_(0, block_of.to(device), per_char) / lengths.to(device)
 
 
 @torch.no_grad()  # without it every batch kept its graph: 138 GB on an H200 at context 128
-def block_model_block_nll(model, val, T, blocks, mc=4, seed=1234, batch_size=64, rank=0, world=1):
+def block_model_block_nll(model, val, T, blocks, mc=4, seed=1234, batch_size=64, shard=(0, 1)):
     """diffusion_block_nll for a block model: an eval block's NELBO given its context is the sum
     over its L'-blocks of each one's conditional NELBO given every clean character before it in
     the window (the context and the eval block's earlier L'-blocks), all in one [noisy ; clean]
@@ -392,17 +403,15 @@ def block_model_block_nll(model, val, T, blocks, mc=4, seed=1234, batch_size=64,
     u = block_rates(n_draws * (T // L), generator=g)
     masked, k = block_masks(n_draws, T, L, u, num_clean=T - lengths, generator=g)
     scored = (torch.arange(T)[None, :] >= (T - lengths)[:, None]).view(n_draws, -1, L).sum(-1)  # per L'-block
-    per_draw = torch.zeros(n_draws, dtype=torch.float64, device=device)
-    for i in range(rank * batch_size, n_draws, world * batch_size):
-        sl = slice(i, min(i + batch_size, n_draws))
+
+    def score(sl):
         x = val[(ends[sl].to(device) - T)[:, None] + torch.arange(T, device=device)]
         m = masked[sl].to(device)
         with autocast(device):
             logits = block_forward(model, x.masked_fill(m, model.config.mask_id), x, L)
         nelbo = block_nelbo_per_block(logits, x, m, k[sl].to(device), L).double()  # per char, per L'-block
-        per_draw[sl] = (nelbo * scored[sl].to(device)).sum(1) / lengths[sl].to(device)
-    if world > 1:
-        dist.all_reduce(per_draw)
+        return (nelbo * scored[sl].to(device)).sum(1) / lengths[sl].to(device)
+    per_draw = sum_over_ranks(sharded(n_draws, batch_size, shard, device, score), shard)
     return per_draw.view(mc, len(blocks)).mean(0)
 
 
@@ -420,15 +429,15 @@ def block_scores(model, val, context, mc=4, seed=1234, rank=0, world=1, order="a
     T = model.config.block_size
     blocks = eval_blocks(len(val), T, context)
     lengths = torch.tensor([float(L) for _, L in blocks])
-    batch = 256 if val.device.type == "cuda" else 64
+    batch, shard = (256 if val.device.type == "cuda" else 64), (rank, world)
     if model.config.causal:
         lengths[0] = T - 1
-        return ar_block_nll(model, val, T, blocks, batch, rank, world), lengths
+        return ar_block_nll(model, val, T, blocks, batch, shard), lengths
     if order == "l2r":  # one pass per character: a bigger batch keeps a GPU busy
-        return l2r_block_nll(model, val, T, blocks, 2 * batch, rank, world), lengths
+        return l2r_block_nll(model, val, T, blocks, 2 * batch, shard), lengths
     if model.config.objective == "block":
-        return block_model_block_nll(model, val, T, blocks, mc, seed, batch, rank, world), lengths
-    return diffusion_block_nll(model, val, T, blocks, mc, seed, batch, rank, world), lengths
+        return block_model_block_nll(model, val, T, blocks, mc, seed, batch, shard), lengths
+    return diffusion_block_nll(model, val, T, blocks, mc, seed, batch, shard), lengths
 
 
 def evaluate(model, val, context=0, mc=4, seed=1234, rank=0, world=1):

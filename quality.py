@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from checkpoint import DEFAULT_AR, DEFAULT_CKPT, load_model_of_kind
 from cli import ArgumentParser, UserError, field_type
-from corpus import DATA_DEFAULT, decode, encode, load_text, mask_id_of, split_text
+from corpus import DATA_DEFAULT, decode, encode, load_text, split_text
 from devices import autocast, pick_device
 from sampler import SamplerConfig, generate
 
@@ -135,7 +135,7 @@ def has_run(text, length=3):
     return any(len(set(words[i:i + length])) == 1 for i in range(len(words) - length + 1))
 
 
-def main(argv=None):
+def quality_parser():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default=DEFAULT_CKPT, help="diffusion model to score (default: weights/model.pt)")
     p.add_argument("--ar", default=DEFAULT_AR, help="autoregressive scorer (default: weights/ar_baseline.pt)")
@@ -152,7 +152,29 @@ def main(argv=None):
     p.add_argument("--jsonl", default=None, metavar="PATH",
                    help="also append one JSON row per setting (every statistic, per seed and mean) to PATH")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    args = p.parse_args(argv)
+    return p
+
+
+def timed_generations(model, real, P, config, seeds):
+    """For each seed, the model's continuations of real's first P characters; and the seconds
+    they took (a warm-up generation first, untimed)."""
+    outs, seconds, nfe = [], 0.0, 0
+    sync = torch.cuda.synchronize if real.device.type == "cuda" else (lambda: None)
+    for seed in seeds:
+        canvas = real.clone()
+        canvas[:, P:] = model.config.mask_id
+        generate(model, canvas[:1], config, seed)  # warm-up
+        sync()
+        t0 = time.time()
+        out, nfe = generate(model, canvas, config, seed)
+        sync()
+        seconds += time.time() - t0
+        outs.append(out)
+    return outs, seconds, nfe
+
+
+def main(argv=None):
+    args = quality_parser().parse_args(argv)
     try:
         seeds = parse_seeds(args.seeds)
         if args.jsonl:  # a path we cannot write fails now, not after the grid
@@ -199,21 +221,9 @@ def main(argv=None):
     real_stats = stats_of(real)
     report(args, "real validation text", [real_stats], real_stats, 0, 0)
     for name, config in settings:
-        per_seed, seconds, nfe = [], 0.0, 0
-        for seed in seeds:
-            canvas = real.clone()
-            canvas[:, P:] = mask_id_of(chars)
-            generate(model, canvas[:1], config, seed)  # warm-up
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.time()
-            out, nfe = generate(model, canvas, config, seed)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds += time.time() - t0
-            per_seed.append(stats_of(out))
+        outs, seconds, nfe = timed_generations(model, real, P, config, seeds)
         speed = args.prompts * (T - P) * len(seeds) / seconds
-        report(args, name, per_seed, real_stats, nfe, speed)
+        report(args, name, [stats_of(out) for out in outs], real_stats, nfe, speed)
 
 
 def report(args, name, per_seed, real, nfe, speed):

@@ -304,12 +304,7 @@ class Trainer:
                      f"(raise --max_steps or --time_budget to train on)")
             return
         log_file = self.open_log()
-        self.log(f"{mc.objective} model: {self.model.num_params() / 1e6:.2f}M parameters, {mc.n_layer} layers, "
-                 f"width {mc.n_embd}, context {mc.block_size} | device {self.device} x{self.world}, compile "
-                 f"{self.use_compile}, {'bf16' if self.bf16 else 'fp32'}, {tc.optimizer}"
-                 f"{f', EMA {tc.ema}' if tc.ema else ''} | batch {tc.batch_size} x {mc.block_size} = "
-                 f"{self.tokens_per_step:,} tokens/step | train {len(self.train_ids):,} chars, "
-                 f"val {len(self.val_ids):,} chars" + (f" | resuming at step {self.step}" if tc.resume else ""))
+        self.log(self.header())
         t_last, step_last = time.time(), self.step
         loss_sum = torch.zeros((), device=self.device)
         self.model.train()
@@ -328,18 +323,8 @@ class Trainer:
                 if self.world == 1 or self.step % tc.log_interval == 0:
                     self.refresh_time_progress()
                 if self.step % tc.log_interval == 0:
-                    if self.world > 1:
-                        dist.all_reduce(loss_sum)
-                    loss = loss_sum.item() / ((self.step - step_last) * self.world)  # the one host sync
-                    if not math.isfinite(loss):
-                        raise DivergedError(f"the training loss became {loss} between steps {step_last + 1} "
-                                            f"and {self.step}")
                     now = time.time()
-                    self.log(self.progress_line(loss, lr_mult, self.step - step_last, now - t_last))
-                    if log_file:
-                        log_file.write(json.dumps({"step": self.step, "train_loss": loss, "lr": tc.lr * lr_mult,
-                                                   "time": self.elapsed()}) + "\n")
-                    loss_sum.zero_()
+                    self.log_progress(loss_sum, lr_mult, self.step - step_last, now - t_last, log_file)
                     t_last, step_last = now, self.step
                 if self.step % tc.eval_interval == 0 or self.progress() >= 1:
                     self.evaluate_and_save(log_file)
@@ -366,6 +351,30 @@ class Trainer:
         self.log(f"done: {self.step} steps in {format_time(self.elapsed())}; best val {name} "
                  f"{self.best_val:.4f} nats/char -> {tc.out_dir}/best.pt")
 
+    def header(self):
+        tc, mc = self.tc, self.mc
+        return (f"{mc.objective} model: {self.model.num_params() / 1e6:.2f}M parameters, {mc.n_layer} layers, "
+                f"width {mc.n_embd}, context {mc.block_size} | device {self.device} x{self.world}, compile "
+                f"{self.use_compile}, {'bf16' if self.bf16 else 'fp32'}, {tc.optimizer}"
+                f"{f', EMA {tc.ema}' if tc.ema else ''} | batch {tc.batch_size} x {mc.block_size} = "
+                f"{self.tokens_per_step:,} tokens/step | train {len(self.train_ids):,} chars, "
+                f"val {len(self.val_ids):,} chars" + (f" | resuming at step {self.step}" if tc.resume else ""))
+
+    def log_progress(self, loss_sum, lr_mult, steps, seconds, log_file):
+        """The progress line and log row for the last `steps` steps (loss_sum: their summed
+        losses, zeroed here); the one host sync of the loop."""
+        if self.world > 1:
+            dist.all_reduce(loss_sum)
+        loss = loss_sum.item() / (steps * self.world)
+        if not math.isfinite(loss):
+            raise DivergedError(f"the training loss became {loss} between steps {self.step - steps + 1} "
+                                f"and {self.step}")
+        self.log(self.progress_line(loss, lr_mult, steps, seconds))
+        if log_file:
+            log_file.write(json.dumps({"step": self.step, "train_loss": loss, "lr": self.tc.lr * lr_mult,
+                                       "time": self.elapsed()}) + "\n")
+        loss_sum.zero_()
+
     def open_log(self):
         """log.jsonl of this run, appended to when resuming. A fresh run refuses a folder that
         holds another run's files, unless --overwrite, which removes them first."""
@@ -378,6 +387,8 @@ class Trainer:
                                 f"continue it with --resume, replace it with --overwrite, or choose another --out_dir")
             for path in found if self.master else []:
                 os.remove(path)
+        if self.world > 1:  # every rank has looked before rank 0 writes (else a rank finds its log)
+            dist.barrier()
         if not self.master:
             return None
         try:
