@@ -304,7 +304,7 @@ def plot_results(argv):
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}")
     ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # over a few decades they overlap
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -20,7 +20,10 @@ on every column at once, not at the lowest AR NLL; the last column names the col
 the band (BAND below). With several --seeds every figure is the mean over seeds, ± its
 standard error over seeds. Settings start from sample.py's defaults
 ("default" is them unchanged) and override any sampler option: steps, threshold, temperature,
-top_k, top_p, schedule, order, remask, remask_by, block, cache, precision.
+top_k, top_p, schedule, order, remask, remask_by, block, cache, precision. A setting that
+starts with "ar" ("ar", "ar,temperature=1.0") has the --ar model write the same continuations
+with its own sampler (one character per pass) and the same sampling rules: the other side of
+a diffusion-vs-AR comparison, scored the same way (its AR NLL is its own, so low by design).
 """
 
 import argparse
@@ -36,6 +39,7 @@ from dataclasses import fields
 import torch
 import torch.nn.functional as F
 
+from ar_sampler import generate_ar
 from checkpoint import DEFAULT_AR, DEFAULT_CKPT, load_model_of_kind
 from cli import ArgumentParser, UserError, field_type
 from corpus import DATA_DEFAULT, decode, encode, load_text, split_text
@@ -58,10 +62,13 @@ TYPES = {f.name: field_type(f) for f in fields(SamplerConfig) if f.name not in (
 
 
 def parse_setting(text):
-    """'steps=64,temperature=0.8' -> a SamplerConfig: sample.py's defaults with these changed."""
-    given = {}
-    for part in text.split(","):
-        if part == "default":
+    """'steps=64,temperature=0.8' -> a SamplerConfig: sample.py's defaults with these changed
+    (a leading 'ar' is the AR sampler's marker, read by is_ar)."""
+    given, parts = {}, text.split(",")
+    if "ar" in parts[1:]:
+        raise UserError(f"'ar' comes first in a setting, got {text!r}")
+    for part in parts:
+        if part in ("default", "ar"):
             continue
         key, _, value = part.partition("=")
         if key not in TYPES:
@@ -155,18 +162,23 @@ def quality_parser():
     return p
 
 
-def timed_generations(model, real, P, config, seeds):
-    """For each seed, the model's continuations of real's first P characters; and the seconds
-    they took (a warm-up generation first, untimed)."""
+def is_ar(setting):
+    return setting.split(",")[0] == "ar"
+
+
+def timed_generations(model, real, P, config, seeds, sample=generate):
+    """For each seed, the model's continuations of real's first P characters written by
+    sample (generate, or ar_sampler.generate_ar); and the seconds they took (a warm-up
+    generation first, untimed)."""
     outs, seconds, nfe = [], 0.0, 0
     sync = torch.cuda.synchronize if real.device.type == "cuda" else (lambda: None)
     for seed in seeds:
         canvas = real.clone()
         canvas[:, P:] = model.config.mask_id
-        generate(model, canvas[:1], config, seed)  # warm-up
+        sample(model, canvas[:1], config, seed)  # warm-up
         sync()
         t0 = time.time()
-        out, nfe = generate(model, canvas, config, seed)
+        out, nfe = sample(model, canvas, config, seed)
         sync()
         seconds += time.time() - t0
         outs.append(out)
@@ -221,7 +233,8 @@ def main(argv=None):
     real_stats = stats_of(real)
     report(args, "real validation text", [real_stats], real_stats, 0, 0)
     for name, config in settings:
-        outs, seconds, nfe = timed_generations(model, real, P, config, seeds)
+        writer = (ar_model, generate_ar) if is_ar(name) else (model, generate)
+        outs, seconds, nfe = timed_generations(writer[0], real, P, config, seeds, writer[1])
         speed = args.prompts * (T - P) * len(seeds) / seconds
         report(args, name, [stats_of(out) for out in outs], real_stats, nfe, speed)
 

@@ -55,3 +55,21 @@ def test_an_unwritable_jsonl_fails_before_any_scoring(tiny_ckpt, tiny_ar_ckpt, d
         quality.main(["--ckpt", tiny_ckpt, "--ar", tiny_ar_ckpt, "--data", data_path, "--device", "cpu",
                       "--jsonl", str(tmp_path / "missing" / "grid.jsonl")])
     assert "cannot write" in str(e.value) and capsys.readouterr().out == ""
+
+
+def test_the_ar_setting_has_the_ar_model_write_one_character_per_pass(tiny_ckpt, tiny_ar_ckpt, data_path,
+                                                                      tmp_path, capsys):
+    out = tmp_path / "grid.jsonl"
+    quality.main(["--ckpt", tiny_ckpt, "--ar", tiny_ar_ckpt, "--data", data_path, "--prompts", "3",
+                  "--prompt-chars", "8", "--device", "cpu", "--settings", "steps=4", "ar", "ar,temperature=0",
+                  "--jsonl", str(out)])
+    records = {r["setting"]: r for r in map(json.loads, out.read_text().splitlines())}
+    T = 32  # the tiny models' context: 24 characters written after each 8-character prompt
+    assert records["steps=4"]["nfe"] == 4 and records["ar"]["nfe"] == records["ar,temperature=0"]["nfe"] == T - 8
+    # greedy AR text is one fixed continuation per prompt: a second model finds it very predictable
+    assert records["ar,temperature=0"]["mean"]["ar_nll"] < records["ar"]["mean"]["ar_nll"]
+
+
+def test_ar_anywhere_but_first_is_refused():
+    with pytest.raises(quality.UserError, match="'ar' comes first"):
+        quality.parse_setting("temperature=1.0,ar")
