@@ -6,8 +6,9 @@ again: 64 -> 32 -> 16 -> 8 passes. The loss of `train.py --distill_from CKPT`, a
 (Distillation: the hooks trainer.Trainer calls); the loop and the checkpoints are the Trainer's.
 
 A training sequence is masked as in training (x_t); the teacher takes two sampler steps of
-size dt = 1 / passes from x_t: a forward pass, a character drawn at every masked position
-from its distribution, and T * dt of them committed (in random order, MDLM's ancestral
+size dt = 1 / passes from x_t (the sampler's own step, denoise.denoise_step, and its random
+numbers): a forward pass, a character drawn at every masked position from its distribution,
+and T * dt of them committed (in random order, MDLM's ancestral
 sampler, or in the sampler's spread order). A position's target is the teacher's distribution
 at the step that committed it; still masked after both, the second step's. The student, in
 one pass from x_t, matches the targets on the masked positions.
@@ -17,9 +18,10 @@ import copy
 
 import torch
 
-from denoise import commit_positions, draw_characters, rank_for_commit, spread_priority
+from denoise import Noise, Pass, StepState, block_priority, denoise_step
 from diffusion import training_masks
 from optim import EMA
+from sampler import SamplerConfig, StepCounts
 
 DIVERGENCES = ("kl", "fkl", "tvd", "mse")
 DISTILL_ORDERS = ("random", "spread")
@@ -33,25 +35,24 @@ def teacher_passes(start_passes, round_index):
 @torch.no_grad()
 def teacher_targets(teacher, x_t, mask_id, passes, order, generator):
     """(B, T, V) log-probabilities: the teacher's distribution for every position at the step
-    of its two that committed it, the second step's where neither did. Each step commits
-    round(T / passes) masked positions per row (at least one), characters drawn at
-    temperature 1, the teacher's randomness from `generator`."""
+    of its two that committed it, the second step's where neither did. Each step is the
+    sampler's own (denoise.denoise_step over the window, temperature 1, no remasking) and
+    commits round(T / passes) masked positions per row (at least one); its random numbers are
+    the sampler's (Noise), seeded from `generator`."""
     B, T = x_t.shape
-    count = max(1, round(T / passes))
-    priority = None
-    if order == "spread":  # the sampler's order over the window, one rotation per row
-        priority = spread_priority(T, torch.randint(T, (B,), generator=generator, device=x_t.device))
-    x = x_t
-    for step in range(2):
-        logp = teacher(x).float().log_softmax(-1)
-        u = torch.rand(2, B, T, generator=generator, device=x.device)
-        chars, _ = draw_characters(logp, 1.0, None, None, u[0])
-        still_masked = x == mask_id
-        commit = commit_positions(rank_for_commit(None, order, None, u[1], priority), still_masked, count, None)
-        x = torch.where(commit, chars, x)
-        if step == 0:
-            first_logp, first_commit = logp, commit
-    return torch.where(first_commit[..., None], first_logp, logp)
+    config = SamplerConfig(temperature=1.0, order=order, remask=0.0, remask_by="prob")
+    noise = Noise(torch.randint(2 ** 31, (), generator=generator, device=x_t.device), B, x_t.device)
+    keys = noise.keys(2)
+    priority = block_priority(order, noise, T)  # spread: the sampler's order over the window
+    counts = StepCounts(*torch.tensor([max(1, round(T / passes)), 0.0, 0.0], device=x_t.device))
+    generated, no_scores = x_t == mask_id, torch.zeros(B, T, device=x_t.device)
+    x, steps = x_t, []
+    for key in keys:
+        state = StepState(x, generated, no_scores, key, counts, priority)
+        steps.append(denoise_step(teacher, Pass(x, None, 0, 0, T), state, config))
+        x = steps[-1].region
+    first, second = (step.logits.float().log_softmax(-1) for step in steps)
+    return torch.where(steps[0].commit[..., None], first, second)
 
 
 def divergence(student_logp, teacher_logp, kind):
