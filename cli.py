@@ -4,10 +4,18 @@ dataclass's fields (a field's default is the flag's default, one help line per f
 """
 
 import argparse
+import os
 import sys
 import time
 import typing
 from dataclasses import fields
+
+
+def shown(path):
+    """A path as the user can read it: relative to the current folder when it lies inside it
+    (data/prepare.py, which runs on its own, has its copy)."""
+    rel = os.path.relpath(os.path.abspath(path))
+    return path if rel.startswith("..") else rel
 
 
 class UserError(Exception):

@@ -75,13 +75,14 @@ def draw_characters(logits, temperature, top_k, top_p, u):
         probs = logits.softmax(-1)
         conf, chars = probs.max(-1)
         return chars, conf
-    logits = logits / temperature
+    logits = logits / max(temperature, 1e-30)  # 1e-300 would be 0 in float32: tend to greedy, not NaN
     if top_k is not None and top_k < logits.size(-1):
         kth = logits.topk(top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1:
         sorted_probs, order = logits.softmax(-1).sort(dim=-1, descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # the most likely is always kept
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+        outside[..., 0] = False  # the most likely is always kept (top_p 1e-300 is 0 in float32)
         logits = logits.masked_fill(outside.scatter(-1, order, outside), float("-inf"))
     probs = logits.softmax(-1)
     # inverse CDF: one uniform per position

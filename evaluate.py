@@ -32,7 +32,7 @@ import time
 from dataclasses import replace
 
 from checkpoint import DEFAULT_CKPT, load_model
-from cli import ArgumentParser, UserError
+from cli import ArgumentParser, UserError, shown
 from corpus import DATA_DEFAULT, encode_splits, load_text
 from devices import pick_device
 from diffusion import EVAL_ORDERS, block_scores, format_eval, summarize
@@ -47,10 +47,13 @@ def check_args(args):
         raise UserError(f"--order must be one of {', '.join(EVAL_ORDERS)}, got {args.order!r}")
 
 
-def load_for_evaluation(path, device, context, as_ar=False):
+def load_for_evaluation(path, device, context, as_ar=False, order="any"):
     """The model and its vocabulary, with the context checked against its length; as_ar: its
     network read causally, as an AR model (the forward pass follows its objective's attention)."""
     model, chars, _ = load_model(path, device)
+    if model.config.objective == "block" and (as_ar or order == "l2r"):
+        raise UserError(f"{shown(path)} is a block model, scored by its NELBO: "
+                        f"{'--as-ar' if as_ar else '--order l2r'} reads a plain diffusion or mixed model")
     if as_ar:
         model.config = replace(model.config, objective="ar")
     T = model.config.block_size
@@ -89,7 +92,7 @@ def main(argv=None):
         device = pick_device(args.device)
         text = load_text(args.data)
         paths = [args.ckpt] + ([args.paired] if args.paired else [])
-        models = [load_for_evaluation(path, device, args.context, args.as_ar and i == 0)
+        models = [load_for_evaluation(path, device, args.context, args.as_ar and i == 0, args.order)
                   for i, path in enumerate(paths)]  # all checked first
         if len({m.config.block_size for m, _ in models}) > 1:
             raise UserError(f"--paired needs the same context length ({' vs '.join(str(m.config.block_size) for m, _ in models)})")

@@ -44,7 +44,7 @@ from checkpoint import DEFAULT_AR, DEFAULT_CKPT, load_model_of_kind
 from cli import ArgumentParser, UserError, field_type
 from corpus import DATA_DEFAULT, decode, encode, load_text, split_text
 from devices import autocast, pick_device
-from sampler import SamplerConfig, generate
+from sampler import SamplerConfig, check_for_model, generate
 
 DEFAULT_SETTINGS = ["default", "steps=256", "steps=32", "threshold=0.9", "temperature=1.0", "temperature=0.6",
                     "order=noisy", "remask=1.0", "top_p=0.9", "block=32", "block=32,cache=prefix",
@@ -200,6 +200,11 @@ def main(argv=None):
         if ar_chars != chars:
             raise UserError(f"{args.ar} is not an autoregressive model with the same vocabulary")
         settings = [(s, parse_setting(s)) for s in args.settings]
+        for name, config in (s for s in settings if not is_ar(s[0])):
+            try:
+                check_for_model(model, config)
+            except ValueError as e:
+                raise UserError(f"setting {name!r}: {e}") from None
         T = model.config.block_size
         if not 0 < args.prompt_chars < T:
             raise UserError(f"--prompt-chars must be in 1..{T - 1}, got {args.prompt_chars}")

@@ -28,7 +28,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from checkpoint import DEFAULT_CKPT, load_model_of_kind
-from cli import UserError, add_config_flags, config_values
+from cli import UserError, add_config_flags, config_values, shown
 from corpus import MASK_GLYPH, encode, mask_id_of
 from denoise import CACHES, char_prior, compiled_step, denoise_canvas, denoise_step
 from devices import capture_graph, pick_device, sampling_precision
@@ -300,6 +300,7 @@ def plan_generation(model, canvas, config, seed):
     remask_by = config.remask_by if config.remask else "prob"  # nothing re-opened: no ranking (nor prior pass)
     prior = char_prior(model, config.precision) if remask_by == "pmi" else None
     T = model.config.block_size
+    check_for_model(model, config)
     block = block_model_block(model, config)
     keep = config.context_keep
     if keep is None:
@@ -344,6 +345,16 @@ def block_model_block(model, config):
     if config.cache not in ("none", "exact"):
         raise ValueError(f"--cache {config.cache}: a block model's cache is exact (--cache exact) or none")
     return L
+
+
+def check_for_model(model, config):
+    """The rules that depend on the checkpoint (ValueError): a block model's own blocks and
+    caches, and a context kept before a block that leaves the block a column of the window."""
+    block_model_block(model, config)
+    T = model.config.block_size
+    if config.context_keep is not None and config.context_keep >= T:
+        raise ValueError(f"--context-keep must be below this model's context of {T} characters (the block needs "
+                         f"room in the window), got {config.context_keep}")
 
 
 def step_plan(block, n_steps, config, device):
@@ -540,7 +551,12 @@ def load_for_sampling(args, config):
     if config.cuda_graph and device.type != "cuda":
         raise UserError(f"--cuda-graph needs a CUDA device; this run is on {device.type}")
     model, chars, ckpt = load_model_of_kind(args.ckpt, device, causal=False)
-    return device, model, chars, with_checkpoint_steps(config, args, ckpt)
+    config = with_checkpoint_steps(config, args, ckpt)
+    try:
+        check_for_model(model, config)
+    except ValueError as e:
+        raise UserError(f"{shown(args.ckpt)}: {e}") from None
+    return device, model, chars, config
 
 
 def with_checkpoint_steps(config, args, ckpt):

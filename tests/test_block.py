@@ -247,3 +247,30 @@ def test_cuda_graph_of_the_exact_cache_writes_what_the_ungraphed_exact_cache_wri
         graphed, nfe = generate(model, canvas, SamplerConfig.from_options(cuda_graph=True, **config), seed=seed)
         expected = plain if seed == 3 else generate(model, canvas, SamplerConfig.from_options(**config), seed=4)[0]
         assert nfe == 40 and torch.equal(graphed, expected)
+
+
+@pytest.fixture
+def block_ckpt(tmp_path):
+    from checkpoint import save_checkpoint
+    chars = [chr(33 + i) for i in range(VOCAB - 2)] + ["\n"]  # VOCAB - 1 characters and the mask
+    path = str(tmp_path / "block.pt")
+    save_checkpoint(path, perturbed_model(8), chars)
+    return path
+
+
+@pytest.mark.parametrize("flags, needle", [(["--order", "l2r"], "--order l2r reads a plain diffusion"),
+                                           (["--as-ar"], "--as-ar reads a plain diffusion")])
+def test_evaluate_refuses_what_a_block_model_cannot_be_read_as(block_ckpt, flags, needle, data_path):
+    import evaluate
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--ckpt", block_ckpt, "--device", "cpu", "--data", data_path, *flags])
+    assert str(e.value).startswith("evaluate.py: error:") and needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("flags, needle", [(["--cache", "sparse"], "a block model's cache is exact"),
+                                           (["--block", "4"], "writes blocks of its block_len 8")])
+def test_sampling_a_block_model_against_its_blocks_is_a_one_line_error(block_ckpt, flags, needle):
+    import sample
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", block_ckpt, "--device", "cpu", "--length", "20", *flags])
+    assert str(e.value).startswith("sample.py: error:") and needle in str(e.value)
