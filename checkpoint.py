@@ -137,6 +137,9 @@ def load_model(path, device="cpu"):
     except (RuntimeError, KeyError) as e:
         first = str(e).strip().splitlines()[0]
         raise UserError(f"{path}: weights do not match the stored config: {first[:120]}") from None
+    bad = next((name for name, w in ckpt["model"].items() if w.is_floating_point() and not w.isfinite().all()), None)
+    if bad:  # the checksum only says the bytes are as written: a diverged run's are NaN
+        raise UserError(f"{path}: weights {bad} hold NaN or infinite values (a diverged run?)")
     return model.to(device).eval(), ckpt["chars"], ckpt
 
 

@@ -38,9 +38,14 @@ from devices import pick_device
 from diffusion import EVAL_ORDERS, block_scores, format_eval, summarize
 
 
+MAX_MC = 4096  # mask draws per block: 4,096 x 436 blocks is already hours on a GPU
+
+
 def check_args(args):
-    if not args.mc >= 1:
-        raise UserError(f"--mc must be >= 1, got {args.mc}")
+    if not 1 <= args.mc <= MAX_MC:
+        raise UserError(f"--mc must be in 1..{MAX_MC}, got {args.mc}")
+    if not 0 <= args.seed < 2 ** 63:
+        raise UserError(f"--seed must be in 0..2**63-1, got {args.seed}")
     if not args.context >= 0:
         raise UserError(f"--context must be >= 0, got {args.context}")
     if args.order not in EVAL_ORDERS:
@@ -77,8 +82,8 @@ def main(argv=None):
                    help="also score this checkpoint on the same blocks and report the paired difference")
     p.add_argument("--context", type=int, default=0, metavar="C",
                    help="characters of clean context before every block after the first (default %(default)s)")
-    p.add_argument("--mc", type=int, default=4, help="mask draws per block, diffusion models (default %(default)s)")
-    p.add_argument("--seed", type=int, default=1234, help="seed of the mask draws (default %(default)s)")
+    p.add_argument("--mc", type=int, default=4, help="mask draws per block, diffusion models, 1..4096 (default %(default)s)")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the mask draws, 0..2**63-1 (default %(default)s)")
     p.add_argument("--order", default="any", choices=EVAL_ORDERS,
                    help="diffusion models: any = the NELBO (every order); l2r = the exact left-to-right NLL "
                         "(one pass per character); an AR model's NLL is exact already (default %(default)s)")

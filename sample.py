@@ -44,14 +44,14 @@ def main(argv=None):
                         f"as each batch ends; sample i uses seed + i")
     p.add_argument("--stats", action="store_true", help="print forward passes, chars/s and device to stderr")
     p.add_argument("--warmup", type=int, default=0, metavar="N",
-                   help="run N untimed generations first (compilation, caches) so --stats times steady state")
+                   help="run N untimed generations first (compilation, caches) so --stats times steady state; 0..1000")
     args = p.parse_args(argv)
     try:
         config, seed = sampling_config(args)
         if not 1 <= args.num_samples <= MAX_SAMPLES:
             raise UserError(f"--num-samples must be in 1..{MAX_SAMPLES}, got {args.num_samples}")
-        if args.warmup < 0:
-            raise UserError(f"--warmup must be >= 0, got {args.warmup}")
+        if not 0 <= args.warmup <= 1000:
+            raise UserError(f"--warmup must be in 0..1000, got {args.warmup}")
         device, model, chars, config = load_for_sampling(args, config)
         canvas = make_canvas(args.prompt, args.length, chars, min(args.num_samples, BATCH), device)
         n_new = int((canvas[0] == mask_id_of(chars)).sum())

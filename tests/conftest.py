@@ -84,3 +84,15 @@ def tiny_ar_ckpt(tmp_path_factory, data_path):
     train.main(TINY + ["--data", data_path, "--out_dir", out, "--objective", "ar", "--max_steps", "40",
                        "--eval_interval", "40", "--log_interval", "20"])
     return os.path.join(out, "best.pt")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Why tests were skipped, one line per reason, without -rs: 170 skipped for want of the
+    data file should say so."""
+    reasons = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"skipped {n}: {reason}")

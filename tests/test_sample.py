@@ -40,3 +40,25 @@ def test_vanishing_temperature_and_top_p_tend_to_the_greedy_draw():
     assert torch.equal(draw_characters(logits, 1e-300, None, None, u)[0], greedy)
     assert torch.equal(draw_characters(logits, 1.0, None, 1e-300, u)[0], greedy)
     assert torch.equal(draw_characters(logits, 1e-300, None, 1e-300, u)[0], greedy)
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_at_load(tmp_path, tiny_ckpt):
+    # its checksum is valid (the bytes are as written): it used to sample newlines, exit 0
+    import sample
+    from checkpoint import read_checkpoint, write_checkpoint
+    ckpt = read_checkpoint(tiny_ckpt)
+    name = sorted(k for k, v in ckpt["model"].items() if v.is_floating_point())[0]
+    ckpt["model"][name].view(-1)[3] = float("nan")
+    write_checkpoint(ckpt, str(tmp_path / "nan.pt"))
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(tmp_path / "nan.pt"), "--device", "cpu", "--length", "20"])
+    assert f"weights {name} hold NaN or infinite values" in str(e.value)
+
+
+@pytest.mark.parametrize("flags, needle", [(["--mc", "1000000"], "--mc must be in 1..4096"),
+                                           (["--seed", str(2 ** 64)], "--seed must be in 0..2**63-1")])
+def test_evaluate_bounds_are_one_line_errors(flags, needle):
+    import evaluate
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(flags)
+    assert str(e.value) == f"evaluate.py: error: {needle}, got {flags[1]}"
