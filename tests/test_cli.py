@@ -48,7 +48,7 @@ def test_sample_infills_underscores(tiny_ckpt):
     (["--device", "cuda"], ["not available"]),
     (["--device", "tpu"], ["device"]),
     (["--num-samples", "0"], ["--num-samples"]),
-    (["--warmup", "-1"], ["--warmup must be >= 0"]),
+    (["--warmup", "-1"], ["--warmup must be in 0..1000"]),
     (["--order", "noisy", "--threshold", "0.5"], ["--order confidence"]),
     (["--remask", "-0.5"], ["--remask must be >= 0"]),
     (["--remask", "1", "--threshold", "0.9"], ["--remask needs --steps"]),
