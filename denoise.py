@@ -239,10 +239,12 @@ COMPILED_STEPS = {}
 def compiled_step(mode):
     """denoise_step under torch.compile (one compiled function per mode, made once). dynamic=False:
     one specialised graph per pass shape. A cached generation has several (the cache's filling
-    pass, and a sparse pass's size changes with the steps since its refresh: 13 graphs for 16
-    steps at refresh 8), more than dynamo's default of 8 recompiles, past which it would run the
-    step eager without a word: the limit is raised to 64."""
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    pass; a sparse pass's size changes with the steps since its refresh), often more than
+    dynamo's default of 8 recompiles, past which it runs the step eager with only a warning:
+    the limit is raised to 64 (named cache_size_limit before PyTorch 2.6)."""
+    dynamo = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo, limit, max(getattr(dynamo, limit), 64))
     if mode not in COMPILED_STEPS:
         COMPILED_STEPS[mode] = torch.compile(denoise_step, mode=mode, dynamic=False)
     return COMPILED_STEPS[mode]
