@@ -27,6 +27,10 @@ when there is no prompt. --jsonl writes every timing as a JSON record; --plot dr
     python bench.py --plot speed.jsonl --out assets/speed.png   # chars/s against batch, log-log
 """
 
+if __name__ == "__main__":  # Ctrl-C while torch is imported: exit 130, not a traceback
+    import cli
+    cli.exit_on_ctrl_c()
+
 import argparse
 import json
 import os
@@ -386,4 +390,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_entry_point(main)

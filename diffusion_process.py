@@ -27,21 +27,20 @@ with `less -R`). With TERM=dumb (Emacs' shell, some CI logs) it prints plain fra
 another, without escape codes.
 """
 
+if __name__ == "__main__":  # Ctrl-C while torch is imported: exit 130, not a traceback
+    import cli
+    cli.exit_on_ctrl_c()
+
 import argparse
 import io
 import os
 import shutil
-import signal
 import struct
 import sys
 import tempfile
 import time
 from array import array
 from typing import NamedTuple
-
-if __name__ == "__main__":  # Ctrl-C while torch loads: exit quietly (main() handles it later);
-    # os._exit, not sys.exit: an exception raised inside torch's C++ import code aborts the process
-    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
 from ar_sampler import generate_ar_steps
 from checkpoint import DEFAULT_AR, load_model
@@ -586,5 +585,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is KeyboardInterrupt again
-    main()
+    cli.run_entry_point(main)

@@ -26,6 +26,10 @@ A block-diffusion model (train.py --objective block) scores each block as the su
 L'-blocks' NELBOs, each given every clean character before it in the window.
 """
 
+if __name__ == "__main__":  # Ctrl-C while torch is imported: exit 130, not a traceback
+    import cli
+    cli.exit_on_ctrl_c()
+
 import argparse
 import sys
 import time
@@ -129,4 +133,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_entry_point(main)

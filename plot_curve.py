@@ -8,6 +8,10 @@ extension picks the format; none: .png is added), or an existing folder to write
 into; the path written is printed.
 """
 
+if __name__ == "__main__":  # Ctrl-C while torch is imported: exit 130, not a traceback
+    import cli
+    cli.exit_on_ctrl_c()
+
 import argparse
 import json
 import math
@@ -116,4 +120,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_entry_point(main)

@@ -26,6 +26,10 @@ with its own sampler (one character per pass) and the same sampling rules: the o
 a diffusion-vs-AR comparison, scored the same way (its AR NLL is its own, so low by design).
 """
 
+if __name__ == "__main__":  # Ctrl-C while torch is imported: exit 130, not a traceback
+    import cli
+    cli.exit_on_ctrl_c()
+
 import argparse
 import json
 import math
@@ -270,4 +274,4 @@ def report(args, name, per_seed, real, nfe, speed):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_entry_point(main)

@@ -16,15 +16,14 @@ separated by a blank line and a line holding `---`. --stats reports to stderr.
 In --prompt, `_` marks a character to generate (infilling) and `\\n` is a newline.
 """
 
+if __name__ == "__main__":  # Ctrl-C while torch is imported: exit 130, not a traceback
+    import cli
+    cli.exit_on_ctrl_c()
+
 import argparse
 import os
-import signal
 import sys
 import time
-
-if __name__ == "__main__":  # Ctrl-C while torch loads: exit quietly (main() handles it later);
-    # os._exit, not sys.exit: an exception raised inside torch's C++ import code aborts the process
-    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
 import torch
 from cli import ArgumentParser, UserError
@@ -83,5 +82,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is KeyboardInterrupt again
-    main()
+    cli.run_entry_point(main)

@@ -19,6 +19,10 @@ Every field of ModelConfig and TrainConfig can be set on the command line (--n_l
 --n-layer 4); a preset only changes the defaults. The loop itself is trainer.Trainer.
 """
 
+if __name__ == "__main__":  # Ctrl-C while torch is imported: exit 130, not a traceback
+    import cli
+    cli.exit_on_ctrl_c()
+
 import argparse
 import sys
 
@@ -43,4 +47,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_entry_point(main)

@@ -102,3 +102,27 @@ def test_bench_training_times_the_trainers_step(data_path):
                    "--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--block_size", "16", "--batch_size", "4")
     assert r.returncode == 0, r.stderr
     assert "plain: fp32 eager" in r.stdout and "tokens/s" in r.stdout
+
+
+@pytest.mark.parametrize("script, args, delay", [
+    ("sample.py", ["--device", "cpu", "--length", "3000"], 0.3),   # while torch is imported
+    ("evaluate.py", ["--device", "cpu"], 0.3),
+    ("quality.py", ["--device", "cpu", "--prompts", "8"], 0.3),
+    ("bench.py", ["--sample", "--device", "cpu", "--batch-sizes", "4"], 0.3),
+    ("bench.py", ["--sample", "--device", "cpu", "--batch-sizes", "4"], 4.0),  # while it times
+    ("plot_curve.py", ["assets/runs/i_reg.jsonl", "--out", "OUT"], 0.3),
+])
+def test_ctrl_c_at_any_time_exits_130_without_a_traceback(script, args, delay, tmp_path, data_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT
+    args = [str(tmp_path / "x.png") if a == "OUT" else a for a in args]
+    env = dict(os.environ, TINY_SHAKESPEARE=data_path)
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]

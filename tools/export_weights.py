@@ -16,6 +16,10 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+if __name__ == "__main__":  # Ctrl-C while torch is imported: exit 130, not a traceback
+    import cli
+    cli.exit_on_ctrl_c()
+
 import torch  # noqa: E402
 
 from checkpoint import read_checkpoint, write_checkpoint  # noqa: E402
@@ -77,4 +81,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_entry_point(main)
