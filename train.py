@@ -27,7 +27,7 @@ import argparse
 import sys
 
 from cli import ArgumentParser, UserError
-from train_config import add_train_flags, check_config, configs_from_args
+from train_config import add_train_flags, check_config, configs_from_args, flags_without_effect
 from trainer import Trainer, shutdown_distributed
 
 
@@ -38,6 +38,7 @@ def main(argv=None):
     try:
         mc, tc, explicit = configs_from_args(args)
         check_config(mc, tc)
+        flags_without_effect(mc, tc, explicit)
         trainer = Trainer(mc, tc, explicit)
         trainer.run()
         del trainer

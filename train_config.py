@@ -234,6 +234,24 @@ def check_config(mc, tc):
         raise UserError("; ".join(problems))
 
 
+# Flags that do nothing in some runs: given there, they are refused, not ignored.
+NO_EFFECT = [
+    ("ar_fraction", lambda mc, tc: mc.objective != "mixed", "applies to --objective mixed only"),
+    ("muon_lr", lambda mc, tc: tc.optimizer != "muon", "applies to --optimizer muon only"),
+    ("cooldown", lambda mc, tc: tc.schedule != "wsd", "applies to --schedule wsd only"),
+    ("overwrite", lambda mc, tc: tc.resume, "and --resume contradict each other: continue the run or replace it"),
+] + [(name, lambda mc, tc: bool(tc.distill_from), "does not apply with --distill_from: the student takes "
+      "the teacher's shape") for name in ("n_layer", "n_head", "n_embd", "block_size", "block_len")]
+
+
+def flags_without_effect(mc, tc, given):
+    """A UserError naming every flag in `given` (the names on the command line) that this run
+    would ignore."""
+    problems = [f"--{name} {why}" for name, unused, why in NO_EFFECT if name in given and unused(mc, tc)]
+    if problems:
+        raise UserError("; ".join(problems))
+
+
 def distill_problems(mc, tc):
     """The distillation flags' rules (none apply without --distill_from)."""
     if not tc.distill_from:

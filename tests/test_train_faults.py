@@ -46,6 +46,24 @@ def test_every_numeric_setting_is_range_checked(tmp_path, data_path, flags, need
     assert not os.listdir(tmp_path), "nothing is written"
 
 
+@pytest.mark.parametrize("flags, needle", [
+    (["--ar_fraction", "0.3"], "--ar_fraction applies to --objective mixed only"),
+    (["--optimizer", "adamw", "--muon_lr", "0.1"], "--muon_lr applies to --optimizer muon only"),
+    (["--schedule", "cosine", "--cooldown", "0.2"], "--cooldown applies to --schedule wsd only"),
+    (["--resume", "--overwrite"], "--overwrite and --resume contradict each other"),
+])
+def test_a_flag_the_run_would_ignore_is_refused(tmp_path, data_path, flags, needle):
+    message = exit_message(TINY + ["--data", data_path, "--out_dir", str(tmp_path)] + flags)
+    assert needle in message
+    assert not os.listdir(tmp_path), "nothing is written"
+
+
+def test_distillation_refuses_a_shape_flag(tmp_path, data_path, tiny_ckpt):
+    message = exit_message(["--distill_from", tiny_ckpt, "--data", data_path, "--out_dir", str(tmp_path),
+                            "--device", "cpu", "--block_size", "16"])
+    assert "--block_size does not apply with --distill_from" in message and not os.listdir(tmp_path)
+
+
 def test_a_loss_that_becomes_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data_path,
                                                                                  monkeypatch):
     real, calls = objectives.diffusion_loss, itertools.count(1)
