@@ -299,6 +299,9 @@ def plan_generation(model, canvas, config, seed):
     lets `generate` capture them whole as a CUDA graph."""
     remask_by = config.remask_by if config.remask else "prob"  # nothing re-opened: no ranking (nor prior pass)
     prior = char_prior(model, config.precision) if remask_by == "pmi" else None
+    if canvas.dim() != 2 or canvas.is_floating_point():
+        raise ValueError(f"the canvas must be (batch, length) character ids, got a {canvas.dim()}-d "
+                         f"{str(canvas.dtype).removeprefix('torch.')} tensor (one text: canvas[None])")
     T = model.config.block_size
     check_for_model(model, config)
     block = block_model_block(model, config)
@@ -431,8 +434,9 @@ def generate_steps(model, canvas, config=None, seed=0):
 
 
 def generate(model, canvas, config=None, seed=0):
-    """Run the sampler to the end. Returns (canvas, nfe). With config.cuda_graph (CUDA, with
-    steps and no cache), the whole generation is one CUDA graph (`generate_graphed`)."""
+    """Run the sampler to the end. Returns (canvas, nfe): the written (B, N) ids and the forward
+    passes it took. With config.cuda_graph (CUDA, with steps), the whole generation is one CUDA
+    graph (`generate_graphed`)."""
     config = config or SamplerConfig()
     if config.cuda_graph:
         return generate_graphed(model, canvas, config, seed)

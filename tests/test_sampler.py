@@ -665,3 +665,13 @@ def test_the_character_prior_follows_the_model_to_another_precision(tiny_model):
     fp32, bf16 = char_prior(model, "fp32"), char_prior(model, "bf16")
     assert fp32.dtype == bf16.dtype == torch.float32 and not torch.equal(fp32, bf16)
     assert char_prior(model, "fp32") is fp32
+
+
+def test_a_canvas_that_is_not_batch_by_length_ids_is_a_clear_error(tiny_model):
+    model, chars = tiny_model
+    one_text = torch.tensor(encode("KING:\n", chars) + [model.config.mask_id] * 10)
+    with pytest.raises(ValueError, match=r"\(batch, length\) character ids, got a 1-d int64 tensor"):
+        generate(model, one_text, opts(steps=4))
+    with pytest.raises(ValueError, match="got a 2-d float32 tensor"):
+        generate(model, one_text[None].float(), opts(steps=4))
+    assert generate(model, one_text[None], opts(steps=4))[1] == 4  # canvas[None], as the message says
