@@ -242,10 +242,10 @@ def compiled_step(mode):
     pass; a sparse pass's size changes with the steps since its refresh), often more than
     dynamo's default of 8 recompiles, past which it runs the step eager with only a warning:
     the limit is raised to 64 (named cache_size_limit before PyTorch 2.6)."""
-    dynamo = torch._dynamo.config
-    limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
-    setattr(dynamo, limit, max(getattr(dynamo, limit), 64))
     if mode not in COMPILED_STEPS:
+        dynamo = torch._dynamo.config
+        limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
+        setattr(dynamo, limit, max(getattr(dynamo, limit), 64))
         COMPILED_STEPS[mode] = torch.compile(denoise_step, mode=mode, dynamic=False)
     return COMPILED_STEPS[mode]
 

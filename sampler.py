@@ -303,8 +303,7 @@ def plan_generation(model, canvas, config, seed):
         raise ValueError(f"the canvas must be (batch, length) character ids, got a {canvas.dim()}-d "
                          f"{str(canvas.dtype).removeprefix('torch.')} tensor (one text: canvas[None])")
     T = model.config.block_size
-    check_for_model(model, config)
-    block = block_model_block(model, config)
+    block = check_for_model(model, config)
     keep = config.context_keep
     if keep is None:
         keep = T - block if block is not None and block < T else T // 2
@@ -352,12 +351,14 @@ def block_model_block(model, config):
 
 def check_for_model(model, config):
     """The rules that depend on the checkpoint (ValueError): a block model's own blocks and
-    caches, and a context kept before a block that leaves the block a column of the window."""
-    block_model_block(model, config)
+    caches, and a context kept before a block that leaves the block a column of the window.
+    Returns the block length the sampler writes (block_model_block's)."""
+    block = block_model_block(model, config)
     T = model.config.block_size
     if config.context_keep is not None and config.context_keep >= T:
         raise ValueError(f"--context-keep must be below this model's context of {T} characters (the block needs "
                          f"room in the window), got {config.context_keep}")
+    return block
 
 
 def step_plan(block, n_steps, config, device):

@@ -607,11 +607,16 @@ def test_stepping_needs_no_host_sync_once_generate_steps_returns(tiny_model, mon
     assert state.nfe == 10 and torch.equal(state.canvas, expected)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-def test_cuda_graph_replays_write_what_the_plain_sampler_writes(tiny_model):
+def cuda_copy(tiny_model):
+    """(the tiny model copied to the GPU, its vocabulary): the module's CPU model stays as it is."""
     import copy
     model, chars = tiny_model
-    model = copy.deepcopy(model).cuda()
+    return copy.deepcopy(model).cuda(), chars
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_replays_write_what_the_plain_sampler_writes(tiny_model):
+    model, chars = cuda_copy(tiny_model)
     mask_id = model.config.mask_id
     kwargs = dict(steps=12, order="spread", remask=0.5, remask_by="pmi", temperature=0.95)
     # a capture, then replays with another prompt of the same shape and other seeds
@@ -627,9 +632,7 @@ def test_cuda_graph_replays_write_what_the_plain_sampler_writes(tiny_model):
 def test_cuda_graph_of_a_cached_generation_writes_what_the_plain_sampler_writes(tiny_model, kwargs):
     """Every pass of a cached generation has a shape the host planned (the sparse cache's
     positions per step are padded to a planned bound), so it is one graph too; fp32."""
-    import copy
-    model, chars = tiny_model
-    model = copy.deepcopy(model).cuda()
+    model, chars = cuda_copy(tiny_model)
     for prompt, seed in [("KING:\n", 5), ("QUEEN:", 6)]:  # a capture, then a replay with other inputs
         canvas = torch.tensor([encode(prompt, chars) + [model.config.mask_id] * (90 - len(prompt))] * 2, device="cuda")
         config = dict(steps=24, precision="fp32", **kwargs)
@@ -644,9 +647,7 @@ def test_a_compiled_cached_generation_graphed_writes_what_it_writes_ungraphed(ti
     """--compile with a cache: a graph per pass shape. Graphed or not, the same kernels (so the
     same characters); against the eager sampler the fused kernels round differently in the last
     bits, so a near-tie draw may flip: nearly all characters agree."""
-    import copy
-    model, chars = tiny_model
-    model = copy.deepcopy(model).cuda()
+    model, chars = cuda_copy(tiny_model)
     canvas = torch.tensor([encode("KING:\n", chars) + [model.config.mask_id] * 84] * 2, device="cuda")
     config = dict(steps=24, precision="fp32", compile="default", **kwargs)
     compiled, _ = generate(model, canvas, opts(**config), 5)
