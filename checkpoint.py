@@ -3,6 +3,7 @@ The checkpoint file: config, vocabulary, weights and (for resuming) the training
 written atomically, checksummed, loaded with weights_only=True.
 """
 
+import errno
 import glob
 import hashlib
 import os
@@ -61,11 +62,29 @@ def write_checkpoint(ckpt, path):
     except (OSError, RuntimeError) as e:  # torch.save raises RuntimeError when the disk is full
         if os.path.exists(tmp):
             os.remove(tmp)
+        if disk_full(e):  # torch's "unexpected pos 9173312 vs 9173200" says only that a write fell short
+            kept = "the previous checkpoint is intact" if os.path.exists(path) else "there was no earlier copy"
+            raise UserError(f"no space left on device writing {path}; {kept}") from None
         if isinstance(e, OSError) and e.strerror:
             reason = e.strerror
         else:  # torch's own text, without its C++ location ("[enforce fail at inline_container.cc:664] .")
             reason = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", str(e).splitlines()[0])[:120] or "the write failed"
         raise UserError(f"cannot write checkpoint {path}: {reason}") from None
+
+
+def disk_full(error):
+    """Whether a failed torch.save ran out of space: an OSError ENOSPC (or EDQUOT, a quota)
+    in the exception or the one it replaced (torch turns the file's OSError into a RuntimeError,
+    and its close can turn it back), or torch's short-write check, which a full disk trips."""
+    for _ in range(8):  # the chain, bounded
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return True
+        if isinstance(error, RuntimeError) and "unexpected pos" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+        if error is None:
+            return False
+    return False
 
 
 def remove_stale_temp_files(path):

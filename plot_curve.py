@@ -95,9 +95,11 @@ def save_atomically(fig, out):
     try:
         fig.savefig(tmp, format=fmt)
         os.replace(tmp, out)
-    except (OSError, ValueError) as e:  # ValueError: an unknown image format
+    except BaseException as e:  # Ctrl-C too: no half image left behind
         if os.path.exists(tmp):
             os.remove(tmp)
+        if not isinstance(e, (OSError, ValueError)):  # ValueError: an unknown image format
+            raise
         raise UserError(f"cannot write {out}: {getattr(e, 'strerror', None) or e}") from None
 
 

@@ -6,7 +6,6 @@ objectives.py's; distillation (distill.Distillation) plugs in at a few hooks.
 """
 
 import gc
-import json
 import math
 import os
 import signal
@@ -26,6 +25,7 @@ from distill import Distillation, NoDistillation
 from model import ModelConfig, Transformer
 from objectives import OBJECTIVES
 from optim import EMA, lr_factor, make_optimizers
+from run_folder import RunLock, RunLog, cut_log, fresh_run_files, no_run_to_resume
 from train_config import TrainConfig
 
 
@@ -86,6 +86,8 @@ def load_resume_state(mc, tc, explicit_flags):
     """(checkpoint, TrainConfig) of the run in tc.out_dir: its own settings, except the training
     flags this command line sets (e.g. a longer --max_steps)."""
     path = os.path.join(tc.out_dir, "last.pt")
+    if not os.path.exists(path):
+        raise UserError(no_run_to_resume(tc.out_dir))
     ckpt = read_checkpoint(path)
     missing = [k for k in ("optimizer", "step", "train_config", "rng") if k not in ckpt]
     if missing:
@@ -124,6 +126,18 @@ class Trainer:
     def __init__(self, mc, tc, explicit_flags=frozenset()):
         self.rank, self.world, self.device = setup_distributed(tc)
         self.master = self.rank == 0
+        self.lock = RunLock(tc.out_dir, enabled=self.master)  # one process writes the folder
+        self.log_file = None
+        if tc.resume:  # before last.pt is read: a run still going there would overwrite what we continue
+            self.lock.acquire()
+        try:
+            self.build(mc, tc, explicit_flags)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def build(self, mc, tc, explicit_flags):
+        """The model, optimisers, data and state of the run (restored from last.pt with --resume)."""
         torch.manual_seed(tc.seed + self.rank)
         self.bf16 = tc.precision == "bf16" or (tc.precision == "auto" and self.device.type == "cuda")
         torch.backends.cuda.matmul.allow_tf32 = self.bf16  # the plain fp32 path stays plain
@@ -151,7 +165,7 @@ class Trainer:
         self.optimizers = make_optimizers(self.model, tc, fused=self.bf16 and self.device.type == "cuda")
         self.ema = EMA(self.model, tc.ema) if tc.ema else None
         self.step, self.best_val, self.elapsed_before = 0, float("inf"), 0.0
-        self.saved_once = bool(ckpt)  # is there a last.pt to fall back on
+        self.saved_step = ckpt["step"] if ckpt else None  # the step of the last.pt to fall back on
         self.gen = torch.Generator(device=self.device).manual_seed(tc.seed + 1000 * self.rank)  # batches, masks
         self.use_compile = tc.compile == "on" or (tc.compile == "auto" and self.device.type == "cuda")
         self.objective = OBJECTIVES[mc.objective]
@@ -208,7 +222,11 @@ class Trainer:
                         **extra)
 
     def save_last(self):
-        self.saved_once = True
+        """last.pt: the whole state after a whole step. The log is flushed first, so it holds
+        every row up to that step (rows past it, resume cuts)."""
+        self.saved_step, self.saved_at = self.step, time.time()
+        if self.log_file:
+            self.log_file.flush()
         rng = {"cpu": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
         extra = {"ema": {k: v.detach().cpu() for k, v in self.ema.model.state_dict().items()}} if self.ema else {}
@@ -259,7 +277,7 @@ class Trainer:
         return loss.detach()
 
     # --- evaluation and checkpoints ----------------------------------------------
-    def evaluate_and_save(self, log_file):
+    def evaluate_and_save(self):
         t0 = time.time()
         row = {"step": self.step}
         if self.ema:  # the raw weights too, so the EMA's effect is measured in every run
@@ -272,14 +290,13 @@ class Trainer:
         best = self.distill.best_extra(improved)  # None: keep the best.pt there is
         if best is not None:
             self.save("best.pt", val=val, val_se=se, **best)
+        if self.log_file:  # before last.pt (which flushes it): a kill between them leaves a row resume cuts
+            row.update(val=val, val_se=se, time=self.elapsed())
+            self.log_file.write(row)
         self.save_last()
         raw = f" (raw weights {row['val_raw']:.4f})" if self.ema else ""
         self.log(f"eval  {self.step:>6} | {format_eval(val, se, self.mc.causal)}{raw}"
                  f"{' | new best, saved' if improved else ''} | {time.time() - t0:.1f}s")
-        if log_file:
-            row.update(val=val, val_se=se, time=self.elapsed())
-            log_file.write(json.dumps(row) + "\n")
-            log_file.flush()
 
     def progress_line(self, loss, lr_mult, steps, seconds):
         """Progress, with the run's length and ETA from whichever limit ends it."""
@@ -295,17 +312,30 @@ class Trainer:
 
     # --- the loop ----------------------------------------------------------------
     def run(self):
+        """Train to the run's end or a signal, holding the run folder's lock throughout."""
         tc, mc = self.tc, self.mc
-        self.t_start = time.time()
-        self.time_progress = 0.0
-        self.refresh_time_progress()  # a resumed run continues its schedule where it was
-        if self.progress() >= 1:
-            self.log(f"{tc.out_dir}/last.pt: this run already finished at step {self.step} "
-                     f"(raise --max_steps or --time_budget to train on)")
-            return
-        log_file = self.open_log()
-        self.log(self.header())
+        try:
+            self.t_start = time.time()
+            self.time_progress = 0.0
+            self.refresh_time_progress()  # a resumed run continues its schedule where it was
+            if self.progress() >= 1:
+                self.log(f"{tc.out_dir}/last.pt: this run already finished at step {self.step} "
+                         f"(raise --max_steps or --time_budget to train on)")
+                return
+            self.log_file = self.open_log()
+            self.log(self.header())
+            self.train_loop()
+            self.distill.end_rounds(self)  # the last round's student
+        finally:
+            self.lock.release()
+        name = "NLL" if mc.causal else "NELBO"
+        self.log(f"done: {self.step} steps in {format_time(self.elapsed())}; best val {name} "
+                 f"{self.best_val:.4f} nats/char -> {tc.out_dir}/best.pt")
+
+    def train_loop(self):
+        tc = self.tc
         t_last, step_last = time.time(), self.step
+        self.saved_at = time.time()
         loss_sum = torch.zeros((), device=self.device)
         self.model.train()
         # Ctrl-C and schedulers' SIGTERM stop the run at the end of the step in progress, so the
@@ -324,12 +354,14 @@ class Trainer:
                     self.refresh_time_progress()
                 if self.step % tc.log_interval == 0:
                     now = time.time()
-                    self.log_progress(loss_sum, lr_mult, self.step - step_last, now - t_last, log_file)
+                    self.log_progress(loss_sum, lr_mult, self.step - step_last, now - t_last)
                     t_last, step_last = now, self.step
                 if self.step % tc.eval_interval == 0 or self.progress() >= 1:
-                    self.evaluate_and_save(log_file)
+                    self.evaluate_and_save()
                     self.refresh_time_progress()  # a slow evaluation may use up the budget
                     t_last = time.time()  # keep evaluation out of tokens/s
+                elif self.save_due(loss_sum):
+                    self.save_last()
             if stop.requested:
                 self.save_last()  # a whole step: resuming continues bit for bit
                 self.log(f"\ninterrupted at step {self.step}: saved {tc.out_dir}/last.pt "
@@ -339,17 +371,23 @@ class Trainer:
             self.log(f"\nstopped during step {self.step + 1}; {tc.out_dir}/last.pt is the last saved state")
             sys.exit(130)
         except DivergedError as e:
-            saved = f"{tc.out_dir}/last.pt holds the last evaluated step" if self.saved_once else "nothing was saved"
+            saved = "nothing was saved" if self.saved_step is None else \
+                f"{tc.out_dir}/last.pt holds step {self.saved_step}, the last saved"
             raise UserError(f"{e}: the run diverged ({saved}); lower --lr or --muon_lr, or check --grad_clip") from None
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            if log_file:
-                log_file.close()
-        self.distill.end_rounds(self)  # the last round's student
-        name = "NLL" if mc.causal else "NELBO"
-        self.log(f"done: {self.step} steps in {format_time(self.elapsed())}; best val {name} "
-                 f"{self.best_val:.4f} nats/char -> {tc.out_dir}/best.pt")
+            if self.log_file:
+                self.log_file.close()
+                self.log_file = None
+
+    def save_due(self, loss_sum):
+        """Whether to save last.pt between evaluations: every --save_interval seconds (rank 0's
+        clock: only it writes), so a kill -9 loses at most that much; never a state that has
+        diverged (the next progress line reports it, with last.pt the last good state)."""
+        if not (self.master and self.tc.save_interval and time.time() - self.saved_at >= self.tc.save_interval):
+            return False
+        return math.isfinite(loss_sum.item()) and all(bool(p.isfinite().all()) for p in self.model.parameters())
 
     def header(self):
         tc, mc = self.tc, self.mc
@@ -360,9 +398,9 @@ class Trainer:
                 f"{self.tokens_per_step:,} tokens/step | train {len(self.train_ids):,} chars, "
                 f"val {len(self.val_ids):,} chars" + (f" | resuming at step {self.step}" if tc.resume else ""))
 
-    def log_progress(self, loss_sum, lr_mult, steps, seconds, log_file):
+    def log_progress(self, loss_sum, lr_mult, steps, seconds):
         """The progress line and log row for the last `steps` steps (loss_sum: their summed
-        losses, zeroed here); the one host sync of the loop."""
+        losses, zeroed here); the one host sync of the loop (beside save_due's)."""
         if self.world > 1:
             dist.all_reduce(loss_sum)
         loss = loss_sum.item() / (steps * self.world)
@@ -370,32 +408,40 @@ class Trainer:
             raise DivergedError(f"the training loss became {loss} between steps {self.step - steps + 1} "
                                 f"and {self.step}")
         self.log(self.progress_line(loss, lr_mult, steps, seconds))
-        if log_file:
-            log_file.write(json.dumps({"step": self.step, "train_loss": loss, "lr": self.tc.lr * lr_mult,
-                                       "time": self.elapsed()}) + "\n")
+        if self.log_file:
+            self.log_file.write({"step": self.step, "train_loss": loss, "lr": self.tc.lr * lr_mult,
+                                 "time": self.elapsed()})
         loss_sum.zero_()
 
     def open_log(self):
-        """log.jsonl of this run, appended to when resuming. A fresh run refuses a folder that
-        holds another run's files, unless --overwrite, which removes them first."""
+        """log.jsonl (rank 0's), once the folder is locked: on resume, cut back to last.pt's step
+        and appended to; a fresh run starts it anew, where run_folder.fresh_run_files allows
+        (--overwrite removes the run there first)."""
         tc = self.tc
-        run_files = [os.path.join(tc.out_dir, name) for name in ("last.pt", "best.pt", "log.jsonl")]
-        found = [path for path in run_files if os.path.exists(path)]
-        if found and not tc.resume:
-            if not tc.overwrite:
-                raise UserError(f"{tc.out_dir} holds a run ({', '.join(os.path.basename(f) for f in found)}): "
-                                f"continue it with --resume, replace it with --overwrite, or choose another --out_dir")
-            for path in found if self.master else []:
-                os.remove(path)
+        path = os.path.join(tc.out_dir, "log.jsonl")
+        if self.master:
+            try:
+                os.makedirs(tc.out_dir, exist_ok=True)
+            except OSError as e:
+                raise UserError(f"cannot write to --out_dir {tc.out_dir}: {e.strerror}") from None
+            self.lock.acquire()
+            if self.lock.note:
+                self.log(self.lock.note)
+        removed = [] if tc.resume else fresh_run_files(tc.out_dir, tc.overwrite)
+        for old in removed if self.master else []:
+            os.remove(old)
         if self.world > 1:  # every rank has looked before rank 0 writes (else a rank finds its log)
             dist.barrier()
         if not self.master:
             return None
-        try:
-            os.makedirs(tc.out_dir, exist_ok=True)
-            return open(os.path.join(tc.out_dir, "log.jsonl"), "a")
-        except OSError as e:
-            raise UserError(f"cannot write to --out_dir {tc.out_dir}: {e.strerror}") from None
+        if tc.resume:
+            dropped = cut_log(path, self.step)
+            if dropped:
+                self.log(f"{path}: {dropped} line(s) past step {self.step}, written after last.pt was saved, dropped")
+            return RunLog(path, "a")
+        if os.path.exists(path):  # a log without checkpoints: its run saved nothing to continue
+            self.log(f"{path}: the log of a run that saved no checkpoint, replaced")
+        return RunLog(path, "w")
 
 
 class StopRequest:
