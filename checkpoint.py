@@ -11,7 +11,7 @@ from dataclasses import asdict, fields
 
 import torch
 
-from cli import UserError
+from cli import UserError, special_file
 from corpus import ROOT
 from model import ModelConfig, Transformer
 from objectives import OBJECTIVES
@@ -89,6 +89,8 @@ def read_checkpoint(path):
     """Load and validate a checkpoint dict; every failure is one UserError naming the file."""
     if os.path.isdir(path):
         raise UserError(f"checkpoint {path} is a folder: give a .pt file")
+    if special_file(path):
+        raise UserError(f"checkpoint {path} is {special_file(path)}, not a file: give a .pt file")
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
     try:

@@ -178,8 +178,9 @@ def configs_from_args(args):
 
 # The range of every numeric field: (low, high, whether low itself is allowed). NaN and inf
 # are never allowed; the upper bounds are sanity limits (what a laptop or one GPU can hold).
+# A context of one character has nothing to condition on: no prefix to keep, no next character.
 RANGES = {
-    "block_size": (1, 8192, True), "n_layer": (1, 64, True), "n_head": (1, 64, True), "n_embd": (2, 8192, True),
+    "block_size": (2, 8192, True), "n_layer": (1, 64, True), "n_head": (1, 64, True), "n_embd": (2, 8192, True),
     "dropout": (0, 0.99, True), "attn_dropout": (0, 0.99, True), "embd_dropout": (0, 0.99, True),
     "logit_softcap": (0, 1e4, True),
     "batch_size": (1, 65536, True), "max_steps": (1, 10 ** 9, True), "time_budget": (0, 10 ** 6, True),
@@ -229,7 +230,8 @@ def check_config(mc, tc):
         if (tc.t_min, tc.t_max) != (0.0, 1.0) and tc.t_dist != "clipped":
             problems.append("--t_min and --t_max apply to --t_dist clipped only")
         problems += distill_problems(mc, tc)
-        problems += objective_problems(mc, tc)
+        if not (tc.distill_from and mc.objective != "diffusion"):  # else the objective is refused already
+            problems += objective_problems(mc, tc)
     if problems:
         raise UserError("; ".join(problems))
 
@@ -258,7 +260,8 @@ def distill_problems(mc, tc):
         return []
     problems = []
     if mc.objective != "diffusion":
-        problems.append("--distill_from distils a diffusion model: drop --objective ar")
+        problems.append(f"--distill_from distils a diffusion model (the student takes its objective): "
+                        f"drop --objective {mc.objective}")
     if tc.distill_rounds < 1 or tc.distill_round_steps < 1:
         problems.append("--distill_rounds and --distill_round_steps must be >= 1")
     elif not (tc.distill_start_passes >= 2 ** tc.distill_rounds and tc.distill_start_passes % 2 ** tc.distill_rounds == 0):
@@ -278,7 +281,7 @@ def distill_problems(mc, tc):
 def objective_problems(mc, tc):
     """The rules of the objective's own options (OBJECTIVES[...].problems), and --objective
     block's options given to another objective."""
-    if mc.objective != "block":
-        changed = mc.block_len or (tc.block_t_min, tc.block_t_max) != (0.0, 1.0)
-        return ["--block_len, --block_t_min and --block_t_max need --objective block"] if changed else []
-    return OBJECTIVES[mc.objective].problems(mc, tc)
+    problems = OBJECTIVES[mc.objective].problems(mc, tc)
+    if mc.objective != "block" and (mc.block_len or (tc.block_t_min, tc.block_t_max) != (0.0, 1.0)):
+        problems.append("--block_len, --block_t_min and --block_t_max need --objective block")
+    return problems

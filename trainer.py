@@ -91,11 +91,12 @@ def load_resume_state(mc, tc, explicit_flags):
     if missing:
         raise UserError(f"{path} has no training state ({', '.join(missing)} missing): it is a weights-only "
                         f"checkpoint; --resume continues a run from the last.pt that train.py writes")
-    changed = sorted(f.name for f in fields(ModelConfig)
-                     if f.name in explicit_flags and getattr(mc, f.name) != ckpt["config"].get(f.name))
+    changed = [f"--{f.name} {getattr(mc, f.name)} (the run's is {ckpt['config'].get(f.name)})"
+               for f in fields(ModelConfig)
+               if f.name in explicit_flags and getattr(mc, f.name) != ckpt["config"].get(f.name)]
     if changed:
-        raise UserError(f"--resume keeps the run's model: {', '.join('--' + f for f in changed)} differ from "
-                        f"the saved run's; drop them")
+        raise UserError(f"--resume keeps the run's model ({path}): {', '.join(changed)}; drop "
+                        f"{'it' if len(changed) == 1 else 'them'}")
     given = {k: getattr(tc, k) for k in explicit_flags if k in {f.name for f in fields(TrainConfig)}}
     if "optimizer" in given and given["optimizer"] != ckpt["train_config"].get("optimizer"):
         raise UserError(f"--resume keeps the run's optimizer ({ckpt['train_config'].get('optimizer')}); "
