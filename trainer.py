@@ -17,7 +17,7 @@ from dataclasses import asdict, fields, replace
 import torch
 import torch.distributed as dist
 
-from checkpoint import read_checkpoint, save_checkpoint
+from checkpoint import read_checkpoint, respelled, save_checkpoint
 from cli import UserError
 from corpus import ROOT, encode_splits, load_text
 from devices import autocast, pick_device
@@ -26,7 +26,7 @@ from distill import Distillation, NoDistillation
 from model import ModelConfig, Transformer
 from objectives import OBJECTIVES
 from optim import EMA, lr_factor, make_optimizers
-from train_config import TrainConfig
+from train_config import TrainConfig, train_config_problems
 
 
 # -----------------------------------------------------------------------------
@@ -104,7 +104,11 @@ def load_resume_state(mc, tc, explicit_flags):
     given.update(resume=True, out_dir=tc.out_dir, data=tc.data, device=tc.device)
     known = {f.name for f in fields(TrainConfig)}
     saved = {k: v for k, v in ckpt["train_config"].items() if k in known}
-    return ckpt, replace(TrainConfig(**saved), **given)
+    tc = replace(TrainConfig(**saved), **given)
+    problems = train_config_problems(tc)
+    if problems:
+        raise UserError(f"{path}: {respelled(problems, 'train_config.')}")
+    return ckpt, tc
 
 
 def distill_source(path, mc, explicit_flags):
