@@ -191,7 +191,8 @@ def migrate_config(cfg, train_config):
 
 
 def load_model(path, device="cpu"):
-    """Rebuild the model of a checkpoint. Returns (model in eval mode, chars, ckpt)."""
+    """Rebuild the model of a checkpoint. Returns (model in eval mode, chars, ckpt); the model
+    carries the checkpoint's sampler defaults (model.sampler_defaults), which generate honours."""
     ckpt = read_checkpoint(path)
     model = Transformer(ModelConfig(**ckpt["config"]))
     try:
@@ -202,6 +203,7 @@ def load_model(path, device="cpu"):
     bad = next((name for name, w in ckpt["model"].items() if w.is_floating_point() and not w.isfinite().all()), None)
     if bad:  # the checksum only says the bytes are as written: a diverged run's are NaN
         raise UserError(f"{path}: weights {bad} hold NaN or infinite values (a diverged run?)")
+    model.sampler_defaults = {k: v for k, v in ckpt.get("sampler", {}).items() if v is not None}
     return model.to(device).eval(), ckpt["chars"], ckpt
 
 

@@ -133,3 +133,32 @@ def test_a_copied_checkpoint_loads_unchanged(tiny_ckpt, tmp_path):
     """The checks refuse edits, not copies: the same bytes elsewhere load."""
     shutil.copy(tiny_ckpt, tmp_path / "copy.pt")
     assert read_checkpoint(str(tmp_path / "copy.pt"))["chars"] == read_checkpoint(tiny_ckpt)["chars"]
+
+
+@pytest.fixture(scope="module")
+def student(tiny_ckpt, tmp_path_factory):
+    """The tiny model stored as a distilled student is: with a recommended step count of 5."""
+    path = str(tmp_path_factory.mktemp("student") / "student.pt")
+    write_checkpoint({**read_checkpoint(tiny_ckpt), "sampler": {"steps": 5}}, path)
+    return path
+
+
+def test_generate_takes_the_checkpoints_step_count_as_sample_py_does(student, capsys):
+    from checkpoint import load_model
+    from corpus import decode
+    from sampler import SamplerConfig, generate, make_canvas
+    model, chars, _ = load_model(student)
+    assert model.sampler_defaults == {"steps": 5}
+    canvas = make_canvas("KING:", 30, chars, 1, "cpu")
+    out, nfe = generate(model, canvas, SamplerConfig(), seed=0)
+    assert nfe == 5 and generate(model, canvas, seed=0)[1] == 5, "no config: the defaults, with the stored steps"
+    assert generate(model, canvas, SamplerConfig(steps=7), seed=0)[1] == 7, "steps given: they win"
+    assert SamplerConfig.from_options(threshold=0.9).for_model(model).steps is None, "a threshold: no step count"
+    sample.main(["--ckpt", student, "--prompt", "KING:", "--length", "30", "--seed", "0", "--device", "cpu"])
+    assert capsys.readouterr().out == decode(out[0].tolist(), chars) + "\n", "the same text as sample.py"
+
+
+def test_a_model_whose_checkpoint_stores_no_step_count_keeps_the_default(tiny_model):
+    from sampler import SamplerConfig
+    model, _ = tiny_model
+    assert model.sampler_defaults == {} and SamplerConfig().for_model(model) == SamplerConfig()
