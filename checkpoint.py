@@ -6,16 +6,16 @@ written atomically, checksummed, loaded with weights_only=True.
 import errno
 import glob
 import hashlib
+import json
 import os
 import re
 from dataclasses import asdict, fields
 
 import torch
 
-from cli import UserError
+from cli import UserError, special_file
 from corpus import ROOT
 from model import ModelConfig, Transformer
-from objectives import OBJECTIVES
 
 CHECKPOINT_FORMAT = "tiny-diffusion/1"
 DEFAULT_CKPT = os.path.join(ROOT, "weights", "model.pt")  # the shipped diffusion model
@@ -51,6 +51,7 @@ def write_checkpoint(ckpt, path):
     if os.path.isdir(path):
         raise UserError(f"cannot write checkpoint {path}: it is a folder (give a file path)")
     ckpt["checksum"] = weights_checksum(ckpt["model"])
+    ckpt["fields_checksum"] = fields_checksum(ckpt)
     folder = os.path.dirname(os.path.abspath(path))
     tmp = f"{path}.tmp{os.getpid()}"
     try:
@@ -108,6 +109,8 @@ def read_checkpoint(path):
     """Load and validate a checkpoint dict; every failure is one UserError naming the file."""
     if os.path.isdir(path):
         raise UserError(f"checkpoint {path} is a folder: give a .pt file")
+    if special_file(path):
+        raise UserError(f"checkpoint {path} is {special_file(path)}, not a file: give a .pt file")
     if not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
     try:
@@ -117,17 +120,76 @@ def read_checkpoint(path):
                         f"checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a tiny-diffusion checkpoint (expected format {CHECKPOINT_FORMAT})")
-    ckpt["config"] = cfg = migrate_config(ckpt.get("config", {}), ckpt.get("train_config", {}))
+    if not isinstance(ckpt.get("config", {}), dict):
+        raise UserError(f"{path}: config must be a dict of ModelConfig fields, got {ckpt['config']!r}")
+    stored_config = ckpt.get("config", {})
+    ckpt["config"] = cfg = migrate_config(stored_config, ckpt.get("train_config", {}))
     known = {f.name for f in fields(ModelConfig)}
     if set(cfg) - known:
         raise UserError(f"{path}: unknown config fields {sorted(set(cfg) - known)}")
-    if cfg.get("objective") not in OBJECTIVES:
-        raise UserError(f"{path}: unknown objective {cfg.get('objective')!r}")
     if "checksum" in ckpt and weights_checksum(ckpt.get("model", {})) != ckpt["checksum"]:
         raise UserError(f"{path}: the weights do not match their stored checksum (the file is corrupt)")
-    if len(ckpt.get("chars", "")) + 1 != cfg.get("vocab_size"):
-        raise UserError(f"{path}: vocabulary of {len(ckpt.get('chars', ''))} characters does not match vocab_size")
+    check_fields(ckpt, path)
+    check_fields_checksum({**ckpt, "config": stored_config}, path)
     return ckpt
+
+
+def respelled(problems, prefix):
+    """train_config's and the sampler's complaints name flags (--n_head); about a checkpoint
+    they name its fields (config.n_head)."""
+    return "; ".join(re.sub(r"--(\w+)", prefix + r"\1", p) for p in problems)
+
+
+def check_fields(ckpt, path):
+    """Every field read from the checkpoint beside the weights, by the rules of the flags that
+    set it: the model config by train_config's RANGES and rules, the sampler's step count by
+    SamplerConfig's, and a vocabulary of distinct characters that the config's size fits."""
+    from sampler import SamplerConfig  # imported here: both modules import this one
+    from train_config import model_problems
+    problems = model_problems(ckpt["config"])
+    if problems:
+        raise UserError(f"{path}: {respelled(problems, 'config.')}")
+    chars = ckpt.get("chars", "")
+    if not isinstance(chars, str) or not chars:
+        raise UserError(f"{path}: chars must be the vocabulary as a non-empty string, got {chars!r}")
+    twice = next((c for i, c in enumerate(chars) if c in chars[:i]), None)
+    if twice is not None:
+        raise UserError(f"{path}: chars lists {twice!r} twice (each character of the vocabulary has one id)")
+    if len(chars) + 1 != ckpt["config"].get("vocab_size", ModelConfig.vocab_size):
+        raise UserError(f"{path}: vocabulary of {len(chars)} characters does not match config.vocab_size")
+    sampler = ckpt.get("sampler", {})
+    if not isinstance(sampler, dict) or set(sampler) - {"steps"}:
+        raise UserError(f"{path}: sampler must be a dict such as {{'steps': 16}} (the step count a distilled "
+                        f"student was made for), got {sampler!r}")
+    try:
+        SamplerConfig(steps=sampler.get("steps"))
+    except ValueError as e:
+        raise UserError(f"{path}: {respelled([str(e)], 'sampler.')}") from None
+
+
+def fields_checksum(ckpt):
+    """A short sha256 of every config field and of the vocabulary. The weights' checksum does
+    not cover them, and an edited field that the weights still fit loads silently: block_size
+    (the rotary tables are not saved), n_head, the objective, the soft-cap, the vocabulary's
+    order. Changing one on purpose means writing the checkpoint again (write_checkpoint)."""
+    values = {f"config.{k}": v for k, v in ckpt.get("config", {}).items()}
+    values["chars"] = ckpt.get("chars", "")
+    return {k: hashlib.sha256(json.dumps(v, default=repr).encode()).hexdigest()[:16]
+            for k, v in sorted(values.items())}
+
+
+def check_fields_checksum(ckpt, path):
+    """The config and vocabulary as written (ckpt holds the stored config, before migration)."""
+    stored = ckpt.get("fields_checksum")
+    if stored is None:  # written before there was one: its fields are still checked (check_fields)
+        return
+    now = fields_checksum(ckpt)
+    edited = sorted(k for k in set(now) | set(stored) if stored.get(k) != now.get(k)) \
+        if isinstance(stored, dict) else ["fields_checksum"]
+    if edited:
+        raise UserError(f"{path}: {', '.join(edited)} and the weights do not match: edited after the "
+                        f"checkpoint was written (the checksum of its fields differs; to keep an edit, "
+                        f"save it with checkpoint.write_checkpoint)")
 
 
 def migrate_config(cfg, train_config):
@@ -148,7 +210,8 @@ def migrate_config(cfg, train_config):
 
 
 def load_model(path, device="cpu"):
-    """Rebuild the model of a checkpoint. Returns (model in eval mode, chars, ckpt)."""
+    """Rebuild the model of a checkpoint. Returns (model in eval mode, chars, ckpt); the model
+    carries the checkpoint's sampler defaults (model.sampler_defaults), which generate honours."""
     ckpt = read_checkpoint(path)
     model = Transformer(ModelConfig(**ckpt["config"]))
     try:
@@ -159,6 +222,7 @@ def load_model(path, device="cpu"):
     bad = next((name for name, w in ckpt["model"].items() if w.is_floating_point() and not w.isfinite().all()), None)
     if bad:  # the checksum only says the bytes are as written: a diverged run's are NaN
         raise UserError(f"{path}: weights {bad} hold NaN or infinite values (a diverged run?)")
+    model.sampler_defaults = {k: v for k, v in ckpt.get("sampler", {}).items() if v is not None}
     return model.to(device).eval(), ckpt["chars"], ckpt
 
 

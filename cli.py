@@ -6,6 +6,7 @@ dataclass's fields (a field's default is the flag's default, one help line per f
 import argparse
 import os
 import signal
+import stat
 import sys
 import time
 import typing
@@ -35,6 +36,18 @@ def shown(path):
     (data/prepare.py, which runs on its own, has its copy)."""
     rel = os.path.relpath(os.path.abspath(path))
     return path if rel.startswith("..") else rel
+
+
+def special_file(path):
+    """What `path` is, in words, when it exists but is neither a regular file nor a folder (a
+    FIFO, a socket, a device: reading one blocks or yields no checkpoint); None otherwise."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((what for test, what in kinds if test(mode)), None)
 
 
 class UserError(Exception):
@@ -69,8 +82,8 @@ def add_config_flags(parser, cls, helps, choices=None, bare=None, defaults=None)
         default = defaults.get(f.name, f.default)
         text = helps[f.name] + ("" if default is None else f" (default {default})")
         kind = field_type(f)
-        if kind is bool:  # --flag / --no-flag
-            parser.add_argument(dashed, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        if kind is bool:  # --flag / --no-flag, in both spellings as every other flag
+            parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
             continue
         extra = {"nargs": "?", "const": bare[f.name]} if f.name in bare else {}
         metavar = None if f.name in choices else f.name.upper()  # argparse then lists the choices

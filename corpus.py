@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from cli import UserError
+from cli import UserError, special_file
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MASK_GLYPH = "_"  # how a masked position is written in prompts and shown on screen
@@ -21,6 +21,8 @@ def load_text(path):
     """The training text as a str; every problem is one UserError."""
     if os.path.isdir(path):
         raise UserError(f"--data {path} is a folder: give the text file")
+    if special_file(path):
+        raise UserError(f"--data {path} is {special_file(path)}, not a file: give the text file")
     if not os.path.isfile(path):
         raise UserError(f"data file not found: {path} (run: python data/prepare.py)")
     try:

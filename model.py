@@ -201,6 +201,9 @@ class Transformer(nn.Module):
         # (1, T, 1, D/2) so it broadcasts over batch and heads; not saved in checkpoints
         self.register_buffer("cos", angles.cos()[None, :, None, :], persistent=False)
         self.register_buffer("sin", angles.sin()[None, :, None, :], persistent=False)
+        # what its checkpoint recommends to the sampler ({"steps": N}: a distilled student's passes);
+        # set by checkpoint.load_model, read by sampler.SamplerConfig.for_model
+        self.sampler_defaults = {}
         self.reset_parameters()
 
     def reset_parameters(self):

@@ -43,6 +43,14 @@ def block_problems(mc, tc):
     return problems
 
 
+def mixed_problems(mc, tc):
+    # ar_and_diffusion keeps one row of each kind: a batch of one has no AR row (a NaN loss)
+    if tc.batch_size < 2:
+        return [f"--objective mixed needs --batch_size >= 2 (each batch trains at least one row AR-style and "
+                f"one by diffusion), got {tc.batch_size}"]
+    return []
+
+
 @dataclass(frozen=True)
 class Objective:
     loss: Callable             # (model, x, mc, tc, generator) -> the batch's scalar loss
@@ -56,6 +64,6 @@ class Objective:
 OBJECTIVES = {
     "diffusion": Objective(masked_diffusion, distillable=True),
     "ar": Objective(next_character, extra_len=1, causal=True),
-    "mixed": Objective(ar_and_diffusion, extra_len=1, one_process=True, distillable=True),
+    "mixed": Objective(ar_and_diffusion, extra_len=1, problems=mixed_problems, one_process=True, distillable=True),
     "block": Objective(block_diffusion, problems=block_problems),
 }

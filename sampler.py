@@ -17,6 +17,10 @@ from its fields. From Python:
     from sampler import SamplerConfig, generate
     canvas, nfe = generate(model, canvas, SamplerConfig(), seed=0)     # what sample.py writes
     generate(model, canvas, SamplerConfig.from_options(threshold=0.9), seed=0)
+
+A model from checkpoint.load_model carries its checkpoint's step count, if it stores one (a
+distilled student's): a config without steps or a threshold takes it (SamplerConfig.for_model),
+in generate as in sample.py.
 """
 
 import math
@@ -74,6 +78,15 @@ class SamplerConfig:
         if "threshold" in given:
             given = {"order": "confidence", "remask": 0.0, **given}
         return cls(**given)
+
+    def for_model(self, model):
+        """This config with the step count the model's checkpoint stores (a distilled student's,
+        model.sampler_defaults), unless it sets steps or a threshold: what generate runs, and
+        what sample.py runs without --steps or --threshold."""
+        steps = getattr(model, "sampler_defaults", {}).get("steps")
+        if steps is None or self.steps is not None or self.threshold is not None:
+            return self
+        return replace(self, steps=steps)
 
     def __post_init__(self):
         check_options(self)
@@ -297,6 +310,7 @@ def plan_generation(model, canvas, config, seed):
     """The host's part of generation, done before any step: the blocks and their step counts
     (on the device), the prior. After it, the steps only queue device work, which is what
     lets `generate` capture them whole as a CUDA graph."""
+    config = config.for_model(model)  # one rule for every path to the steps: plain, stepwise, CUDA graph
     remask_by = config.remask_by if config.remask else "prob"  # nothing re-opened: no ranking (nor prior pass)
     prior = char_prior(model, config.precision) if remask_by == "pmi" else None
     if canvas.dim() != 2 or canvas.is_floating_point():
@@ -477,6 +491,7 @@ def generate_graphed(model, canvas, config, seed=0):
     the capture."""
     if canvas.device.type != "cuda":
         raise ValueError(f"--cuda-graph needs a CUDA device, not {canvas.device.type}")
+    config = config.for_model(model)  # the graph's key: the config that runs
     masked_cols = tuple((canvas[0] == model.config.mask_id).nonzero().flatten().tolist())
     graphs = GRAPHS.setdefault(model, {})
     key = (tuple(canvas.shape), masked_cols, config)
@@ -551,22 +566,16 @@ def make_canvas(prompt, length, chars, num_samples, device):
 def load_for_sampling(args, config):
     """(device, diffusion model, vocabulary, config) for the sampling CLIs. A checkpoint may
     carry the step count it was made for (ckpt["sampler"]["steps"]: a distilled student's);
-    the config takes it when the command line gives neither --steps nor --threshold."""
+    the config takes it when the command line gives neither --steps nor --threshold
+    (SamplerConfig.for_model, which generate applies as well)."""
     device = pick_device(args.device)
     if config.cuda_graph and device.type != "cuda":
         raise UserError(f"--cuda-graph needs a CUDA device; this run is on {device.type}")
-    model, chars, ckpt = load_model_of_kind(args.ckpt, device, causal=False)
-    config = with_checkpoint_steps(config, args, ckpt)
+    model, chars, _ = load_model_of_kind(args.ckpt, device, causal=False)
+    config = config.for_model(model)  # generate would too: the config returned is the one that runs
     try:
         check_for_model(model, config)
     except ValueError as e:
         raise UserError(f"{shown(args.ckpt)}: {e}") from None
     return device, model, chars, config
 
-
-def with_checkpoint_steps(config, args, ckpt):
-    """config with the checkpoint's recommended step count, unless --steps or --threshold was given."""
-    steps = ckpt.get("sampler", {}).get("steps")
-    if steps is None or getattr(args, "steps", None) is not None or getattr(args, "threshold", None) is not None:
-        return config
-    return replace(config, steps=steps)

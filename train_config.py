@@ -5,9 +5,9 @@ a bad command line fails before anything is built.
 """
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
-from cli import UserError, add_config_flags
+from cli import UserError, add_config_flags, field_type
 from corpus import DATA_DEFAULT
 from diffusion import LOSS_WEIGHTS, T_DISTS
 from distill import DISTILL_ORDERS, DIVERGENCES
@@ -181,8 +181,9 @@ def configs_from_args(args):
 
 # The range of every numeric field: (low, high, whether low itself is allowed). NaN and inf
 # are never allowed; the upper bounds are sanity limits (what a laptop or one GPU can hold).
+# A context of one character has nothing to condition on: no prefix to keep, no next character.
 RANGES = {
-    "block_size": (1, 8192, True), "n_layer": (1, 64, True), "n_head": (1, 64, True), "n_embd": (2, 8192, True),
+    "block_size": (2, 8192, True), "n_layer": (1, 64, True), "n_head": (1, 64, True), "n_embd": (2, 8192, True),
     "dropout": (0, 0.99, True), "attn_dropout": (0, 0.99, True), "embd_dropout": (0, 0.99, True),
     "logit_softcap": (0, 1e4, True),
     "batch_size": (1, 65536, True), "max_steps": (1, 10 ** 9, True), "time_budget": (0, 10 ** 6, True),
@@ -210,16 +211,63 @@ def range_problem(name, value, low, high, low_ok):
     return None
 
 
+def value_problems(values):
+    """The RANGES and CHOICES complaints about {field: value} (fields with neither pass)."""
+    problems = [range_problem(name, value, *RANGES[name]) for name, value in values.items() if name in RANGES]
+    problems += [f"--{name} must be one of {', '.join(CHOICES[name])}, got {value!r}"
+                 for name, value in values.items() if name in CHOICES and value not in CHOICES[name]]
+    return [p for p in problems if p]
+
+
+def model_rules(mc):
+    """The rules between a ModelConfig's fields (each in range), beside its objective's."""
+    if mc.n_embd % mc.n_head or (mc.n_embd // mc.n_head) % 2:
+        return ["--n_embd / --n_head must be an even integer (rotary embeddings)"]
+    return []
+
+
+def model_problems(cfg):
+    """What is wrong with a model config read from a checkpoint ({field: value}), spelled as
+    the flags: each field's type (the flags' parser sees to it on the command line), then the
+    flags' own RANGES and CHOICES, then the rules between the fields; [] if train.py could
+    have made it. The vocabulary size is the checkpoint's vocabulary's, checked there."""
+    kinds = {f.name: field_type(f) for f in fields(ModelConfig)}
+    problems = [type_problem(name, value, kinds[name]) for name, value in cfg.items() if name in kinds]
+    problems = [p for p in problems if p] or value_problems(cfg)
+    if problems:
+        return problems
+    mc = ModelConfig(**cfg)
+    return model_rules(mc) + objective_problems(mc, TrainConfig())
+
+
+def train_config_problems(tc):
+    """The type and range complaints about a TrainConfig read back from a run's last.pt (--resume),
+    by the flags' table; the rules between fields were checked when the run started."""
+    kinds = {f.name: field_type(f) for f in fields(TrainConfig)}
+    problems = [type_problem(name, getattr(tc, name), kind) for name, kind in kinds.items()]
+    return [p for p in problems if p] or value_problems(asdict(tc))
+
+
+def type_problem(name, value, kind):
+    """A complaint about a value that is not of its field's type (an int field takes no float
+    or bool; a float field takes an int), or None."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int and not (is_number and isinstance(value, int)):
+        return f"--{name} must be an integer, got {value!r}"
+    if kind is float and not is_number:
+        return f"--{name} must be a number, got {value!r}"
+    if kind is str and not isinstance(value, str):
+        return f"--{name} must be a string, got {value!r}"
+    if kind is bool and not isinstance(value, bool):
+        return f"--{name} must be true or false, got {value!r}"
+    return None
+
+
 def check_config(mc, tc):
     """Every field's range and the rules between fields; all problems in one UserError."""
-    problems = [range_problem(name, getattr(tc, name, getattr(mc, name, None)), *limits)
-                for name, limits in RANGES.items()]
-    problems += [f"--{name} must be one of {', '.join(allowed)}, got {getattr(tc, name, getattr(mc, name, None))!r}"
-                 for name, allowed in CHOICES.items() if getattr(tc, name, getattr(mc, name, None)) not in allowed]
-    problems = [p for p in problems if p]
+    problems = value_problems({**asdict(mc), **asdict(tc)})
     if not problems:  # the rules between fields, once every field is in range
-        if mc.n_embd % mc.n_head or (mc.n_embd // mc.n_head) % 2:
-            problems.append("--n_embd / --n_head must be an even integer (rotary embeddings)")
+        problems += model_rules(mc)
         if tc.prefix_prob + tc.block_prob > 1:
             problems.append("--prefix_prob + --block_prob must be <= 1")
         if tc.eval_context >= mc.block_size:
@@ -232,7 +280,8 @@ def check_config(mc, tc):
         if (tc.t_min, tc.t_max) != (0.0, 1.0) and tc.t_dist != "clipped":
             problems.append("--t_min and --t_max apply to --t_dist clipped only")
         problems += distill_problems(mc, tc)
-        problems += objective_problems(mc, tc)
+        if not (tc.distill_from and mc.objective != "diffusion"):  # else the objective is refused already
+            problems += objective_problems(mc, tc)
     if problems:
         raise UserError("; ".join(problems))
 
@@ -261,7 +310,8 @@ def distill_problems(mc, tc):
         return []
     problems = []
     if mc.objective != "diffusion":
-        problems.append("--distill_from distils a diffusion model: drop --objective ar")
+        problems.append(f"--distill_from distils a diffusion model (the student takes its objective): "
+                        f"drop --objective {mc.objective}")
     if tc.distill_rounds < 1 or tc.distill_round_steps < 1:
         problems.append("--distill_rounds and --distill_round_steps must be >= 1")
     elif not (tc.distill_start_passes >= 2 ** tc.distill_rounds and tc.distill_start_passes % 2 ** tc.distill_rounds == 0):
@@ -281,7 +331,7 @@ def distill_problems(mc, tc):
 def objective_problems(mc, tc):
     """The rules of the objective's own options (OBJECTIVES[...].problems), and --objective
     block's options given to another objective."""
-    if mc.objective != "block":
-        changed = mc.block_len or (tc.block_t_min, tc.block_t_max) != (0.0, 1.0)
-        return ["--block_len, --block_t_min and --block_t_max need --objective block"] if changed else []
-    return OBJECTIVES[mc.objective].problems(mc, tc)
+    problems = OBJECTIVES[mc.objective].problems(mc, tc)
+    if mc.objective != "block" and (mc.block_len or (tc.block_t_min, tc.block_t_max) != (0.0, 1.0)):
+        problems.append("--block_len, --block_t_min and --block_t_max need --objective block")
+    return problems

@@ -16,7 +16,7 @@ from dataclasses import asdict, fields, replace
 import torch
 import torch.distributed as dist
 
-from checkpoint import read_checkpoint, save_checkpoint
+from checkpoint import read_checkpoint, respelled, save_checkpoint
 from cli import UserError
 from corpus import ROOT, encode_splits, load_text
 from devices import autocast, pick_device
@@ -26,7 +26,7 @@ from model import ModelConfig, Transformer
 from objectives import OBJECTIVES
 from optim import EMA, lr_factor, make_optimizers
 from run_folder import RunLock, RunLog, cut_log, fresh_run_files, no_run_to_resume
-from train_config import TrainConfig
+from train_config import TrainConfig, train_config_problems
 
 
 # -----------------------------------------------------------------------------
@@ -93,11 +93,12 @@ def load_resume_state(mc, tc, explicit_flags):
     if missing:
         raise UserError(f"{path} has no training state ({', '.join(missing)} missing): it is a weights-only "
                         f"checkpoint; --resume continues a run from the last.pt that train.py writes")
-    changed = sorted(f.name for f in fields(ModelConfig)
-                     if f.name in explicit_flags and getattr(mc, f.name) != ckpt["config"].get(f.name))
+    changed = [f"--{f.name} {getattr(mc, f.name)} (the run's is {ckpt['config'].get(f.name)})"
+               for f in fields(ModelConfig)
+               if f.name in explicit_flags and getattr(mc, f.name) != ckpt["config"].get(f.name)]
     if changed:
-        raise UserError(f"--resume keeps the run's model: {', '.join('--' + f for f in changed)} differ from "
-                        f"the saved run's; drop them")
+        raise UserError(f"--resume keeps the run's model ({path}): {', '.join(changed)}; drop "
+                        f"{'it' if len(changed) == 1 else 'them'}")
     given = {k: getattr(tc, k) for k in explicit_flags if k in {f.name for f in fields(TrainConfig)}}
     if "optimizer" in given and given["optimizer"] != ckpt["train_config"].get("optimizer"):
         raise UserError(f"--resume keeps the run's optimizer ({ckpt['train_config'].get('optimizer')}); "
@@ -105,7 +106,11 @@ def load_resume_state(mc, tc, explicit_flags):
     given.update(resume=True, out_dir=tc.out_dir, data=tc.data, device=tc.device)
     known = {f.name for f in fields(TrainConfig)}
     saved = {k: v for k, v in ckpt["train_config"].items() if k in known}
-    return ckpt, replace(TrainConfig(**saved), **given)
+    tc = replace(TrainConfig(**saved), **given)
+    problems = train_config_problems(tc)
+    if problems:
+        raise UserError(f"{path}: {respelled(problems, 'train_config.')}")
+    return ckpt, tc
 
 
 def distill_source(path, mc, explicit_flags):

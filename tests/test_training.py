@@ -365,7 +365,8 @@ def test_stale_temp_files_of_dead_processes_are_removed_at_the_next_save(tmp_pat
     stale.write_bytes(b"x" * 1000)
     mine = tmp_path / f"best.pt.tmp{os.getppid()}"  # a live process's temp file stays
     mine.write_bytes(b"y")
-    save_checkpoint(str(tmp_path / "best.pt"), Transformer(ModelConfig(n_layer=1, n_embd=16, n_head=2)), "ab" * 32 + "c")
+    save_checkpoint(str(tmp_path / "best.pt"), Transformer(ModelConfig(n_layer=1, n_embd=16, n_head=2)),
+                    "".join(map(chr, range(33, 98))))  # 65 distinct characters: a duplicate is refused
     assert not stale.exists() and mine.exists()
     assert read_checkpoint(str(tmp_path / "best.pt"))["checksum"]
 

@@ -1,0 +1,164 @@
+"""Every field read from a checkpoint goes through the flags' rules (issue 31): hand-made
+checkpoints are one line naming the file and the field, never a traceback or a silent load."""
+
+import os
+import shutil
+
+import pytest
+import torch
+
+import sample
+import train
+from checkpoint import fields_checksum, read_checkpoint, write_checkpoint
+from cli import UserError
+from conftest import TINY
+
+
+def hand_edited(tiny_ckpt, tmp_path, edit):
+    """The tiny checkpoint edited by `edit(ckpt)` and saved with plain torch.save, as by hand
+    (the weights' checksum untouched, the fields' checksum as written)."""
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    edit(ckpt)
+    path = tmp_path / "edited.pt"
+    torch.save(ckpt, path)
+    return str(path)
+
+
+def sample_error(capsys, argv):
+    with pytest.raises(SystemExit) as stop:
+        sample.main(argv)
+    message = str(stop.value.code)
+    assert message.startswith("sample.py: error: ") and "\n" not in message, message
+    assert "Traceback" not in capsys.readouterr().err
+    return message
+
+
+def swap_two(chars):
+    return chars[1] + chars[0] + chars[2:]
+
+
+EDITS = {
+    "n_head 0": (lambda c: c["config"].update(n_head=0), "config.n_head must be in [1, 64], got 0"),
+    "block_size abc": (lambda c: c["config"].update(block_size="abc"), "config.block_size must be an integer, got 'abc'"),
+    "block_size float": (lambda c: c["config"].update(block_size=32.0), "config.block_size must be an integer"),
+    "n_embd odd head": (lambda c: c["config"].update(n_embd=66), "config.n_embd / config.n_head must be an even"),
+    "objective": (lambda c: c["config"].update(objective="gan"), "config.objective must be one of"),
+    "block_len": (lambda c: c["config"].update(objective="block", block_len=5), "config.block_len must divide"),
+    # in range, and the weights fit (the rotary tables are not saved): the fields' checksum tells
+    "block_size smaller": (lambda c: c["config"].update(block_size=16), "config.block_size and the weights do not match"),
+    "block_size larger": (lambda c: c["config"].update(block_size=64), "config.block_size and the weights do not match"),
+    "n_head in range": (lambda c: c["config"].update(n_head=1), "config.n_head and the weights do not match"),
+    "softcap": (lambda c: c["config"].update(logit_softcap=3.0), "config.logit_softcap and the weights do not match"),
+    "vocabulary order": (lambda c: c.update(chars=swap_two(c["chars"])), "chars and the weights do not match"),
+    "duplicated character": (lambda c: c.update(chars=c["chars"][:-1] + c["chars"][0]), "chars lists '\\n' twice"),
+    "added duplicate": (lambda c: c.update(chars=c["chars"] + "a"), "chars lists 'a' twice"),
+    "no chars": (lambda c: c.update(chars=""), "chars must be the vocabulary as a non-empty string"),
+    "config not a dict": (lambda c: c.update(config="abc"), "config must be a dict"),
+    "sampler steps -1": (lambda c: c.update(sampler={"steps": -1}), "sampler.steps must be an integer >= 1, got -1"),
+    "sampler steps abc": (lambda c: c.update(sampler={"steps": "abc"}), "sampler.steps must be an integer >= 1"),
+    "sampler abc": (lambda c: c.update(sampler="abc"), "sampler must be a dict such as {'steps': 16}"),
+    "sampler unknown field": (lambda c: c.update(sampler={"stpes": 4}), "sampler must be a dict"),
+}
+
+
+@pytest.mark.parametrize("name", EDITS)
+def test_a_hand_edited_field_is_one_line_naming_the_file_and_the_field(tiny_ckpt, tmp_path, capsys, name):
+    edit, needle = EDITS[name]
+    path = hand_edited(tiny_ckpt, tmp_path, edit)
+    with pytest.raises(UserError) as error:
+        read_checkpoint(path)  # the Python API (load_model, evaluate, --resume, --distill_from) reads it so
+    assert str(error.value).startswith(f"{path}: ") and needle in str(error.value)
+    message = sample_error(capsys, ["--ckpt", path, "--device", "cpu", "--seed", "0"])
+    assert needle in message and path in message
+
+
+def test_a_field_changed_on_purpose_and_saved_again_loads(tiny_ckpt, tmp_path):
+    ckpt = read_checkpoint(tiny_ckpt)
+    ckpt["config"]["block_size"] = 16
+    write_checkpoint(ckpt, str(tmp_path / "short.pt"))  # re-stamps both checksums
+    assert read_checkpoint(str(tmp_path / "short.pt"))["config"]["block_size"] == 16
+
+
+def test_the_fields_checksum_covers_the_config_and_the_vocabulary_but_not_the_weights(tiny_ckpt):
+    ckpt = read_checkpoint(tiny_ckpt)
+    assert ckpt["fields_checksum"] == fields_checksum(ckpt)
+    assert set(ckpt["fields_checksum"]) == {"chars"} | {f"config.{k}" for k in ckpt["config"]}
+    assert fields_checksum({**ckpt, "model": {}}) == ckpt["fields_checksum"]
+
+
+def test_a_checkpoint_without_a_fields_checksum_still_has_its_fields_checked(tiny_ckpt, tmp_path):
+    """Checkpoints written before the fields' checksum load as before, their ranges checked."""
+    path = hand_edited(tiny_ckpt, tmp_path, lambda c: c.pop("fields_checksum"))
+    assert read_checkpoint(path)["config"]["n_head"] == 2
+    path = hand_edited(tiny_ckpt, tmp_path, lambda c: (c.pop("fields_checksum"), c["config"].update(n_head=0)))
+    with pytest.raises(UserError, match="config.n_head must be in"):
+        read_checkpoint(path)
+
+
+def test_a_fifo_as_ckpt_says_what_it_is(tmp_path, capsys):
+    fifo = tmp_path / "pipe.pt"
+    os.mkfifo(fifo)
+    message = sample_error(capsys, ["--ckpt", str(fifo), "--device", "cpu"])
+    assert "is a FIFO (named pipe), not a file" in message and "not found" not in message
+
+
+@pytest.mark.parametrize("edit, needle", [({"log_interval": "abc"}, "train_config.log_interval must be an integer, "
+                                                                      "got 'abc'"),
+                                           ({"grad_clip": -1.0}, "train_config.grad_clip must be in (0, 1000000.0]"),
+                                           ({"optimizer": "sgd"}, "train_config.optimizer must be one of adamw, muon")])
+def test_resume_checks_the_stored_training_config_by_the_flags_table(tiny_run, tmp_path, data_path, capsys,
+                                                                     edit, needle):
+    out = tmp_path / "run"
+    out.mkdir()
+    ckpt = torch.load(os.path.join(tiny_run, "last.pt"), weights_only=True)
+    ckpt["train_config"].update(edit)  # fields TINY does not give (a flag given replaces the stored value)
+    torch.save(ckpt, out / "last.pt")
+    with pytest.raises(SystemExit) as stop:
+        train.main(TINY + ["--data", data_path, "--out_dir", str(out), "--resume", "--max_steps", "900"])
+    message = str(stop.value.code)
+    assert str(out / "last.pt") in message and needle in message, message
+    assert "Traceback" not in capsys.readouterr().err and sorted(os.listdir(out)) == ["last.pt"]
+
+
+def test_distill_from_a_hand_edited_teacher_names_the_field(tiny_ckpt, tmp_path, data_path, capsys):
+    teacher = hand_edited(tiny_ckpt, tmp_path, lambda c: c["config"].update(block_size=64))
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--distill_from", teacher, "--data", data_path, "--out_dir", str(tmp_path / "d"),
+                    "--device", "cpu", "--distill_round_steps", "1"])
+    assert f"{teacher}: config.block_size and the weights do not match" in str(stop.value.code)
+    assert not os.path.exists(tmp_path / "d")
+
+
+def test_a_copied_checkpoint_loads_unchanged(tiny_ckpt, tmp_path):
+    """The checks refuse edits, not copies: the same bytes elsewhere load."""
+    shutil.copy(tiny_ckpt, tmp_path / "copy.pt")
+    assert read_checkpoint(str(tmp_path / "copy.pt"))["chars"] == read_checkpoint(tiny_ckpt)["chars"]
+
+
+@pytest.fixture(scope="module")
+def student(tiny_ckpt, tmp_path_factory):
+    """The tiny model stored as a distilled student is: with a recommended step count of 5."""
+    path = str(tmp_path_factory.mktemp("student") / "student.pt")
+    write_checkpoint({**read_checkpoint(tiny_ckpt), "sampler": {"steps": 5}}, path)
+    return path
+
+
+def test_generate_takes_the_checkpoints_step_count_as_sample_py_does(student, capsys):
+    from checkpoint import load_model
+    from corpus import decode
+    from sampler import SamplerConfig, generate, make_canvas
+    model, chars, _ = load_model(student)
+    assert model.sampler_defaults == {"steps": 5}
+    canvas = make_canvas("KING:", 30, chars, 1, "cpu")
+    out, nfe = generate(model, canvas, SamplerConfig(), seed=0)
+    assert nfe == 5 and generate(model, canvas, seed=0)[1] == 5, "no config: the defaults, with the stored steps"
+    assert generate(model, canvas, SamplerConfig(steps=7), seed=0)[1] == 7, "steps given: they win"
+    assert SamplerConfig.from_options(threshold=0.9).for_model(model).steps is None, "a threshold: no step count"
+    sample.main(["--ckpt", student, "--prompt", "KING:", "--length", "30", "--seed", "0", "--device", "cpu"])
+    assert capsys.readouterr().out == decode(out[0].tolist(), chars) + "\n", "the same text as sample.py"
+
+
+def test_a_model_whose_checkpoint_stores_no_step_count_keeps_the_default(tiny_model):
+    from sampler import SamplerConfig
+    model, _ = tiny_model
+    assert model.sampler_defaults == {} and SamplerConfig().for_model(model) == SamplerConfig()
