@@ -4,6 +4,7 @@ Score generated text against real held-out text, for several sampler settings at
     python quality.py                                  # the default grid, 32 prompts
     python quality.py --prompts 64 --settings steps=256 steps=64 threshold=0.9,temperature=1.0
     python quality.py --prompts 64 --seeds 0,1,2 --jsonl out/grid.jsonl   # mean ± standard error
+    python quality.py --frontier out/grid*.jsonl --out assets/frontier.png  # best per pass count
 
 Every prompt is the first --prompt-chars characters of a window of the validation split
 (never seen in training); the model writes the rest of the window. Each row reports:
@@ -189,7 +190,104 @@ def timed_generations(model, real, P, config, seeds, sample=generate):
     return outs, seconds, nfe
 
 
+def frontier_rows(paths):
+    """{passes: (best row, rows at that count)} from --jsonl files: the best is the setting with
+    the most real words among those whose diversity (entropy, distinct bigrams) is in band, so
+    that repeating a few safe words cannot win, and of those in band on every column if any
+    are (more real words than real text, at too low an AR NLL, is too safe); None where no
+    setting keeps its diversity."""
+    by_nfe, real = {}, None
+    for path in paths:
+        try:
+            with open(path) as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+        except (OSError, ValueError) as e:
+            raise UserError(f"--frontier {path}: {getattr(e, 'strerror', None) or e}") from None
+        for r in rows:
+            if not isinstance(r, dict) or "mean" not in r:
+                raise UserError(f"--frontier {path}: not a quality.py --jsonl file")
+            if r["setting"] == "real validation text":
+                real = r
+            elif not r["setting"].startswith("ar"):
+                by_nfe.setdefault(r["nfe"], []).append(r)
+    if real is None or not by_nfe:
+        raise UserError("--frontier: no real-text row or no diffusion settings in " + ", ".join(paths))
+    frontier = {}
+    for nfe, rows in sorted(by_nfe.items()):
+        diverse = [r for r in rows if not {"entropy", "distinct"} & set(r["outside_band"])]
+        frontier[nfe] = (max(diverse, key=lambda r: (not r["outside_band"], r["mean"]["words"])) if diverse else None, rows)
+    return frontier, real
+
+
+def frontier_report(argv):
+    """The best setting per pass count (frontier_rows) as a table, and words % and entropy
+    against passes as a PNG, real text's band drawn."""
+    p = ArgumentParser(prog="quality.py --frontier", description="the quality-vs-passes frontier of quality.py grids")
+    p.add_argument("--frontier", nargs="+", required=True, help="JSONL files written by quality.py --jsonl")
+    p.add_argument("--out", default="assets/frontier.png", help="PNG to write (default %(default)s)")
+    args = p.parse_args(argv)
+    try:
+        if not args.out.endswith(".png") or not os.path.isdir(os.path.dirname(args.out) or "."):
+            raise UserError(f"--out must be a .png in an existing folder, got {args.out!r}")
+        frontier, real = frontier_rows(args.frontier)
+    except UserError as e:
+        sys.exit(f"quality.py: error: {e}")
+    print("| passes | best setting | words % | distinct % | entropy (bits) | AR NLL | outside the band | settings |")
+    print("|---|---|---|---|---|---|---|---|")
+    for nfe, (best, rows) in frontier.items():
+        if best is None:
+            print(f"| {nfe} | none keeps entropy and distinct in band | | | | | | {len(rows)} |")
+            continue
+        m, se = best["mean"], best["se"]
+        print(f"| {nfe} | {best['setting']} | {100 * m['words']:.1f} ± {100 * se['words']:.1f} | "
+              f"{100 * m['distinct']:.1f} | {m['entropy']:.3f} ± {se['entropy']:.3f} | {m['ar_nll']:.3f} | "
+              f"{', '.join(best['outside_band']) or 'in band'} | {len(rows)} |")
+    plot_frontier(frontier, real, args.out)
+    print(f"wrote {args.out}")
+
+
+def plot_frontier(frontier, real, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    points = [(n, b) for n, (b, _) in frontier.items() if b is not None]
+    fig, (words, entropy) = plt.subplots(1, 2, figsize=(10, 4))
+    passes = [n for n, _ in points]
+    words.errorbar(passes, [100 * b["mean"]["words"] for _, b in points],
+                   yerr=[100 * b["se"]["words"] for _, b in points], marker="o", label="best setting")
+    words.axhline(100 * BAND_WORDS, color="gray", ls="--", label=f"band: ≥ {100 * BAND_WORDS:.0f}%")
+    words.axhline(100 * real["mean"]["words"], color="green", ls=":", label="real text")
+    words.set(xlabel="forward passes", ylabel="real words %", title="Real words against passes")
+    e = real["mean"]["entropy"]
+    entropy.errorbar(passes, [b["mean"]["entropy"] for _, b in points],
+                     yerr=[b["se"]["entropy"] for _, b in points], marker="o", label="best setting")
+    entropy.axhspan(e - BAND_ENTROPY, e + BAND_ENTROPY, color="gray", alpha=0.2, label="band")
+    entropy.axhline(e, color="green", ls=":", label="real text")
+    entropy.set(xlabel="forward passes", ylabel="character entropy (bits)", title="Entropy of the best setting")
+    for ax in (words, entropy):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(passes, [str(n) for n in passes])
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_png(fig, out)
+
+
+def save_png(fig, out):
+    """Write the figure through a temporary file: a failed write leaves no partial PNG."""
+    tmp = out + ".tmp.png"
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, out)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        sys.exit(f"quality.py: error: cannot write {out}: {e.strerror}")
+
+
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--frontier" in argv:
+        return frontier_report(argv)
     args = quality_parser().parse_args(argv)
     try:
         seeds = parse_seeds(args.seeds)
