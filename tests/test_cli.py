@@ -99,7 +99,7 @@ def test_train_bad_input_is_one_line(tmp_path, data_path):
     assert_one_line_error(run_script("train.py", "--n_embd", "100", "--n_head", "3"), "n_head")
     assert_one_line_error(run_script("train.py", "--eval-only"), "unrecognized arguments")  # evaluate.py's job
     assert_one_line_error(run_script("train.py", "--resume", "--out_dir", tmp_path, "--data", data_path),
-                          "not found", "last.pt")
+                          "no run in", "last.pt")
     assert_one_line_error(run_script("train.py", "--device", "cuda:3", "--data", data_path), "not available")
     assert_one_line_error(run_script("train.py", "--time_budget", "-1"), "--time_budget")
     assert_one_line_error(run_script("train.py", "--lr", "nan"), "--lr")
