@@ -53,10 +53,20 @@ EXACT = TINY + ["--max_steps", "30", "--eval_interval", "15", "--log_interval", 
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory, data_path):
+def small_data(tmp_path_factory, data_path):
+    """The first 100k characters: each evaluation here scores 10k, not 111k (these tests
+    need evaluations to happen, not to be good)."""
+    path = tmp_path_factory.mktemp("data") / "small.txt"
+    with open(data_path) as f:
+        path.write_text(f.read(100_000))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, small_data):
     """EXACT's 30 steps straight through, no time-based save: what the other runs must match."""
     out = tmp_path_factory.mktemp("straight")
-    train.main(EXACT + ["--data", data_path, "--out_dir", str(out), "--save_interval", "0"])
+    train.main(EXACT + ["--data", small_data, "--out_dir", str(out), "--save_interval", "0"])
     return out
 
 
@@ -72,10 +82,10 @@ def same_state(a_dir, b_dir):
 # -----------------------------------------------------------------------------
 # The lock, and a kill -9 before the first save
 
-def test_a_live_run_locks_its_folder_and_a_kill_9_before_the_first_save_is_no_dead_end(tmp_path, data_path,
+def test_a_live_run_locks_its_folder_and_a_kill_9_before_the_first_save_is_no_dead_end(tmp_path, small_data,
                                                                                        capsys):
     out = tmp_path / "run"
-    args = TINY + ["--data", data_path, "--out_dir", str(out)]
+    args = TINY + ["--data", small_data, "--out_dir", str(out)]
     proc = subprocess.Popen([sys.executable, "-u", os.path.join(ROOT, "train.py"), *args, "--max_steps", "100000",
                              "--eval_interval", "100000", "--save_interval", "0", "--log_interval", "5"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -100,17 +110,17 @@ def test_a_live_run_locks_its_folder_and_a_kill_9_before_the_first_save_is_no_de
     assert sorted(os.listdir(out)) == ["best.pt", "last.pt", "log.jsonl"], "the lock's file goes with the run"
 
 
-def test_a_folder_with_best_pt_but_no_last_pt_gets_the_same_answer_either_way(tmp_path, data_path, straight):
+def test_a_folder_with_best_pt_but_no_last_pt_gets_the_same_answer_either_way(tmp_path, small_data, straight):
     shutil.copy(straight / "best.pt", tmp_path / "best.pt")
-    args = TINY + ["--data", data_path, "--out_dir", str(tmp_path)]
+    args = TINY + ["--data", small_data, "--out_dir", str(tmp_path)]
     resumed, fresh = exit_message(args + ["--resume"]), exit_message(args)
     assert "best.pt but no last.pt" in resumed and "cannot be continued" in fresh
     assert "--overwrite" in resumed and "--overwrite" in fresh and "--resume" not in fresh
     assert sorted(os.listdir(tmp_path)) == ["best.pt"]
 
 
-def test_resume_without_a_run_says_so_and_writes_nothing(tmp_path, data_path):
-    message = exit_message(TINY + ["--data", data_path, "--out_dir", str(tmp_path / "none"), "--resume"])
+def test_resume_without_a_run_says_so_and_writes_nothing(tmp_path, small_data):
+    message = exit_message(TINY + ["--data", small_data, "--out_dir", str(tmp_path / "none"), "--resume"])
     assert f"no run in {tmp_path / 'none'}" in message and "without --resume" in message
     assert not (tmp_path / "none").exists()
 
@@ -142,15 +152,15 @@ def test_a_folder_that_cannot_be_locked_is_a_note_not_a_failure(tmp_path, monkey
 # The time-based save of last.pt
 
 def test_last_pt_is_saved_on_a_time_interval_before_the_first_evaluation_and_resumes_bit_exact(
-        tmp_path, data_path, monkeypatch, straight):
-    args = EXACT + ["--data", data_path, "--out_dir", str(tmp_path)]
+        tmp_path, small_data, monkeypatch, straight):
+    args = EXACT + ["--data", small_data, "--out_dir", str(tmp_path)]
     crash_at(monkeypatch, 13)  # before the first evaluation (step 15)
     with pytest.raises(SystemExit):
         train.main(args + ["--save_interval", "1e-6"])  # after every step
     monkeypatch.undo()
     assert read_checkpoint(str(tmp_path / "last.pt"))["step"] == 12
     assert not (tmp_path / "best.pt").exists()
-    train.main(args + ["--resume"])
+    train.main(args + ["--resume", "--save_interval", "0"])  # (12 saves already lie behind step 12's state)
     same_state(straight, tmp_path)  # the saves disturbed no generator and no state
     # every step logged once; the row at 15 averages steps 13..15 only (the resume's first)
     rows, rows_straight = train_rows(tmp_path), train_rows(straight)
@@ -158,29 +168,29 @@ def test_last_pt_is_saved_on_a_time_interval_before_the_first_evaluation_and_res
     assert [r for r in rows if r[0] != 15] == [r for r in rows_straight if r[0] != 15]
 
 
-def test_the_time_based_save_never_saves_a_diverged_state(tmp_path, data_path, monkeypatch):
+def test_the_time_based_save_never_saves_a_diverged_state(tmp_path, small_data, monkeypatch):
     real, calls = objectives.diffusion_loss, itertools.count(1)
 
     def diverging(*args, **kwargs):
         loss = real(*args, **kwargs)
         return loss * float("nan") if next(calls) >= 12 else loss
     monkeypatch.setattr(objectives, "diffusion_loss", diverging)
-    message = exit_message(TINY + ["--data", data_path, "--out_dir", str(tmp_path), "--max_steps", "40",
+    message = exit_message(TINY + ["--data", small_data, "--out_dir", str(tmp_path), "--max_steps", "40",
                                    "--eval_interval", "100", "--log_interval", "5", "--save_interval", "1e-6"])
     assert "diverged" in message and f"{tmp_path}/last.pt holds step 11, the last saved" in message
     assert load_model(str(tmp_path / "last.pt"))[2]["step"] == 11  # finite weights
 
 
-def test_save_interval_is_range_checked(tmp_path, data_path):
-    assert "--save_interval must be in [0" in exit_message(TINY + ["--data", data_path, "--out_dir", str(tmp_path),
+def test_save_interval_is_range_checked(tmp_path, small_data):
+    assert "--save_interval must be in [0" in exit_message(TINY + ["--data", small_data, "--out_dir", str(tmp_path),
                                                                    "--save_interval", "-1"])
 
 
 # -----------------------------------------------------------------------------
 # log.jsonl on resume
 
-def test_resume_cuts_the_log_back_to_the_checkpoints_step(tmp_path, data_path, monkeypatch, straight, capsys):
-    args = EXACT + ["--data", data_path, "--out_dir", str(tmp_path), "--save_interval", "0"]
+def test_resume_cuts_the_log_back_to_the_checkpoints_step(tmp_path, small_data, monkeypatch, straight, capsys):
+    args = EXACT + ["--data", small_data, "--out_dir", str(tmp_path), "--save_interval", "0"]
     crash_at(monkeypatch, 22)  # last.pt at step 15; rows up to 20 in the log
     with pytest.raises(SystemExit):
         train.main(args)
@@ -233,7 +243,7 @@ class FullDisk:
 
 
 @pytest.mark.parametrize("disk", ["short_write", "dev_full"])
-def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoints(tmp_path, data_path, monkeypatch, straight,
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoints(tmp_path, small_data, monkeypatch, straight,
                                                                       disk):
     for name in ("last.pt", "best.pt", "log.jsonl"):
         shutil.copy(straight / name, tmp_path / name)
@@ -244,9 +254,9 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoints(tmp_path, da
         monkeypatch.setattr(checkpoint, "open", lambda path, mode: open("/dev/full", mode), raising=False)
     else:  # a write that falls short: torch's "unexpected pos ... vs ..."
         monkeypatch.setattr(checkpoint, "open", FullDisk, raising=False)
-    message = exit_message(EXACT + ["--data", data_path, "--out_dir", str(tmp_path), "--resume",
-                                    "--max_steps", "45"])
-    assert f"no space left on device writing {tmp_path}/" in message
+    message = exit_message(EXACT + ["--data", small_data, "--out_dir", str(tmp_path), "--resume",
+                                    "--max_steps", "45", "--save_interval", "1e-6"])  # fails at step 31
+    assert f"no space left on device writing {tmp_path}/last.pt" in message
     assert message.endswith("; the previous checkpoint is intact")
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
     assert sorted(os.listdir(tmp_path)) == ["best.pt", "last.pt", "log.jsonl"], "no temp file, no lock left"
