@@ -420,6 +420,8 @@ def denoise_block(model, canvas, block_plan, plan, noise, cache):
         with autocast(canvas.device, plan.precision):
             out = plan.step_fn(model, cache.pass_for(step, state), state, plan.config, plan.prior)
         cache.passed()
+        if plan.copula is not None:  # the committed characters drawn jointly instead (copula.py)
+            out = plan.copula.redraw(canvas, b, state, out, plan)
         region.copy_(out.region)
         commit_prob = out.commit_prob.clone()  # under CUDA graphs the next replay overwrites outputs
         yield out.commit, out.reopened  # valid until the next step: copy them to keep them

@@ -25,6 +25,10 @@ top_k, top_p, schedule, order, remask, remask_by, block, cache, precision. A set
 starts with "ar" ("ar", "ar,temperature=1.0") has the --ar model write the same continuations
 with its own sampler (one character per pass) and the same sampling rules: the other side of
 a diffusion-vs-AR comparison, scored the same way (its AR NLL is its own, so low by design).
+A setting with a copula ("steps=16,copula=ar", copula.py) adds the copula's passes to its NFE
+cell: "16 +238 ar +12 ref" is 16 diffusion passes, 238 AR passes and 12 more full passes for the
+left readings, per sample; such rows stay out of --frontier. With copula=ar the AR NLL column is
+the copula's own judgement of its text: low by design, as for "ar".
 """
 
 if __name__ == "__main__":  # Ctrl-C while torch is imported: exit 130, not a traceback
@@ -45,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from ar_sampler import generate_ar
+from copula import CopulaCost, check_copula_vocabulary, generate_with_cost
 from checkpoint import DEFAULT_AR, DEFAULT_CKPT, load_model_of_kind
 from cli import ArgumentParser, UserError, field_type
 from corpus import DATA_DEFAULT, decode, encode, load_text, split_text
@@ -171,6 +176,17 @@ def is_ar(setting):
     return setting.split(",")[0] == "ar"
 
 
+def check_settings(settings, model, chars):
+    """Each diffusion setting against the checkpoint (a block model's rules, a copula's
+    vocabulary): one UserError naming the setting."""
+    for name, config in (s for s in settings if not is_ar(s[0])):
+        try:
+            check_for_model(model, config)
+            check_copula_vocabulary(model, config, chars)
+        except (ValueError, UserError) as e:
+            raise UserError(f"setting {name!r}: {e}") from None
+
+
 def timed_generations(model, real, P, config, seeds, sample=generate):
     """For each seed, the model's continuations of real's first P characters written by
     sample (generate, or ar_sampler.generate_ar); and the seconds they took (a warm-up
@@ -208,7 +224,7 @@ def frontier_rows(paths):
                 raise UserError(f"--frontier {path}: not a quality.py --jsonl file")
             if r["setting"] == "real validation text":
                 real = r
-            elif not r["setting"].startswith("ar"):
+            elif not r["setting"].startswith("ar") and r.get("copula", "none") == "none":  # diffusion passes only
                 by_nfe.setdefault(r["nfe"], []).append(r)
     if real is None or not by_nfe:
         raise UserError("--frontier: no real-text row or no diffusion settings in " + ", ".join(paths))
@@ -302,11 +318,7 @@ def main(argv=None):
         if ar_chars != chars:
             raise UserError(f"{args.ar} is not an autoregressive model with the same vocabulary")
         settings = [(s, parse_setting(s)) for s in args.settings]
-        for name, config in (s for s in settings if not is_ar(s[0])):
-            try:
-                check_for_model(model, config)
-            except ValueError as e:
-                raise UserError(f"setting {name!r}: {e}") from None
+        check_settings(settings, model, chars)
         T = model.config.block_size
         if not 0 < args.prompt_chars < T:
             raise UserError(f"--prompt-chars must be in 1..{T - 1}, got {args.prompt_chars}")
@@ -340,13 +352,37 @@ def main(argv=None):
     real_stats = stats_of(real)
     report(args, "real validation text", [real_stats], real_stats, 0, 0)
     for name, config in settings:
-        writer = (ar_model, generate_ar) if is_ar(name) else (model, generate)
-        outs, seconds, nfe = timed_generations(writer[0], real, P, config, seeds, writer[1])
+        writer, sample, costs = sampler_for(name, config, model, ar_model)
+        outs, seconds, nfe = timed_generations(writer, real, P, config, seeds, sample)
         speed = args.prompts * (T - P) * len(seeds) / seconds
-        report(args, name, [stats_of(out) for out in outs], real_stats, nfe, speed)
+        report(args, name, [stats_of(out) for out in outs], real_stats, nfe, speed, mean_cost(costs[1::2]))
 
 
-def report(args, name, per_seed, real, nfe, speed):
+def sampler_for(name, config, model, ar_model):
+    """(model, sample function, costs) that write a setting: the AR model with its own sampler for
+    "ar", generate for the others, appending to costs what a copula cost each generation."""
+    costs = []
+    if is_ar(name):
+        return ar_model, generate_ar, costs
+    if config.copula == "none":
+        return model, generate, costs
+
+    def sample(model, canvas, config, seed):
+        out, nfe, cost = generate_with_cost(model, canvas, config, seed)
+        costs.append(cost)
+        return out, nfe
+    return model, sample, costs
+
+
+def mean_cost(costs):
+    """The timed generations' copula costs (not the warm-ups'), averaged over seeds; None without."""
+    if not costs:
+        return None
+    return CopulaCost(costs[0].copula, round(sum(c.passes for c in costs) / len(costs)),
+                      sum(c.reference for c in costs) / len(costs))
+
+
+def report(args, name, per_seed, real, nfe, speed, cost=None):
     """One table row (mean ± se over seeds; the words, distinct and runs columns in %), and
     one JSON row with --jsonl."""
     summary = {key: mean_se([s[key] for s in per_seed]) for key in per_seed[0]}
@@ -357,13 +393,16 @@ def report(args, name, per_seed, real, nfe, speed):
 
     mean = {key: m for key, (m, _) in summary.items()}
     outside = outside_band(mean, real) if per_seed[0] is not real else []
+    passes = f"{nfe or '-'}" + (f" {cost}" if cost else "")  # the copula's passes beside the diffusion passes
     print(f"| {name} | {cell('ar_nll', digits=3)} | {cell('words', 100)} | {cell('distinct', 100)} | "
-          f"{cell('entropy', digits=3)} | {cell('runs', 100)} | {nfe or '-'} | {f'{speed:,.0f}' if speed else '-'} | "
+          f"{cell('entropy', digits=3)} | {cell('runs', 100)} | {passes} | {f'{speed:,.0f}' if speed else '-'} | "
           f"{', '.join(outside) if outside else '-' if per_seed[0] is real else 'in band'} |", flush=True)
     if args.jsonl:
         row = {"setting": name, "ckpt": os.path.basename(args.ckpt), "prompts": args.prompts, "seeds": args.seeds,
                "nfe": nfe, "chars_per_s": speed, "mean": mean, "se": {k: se for k, (_, se) in summary.items()},
                "per_seed": per_seed, "outside_band": outside}
+        if cost:
+            row.update(copula=cost.copula, copula_passes=cost.passes, reference_passes=cost.reference)
         try:
             with open(args.jsonl, "a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -7,6 +7,7 @@ Generate text with a trained tiny-diffusion checkpoint (default: the shipped wei
     python sample.py --threshold 0.9 --stats           # adaptive number of forward passes
     python sample.py --steps 64 --remask 1.0           # redraw the least likely characters
     python sample.py --compile --cuda-graph --num-samples 640   # CUDA: one graph per generation
+    python sample.py --steps 16 --copula ar --stats    # each step's characters drawn jointly (copula.py)
 
 Every sampler option is a field of sampler.SamplerConfig, whose defaults are the ones here;
 from Python, generate(model, canvas, SamplerConfig(), seed) writes what this script writes.
@@ -27,6 +28,7 @@ import time
 
 import torch
 from cli import ArgumentParser, UserError
+from copula import generate_with_cost
 from corpus import decode, mask_id_of
 from sampler import add_sampling_flags, generate, load_for_sampling, make_canvas, sampling_config
 
@@ -62,7 +64,7 @@ def main(argv=None):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.time()
-            out, nfe = generate(model, canvas[:n], config, seed + first)
+            out, nfe, cost = generate_with_cost(model, canvas[:n], config, seed + first)  # cost: --copula's
             texts = [decode(row, chars) for row in out.tolist()]  # .tolist() waits for the device
             seconds += time.time() - t0
             separator = SAMPLE_SEPARATOR if first else ""
@@ -76,7 +78,8 @@ def main(argv=None):
         sys.exit(141)
     if args.stats:
         total = n_new * args.num_samples
-        print(f"[stats] {nfe} forward passes (NFE) for {n_new} new chars x {args.num_samples} samples "
+        copula = f" {cost} (copula, last batch)" if cost else ""
+        print(f"[stats] {nfe} forward passes (NFE){copula} for {n_new} new chars x {args.num_samples} samples "
               f"in {seconds:.3f}s = {total / seconds:,.0f} chars/s | device {device} | seed {seed}",
               file=sys.stderr)
 

@@ -33,6 +33,7 @@ import torch
 
 from checkpoint import DEFAULT_CKPT, load_model_of_kind
 from cli import UserError, add_config_flags, config_values, shown
+from copula import COPULAS, check_copula_model, check_copula_options, check_copula_vocabulary, make_copula
 from corpus import MASK_GLYPH, encode, mask_id_of
 from denoise import CACHES, char_prior, compiled_step, denoise_canvas, denoise_step
 from devices import capture_graph, pick_device, sampling_precision
@@ -69,6 +70,8 @@ class SamplerConfig:
     precision: str = "auto"
     compile: Optional[str] = None
     cuda_graph: bool = False
+    copula: str = "none"
+    copula_ckpt: Optional[str] = None
 
     @classmethod
     def from_options(cls, **given):
@@ -127,9 +130,14 @@ SAMPLER_HELP = {
                "warm-up; a cached pass compiles once per shape); a bare --compile is mode default, reduce-overhead uses CUDA graphs",
     "cuda_graph": "CUDA: capture the whole generation as one CUDA graph and replay it (needs --steps; any "
                   "--cache; pays off from the second generation of a shape)",
+    "copula": "draw each step's committed characters jointly, left to right, through a second model (Discrete "
+              "Copula Diffusion, copula.py): ar, the AR baseline (one cached AR pass per masked character up to "
+              "the step's last committed one); l2r, this network read left to right (one full pass per committed "
+              "character); both add full passes for the left readings they divide by. Costs: sample.py --stats",
+    "copula_ckpt": "with --copula ar: the autoregressive copula (default weights/ar_baseline.pt)",
 }
 SAMPLER_CHOICES = {"schedule": SCHEDULES, "order": ORDERS, "remask_by": REMASK_BY, "cache": tuple(CACHES),
-                   "precision": PRECISIONS, "compile": COMPILE_MODES}
+                   "precision": PRECISIONS, "compile": COMPILE_MODES, "copula": COPULAS}
 
 
 def check_options(c):
@@ -183,6 +191,7 @@ def check_options(c):
     if c.cuda_graph and c.compile not in (None, "default"):
         raise ValueError("--cuda-graph captures its own CUDA graph: use it with --compile default or without "
                          "--compile")
+    check_copula_options(c)
 
 
 # -----------------------------------------------------------------------------
@@ -256,6 +265,7 @@ class GenerationPlan:
     precision: str      # "bf16" or "fp32"
     step_fn: object     # denoise_step, or its compiled version
     prior: Optional[torch.Tensor]
+    copula: object = None  # copula.Copula: draws each step's committed characters jointly
 
 
 def plan_blocks(masked_cols, N, T, block, keep, aligned=False):
@@ -335,7 +345,8 @@ def plan_generation(model, canvas, config, seed):
     if config.remask_by != remask_by:
         config = replace(config, remask_by=remask_by)
     return GenerationPlan(plans, config, seed, sampling_precision(config.precision, canvas.device),
-                          compiled_step(config.compile) if config.compile else denoise_step, prior)
+                          compiled_step(config.compile) if config.compile else denoise_step, prior,
+                          make_copula(model, config))
 
 
 PASSES_PER_256 = 64  # the default's passes per 256 characters written (quality.py chose 64 for 256)
@@ -368,6 +379,7 @@ def check_for_model(model, config):
     caches, and a context kept before a block that leaves the block a column of the window.
     Returns the block length the sampler writes (block_model_block's)."""
     block = block_model_block(model, config)
+    check_copula_model(model, config)
     T = model.config.block_size
     if config.context_keep is not None and config.context_keep >= T:
         raise ValueError(f"--context-keep must be below this model's context of {T} characters (the block needs "
@@ -577,5 +589,6 @@ def load_for_sampling(args, config):
         check_for_model(model, config)
     except ValueError as e:
         raise UserError(f"{shown(args.ckpt)}: {e}") from None
+    check_copula_vocabulary(model, config, chars)  # what generate cannot: it has no vocabulary
     return device, model, chars, config
 
