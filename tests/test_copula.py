@@ -15,7 +15,7 @@ from copula import copula_model, generate_with_cost
 from corpus import encode
 from denoise import Noise, draw_characters, uniform
 from model import ModelConfig, Transformer
-from sampler import SamplerConfig, check_for_model, generate
+from sampler import SamplerConfig, check_for_model, generate, generate_steps
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,22 @@ def test_the_ar_copula_with_nothing_on_the_right_is_the_ar_model(tiny_model, ar,
             expect[:, i] = draw_characters(logits, 1.0, None, None, u[:, 4 * step + k])[0]
     assert torch.equal(out, expect)
     assert cost.passes == n and cost.reference == 0  # one AR pass per character, no left readings
+
+
+@pytest.mark.parametrize("copula", ["ar", "l2r"])
+def test_a_copula_writes_only_the_positions_the_step_commits(tiny_model, tiny_ar_ckpt, copula):
+    # the positions are the plain sampler's (order spread chooses them before the pass); what the
+    # AR drafts between them is dropped
+    model, chars = tiny_model
+    c = canvas_for(chars, "K_NG:__ my lord,", 30, batch=2)
+    options = dict(steps=5, order="spread")
+    plain = [s.canvas.clone() for s in generate_steps(model, c, cfg(**options), 3)]
+    ckpt = tiny_ar_ckpt if copula == "ar" else None
+    joint = [s.canvas.clone() for s in generate_steps(model, c, cfg(copula=copula, copula_ckpt=ckpt, **options), 3)]
+    assert len(joint) == len(plain) == 5
+    for a, b in zip(plain, joint):
+        assert torch.equal(a == len(chars), b == len(chars))  # the same positions masked after each step
+    assert not torch.equal(plain[-1], joint[-1])  # and other characters written
 
 
 @torch.inference_mode()
