@@ -7,7 +7,7 @@ Generate text with a trained tiny-diffusion checkpoint (default: the shipped wei
     python sample.py --threshold 0.9 --stats           # adaptive number of forward passes
     python sample.py --steps 64 --remask 1.0           # redraw the least likely characters
     python sample.py --compile --cuda-graph --num-samples 640   # CUDA: one graph per generation
-    python sample.py --steps 16 --copula ar --stats    # each step's characters drawn jointly (copula.py)
+    python sample.py --steps 16 --copula l2r --stats   # each step's characters drawn jointly (copula.py)
 
 Every sampler option is a field of sampler.SamplerConfig, whose defaults are the ones here;
 from Python, generate(model, canvas, SamplerConfig(), seed) writes what this script writes.

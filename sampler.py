@@ -133,7 +133,8 @@ SAMPLER_HELP = {
     "copula": "draw each step's committed characters jointly, left to right, through a second model (Discrete "
               "Copula Diffusion, copula.py): ar, the AR baseline (one cached AR pass per masked character up to "
               "the step's last committed one); l2r, this network read left to right (one full pass per committed "
-              "character); both add full passes for the left readings they divide by. Costs: sample.py --stats",
+              "character); both add full passes for the left readings they divide by, reported by sample.py "
+              "--stats and quality.py. Needs --cache none",
     "copula_ckpt": "with --copula ar: the autoregressive copula (default weights/ar_baseline.pt)",
 }
 SAMPLER_CHOICES = {"schedule": SCHEDULES, "order": ORDERS, "remask_by": REMASK_BY, "cache": tuple(CACHES),
