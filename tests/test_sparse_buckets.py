@@ -3,6 +3,7 @@ a handful of shapes, the padding changes nothing, a compiled step past dynamo's 
 says so, and the named settings bench.py and quality.py accept."""
 
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -76,6 +77,27 @@ def test_a_compiled_step_past_the_recompile_limit_warns_once_and_runs_eager():
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)  # said once, not at every step
             assert loud(torch.ones(5)) == 10
+    torch._dynamo.reset()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.compile with a cache is tested on CUDA")
+def test_a_compiled_sparse_generation_on_cuda_makes_one_graph_per_planned_shape(tiny_model):
+    # dynamo allowed exactly the planned shapes (the filling pass, the buckets): one graph more
+    # would pass the limit and warn; graphed, the same kernels write the same characters
+    import copy
+    model, chars = tiny_model
+    model = copy.deepcopy(model).cuda()
+    canvas = tiny_canvas(model, chars, "KING:", model.config.block_size).cuda()  # one window, one block
+    config = opts(steps=24, refresh=8, compile="default")
+    run_size = plan_generation(model, canvas, config, 5).blocks[0].run_size
+    shapes = 1 + len({size for i, size in enumerate(run_size) if i % 8})
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(recompile_limit=shapes), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled, nfe = generate(model, canvas, config, 5)
+        graphed, _ = generate(model, canvas, replace(config, cuda_graph=True), 5)
+    assert not [w for w in caught if "recompile limit" in str(w.message)]
+    assert nfe == 24 and torch.equal(compiled, graphed)
     torch._dynamo.reset()
 
 
