@@ -25,6 +25,7 @@ when there is no prompt. --jsonl writes every timing as a JSON record; --plot dr
     python bench.py --sample --device cpu --precision fp32 --batch-sizes 1,4 --settings default cache=sparse
     python bench.py --sample --compile --compile-mode reduce-overhead
     python bench.py --sample --compile --cuda-graph --batch-sizes 1,4,16,64,256 --jsonl speed.jsonl
+    python bench.py --sample --settings default fast32 sparse2   # named settings (sampler.NAMED_SETTINGS)
     python bench.py --plot speed.jsonl --out assets/speed.png   # chars/s against batch, log-log
 """
 
@@ -47,7 +48,8 @@ from checkpoint import DEFAULT_AR, load_model_of_kind
 from cli import ArgumentParser, UserError, field_type
 from corpus import mask_id_of
 from devices import autocast, capture_graph, sampling_precision
-from sampler import SamplerConfig, add_sampling_flags, generate, load_for_sampling, make_canvas, sampling_config
+from sampler import (NAMED_SETTINGS, SamplerConfig, add_sampling_flags, expand_setting, generate, load_for_sampling,
+                     make_canvas, sampling_config)
 from train_config import add_train_flags, check_config, configs_from_args
 from trainer import Trainer, shutdown_distributed
 
@@ -97,9 +99,9 @@ def parse_batch_sizes(text):
 
 def setting_overrides(text):
     """'cache=sparse,refresh=4' -> {field: value}, checked against SamplerConfig's fields
-    ('default': none); a threshold brings confidence order and no remasking, as from_options does."""
+    ('default': none; a name of sampler.NAMED_SETTINGS: its fields); a threshold brings confidence order and no remasking, as from_options does."""
     given = {}
-    for part in text.split(","):
+    for part in expand_setting(text).split(","):
         if part == "default":
             continue
         key, _, value = part.partition("=")
@@ -181,7 +183,8 @@ def sample_parser():
     p.add_argument("--batch-sizes", default="1,64", help="comma list (default %(default)s)")
     p.add_argument("--settings", nargs="+", default=["default"],
                    help="diffusion sampler settings timed in turn, each 'default' or field=value[,field=value] "
-                        "over the flags above (e.g. --settings default cache=sparse); one the engine "
+                        "over the flags above (e.g. --settings default cache=sparse), or a name, "
+                        f"{', '.join(NAMED_SETTINGS)} (sampler.NAMED_SETTINGS), fields may follow; one the engine "
                         "(--compile, --cuda-graph) refuses runs on the best engine it accepts, and says so")
     p.add_argument("--runs", type=int, default=5, help="timed runs; the median is reported (default %(default)s)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default %(default)s)")

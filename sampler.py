@@ -34,7 +34,7 @@ import torch
 from checkpoint import DEFAULT_CKPT, load_model_of_kind
 from cli import UserError, add_config_flags, config_values, shown
 from corpus import MASK_GLYPH, encode, mask_id_of
-from denoise import CACHES, char_prior, compiled_step, denoise_canvas, denoise_step
+from denoise import CACHES, char_prior, compiled_step, denoise_canvas, denoise_step, sparse_run_sizes
 from devices import capture_graph, pick_device, sampling_precision
 
 ORDERS = ("confidence", "random", "noisy", "spread", "l2r")
@@ -130,6 +130,15 @@ SAMPLER_HELP = {
 }
 SAMPLER_CHOICES = {"schedule": SCHEDULES, "order": ORDERS, "remask_by": REMASK_BY, "cache": tuple(CACHES),
                    "precision": PRECISIONS, "compile": COMPILE_MODES}
+# --settings names (bench.py, quality.py), more fields may follow ("fast32,cache=sparse"): fast32, 32
+# passes in the quality band (RESULTS 2026-12-03, the frontier); sparse2, the sparse cache nearest the band
+NAMED_SETTINGS = {"fast32": "steps=32,schedule=linear,temperature=0.9,order=spread,remask=0.5,remask_by=pmi",
+                  "sparse2": "cache=sparse,refresh=2,temperature=0.9,order=spread,remask=0.5,remask_by=pmi"}
+
+
+def expand_setting(text):
+    """A --settings entry with its names replaced by their fields (a later field wins)."""
+    return ",".join(NAMED_SETTINGS.get(part, part) for part in text.split(","))
 
 
 def check_options(c):
@@ -244,7 +253,8 @@ class BlockPlan:
     block: Block
     counts: Optional[list]    # net characters written per step (None: threshold)
     steps: StepCounts         # on the device, one entry per step
-    run_size: Optional[list]  # sparse cache: positions each pass runs on
+    run_size: Optional[list]  # sparse cache: positions each pass runs on (denoise.sparse_pass_size's buckets)
+    run_distinct: Optional[list] = None  # of which distinct (the rest repeat one)
 
 
 @dataclass
@@ -302,8 +312,6 @@ def split_steps(steps, sizes):
         i = max((i for i in range(len(sizes)) if alloc[i] > 1), key=lambda i: alloc[i] - share[i])
         alloc[i] -= 1
     return alloc
-
-
 
 
 def plan_generation(model, canvas, config, seed):
@@ -390,13 +398,10 @@ def step_plan(block, n_steps, config, device):
     noise_scale = 1.0 - torch.arange(n_steps, dtype=torch.float) / n_steps
     steps = torch.stack([torch.tensor(commit, dtype=torch.float), torch.tensor(reopen, dtype=torch.float),
                          noise_scale]).to(device)  # one copy to the device
-    run_size = None
-    if config.cache == "sparse":  # positions per sparse pass: (written now | changed since the refresh) is at
-        # most this; the spare ones up to it get fresh keys/values too, which measured no worse
-        changes = [c + 2 * r for c, r in zip(counts, reopen)]  # written, and re-opened ones twice
-        run_size = [min(block.block_end - block.first, changes[i] + sum(changes[i - i % refresh:i]))
-                    for i in range(n_steps)]
-    return BlockPlan(block, counts, StepCounts(*steps), run_size)
+    distinct = run_size = None
+    if config.cache == "sparse":
+        distinct, run_size = sparse_run_sizes(counts, reopen, refresh, block.block_end - block.first)
+    return BlockPlan(block, counts, StepCounts(*steps), run_size, distinct)
 
 
 # -----------------------------------------------------------------------------
