@@ -1,11 +1,11 @@
 """
 Speed, measured the same way every time.
 
-Training: the step as one CUDA graph (graph), the fast path (bf16 autocast, torch.compile,
-fused AdamW, TF32) and the plain path (fp32, eager) of the full model, in one run; the step
-timed is Trainer.train_step, the one train.py runs. Prints tokens/s, MFU (model FLOPs over 989
-TFLOP/s, an H100's dense bf16 peak) and each path's speed against the last. Any train.py flag
-(e.g. --optimizer muon) also works here.
+Training: the fast path (bf16 autocast, torch.compile, fused AdamW, TF32) against the plain
+path (fp32, eager) of the full model, in one run; the step timed is Trainer.train_step, the
+one train.py runs. Prints tokens/s, MFU (model FLOPs over 989 TFLOP/s, an H100's dense bf16
+peak) and each path's speed against the last. Any train.py flag (e.g. --optimizer muon) also
+works here.
 
     python bench.py                                   # full config, 30 timed steps per path
     python bench.py --steps 3 --batch_size 8          # quick look on a CPU
@@ -54,11 +54,8 @@ from train_config import add_train_flags, check_config, configs_from_args
 from trainer import Trainer, shutdown_distributed
 
 MAX_BATCH = 4096  # samples at once: a larger batch needs more memory than a GPU has
-PATHS = {"graph": ("graph: fast, the whole step one CUDA graph", ["--precision", "auto", "--compile", "auto",
-                                                                   "--cuda_graph", "on"]),
-         "fast": ("fast: bf16 + compile + fused AdamW", ["--precision", "auto", "--compile", "auto",
-                                                         "--cuda_graph", "off"]),
-         "plain": ("plain: fp32 eager", ["--precision", "fp32", "--compile", "off", "--cuda_graph", "off"])}
+PATHS = {"fast": ("fast: bf16 + compile + fused AdamW", ["--precision", "auto", "--compile", "auto"]),
+         "plain": ("plain: fp32 eager", ["--precision", "fp32", "--compile", "off"])}
 # a --settings entry may change any field of SamplerConfig but the engine's (the command line's)
 SETTING_TYPES = {f.name: field_type(f) for f in fields(SamplerConfig) if f.name not in ("compile", "cuda_graph")}
 
@@ -360,17 +357,15 @@ def main(argv=None):
                               "python bench.py --sample --help lists the sampling flags, "
                               "python bench.py --plot --help the plot's.")
     p.add_argument("--steps", type=int, default=30, help="timed steps per path (default %(default)s)")
-    p.add_argument("--paths", default="auto", help="a comma list of graph (fast, the step as one CUDA graph), fast "
-                   "(today's GPU path), plain (fp32 eager); auto: graph,fast,plain with CUDA, fast,plain without")
+    p.add_argument("--paths", default="fast,plain", help="a comma list of distinct paths: fast, plain or both")
     args, rest = p.parse_known_args(argv)
     train_parser = ArgumentParser(prog="bench.py (train.py's flags)")
     add_train_flags(train_parser)
-    paths = args.paths.split(",") if args.paths != "auto" else \
-        ["graph", "fast", "plain"] if torch.cuda.is_available() else ["fast", "plain"]
+    paths = args.paths.split(",")
     rank = int(os.environ.get("RANK", 0))
     try:
         if args.steps < 1 or not paths or set(paths) - set(PATHS) or len(set(paths)) < len(paths):
-            raise UserError("--steps must be >= 1 and --paths a comma list of distinct paths among graph, fast, plain")
+            raise UserError("--steps must be >= 1 and --paths a comma list of distinct paths among fast, plain")
         rows = []
         for path in paths:
             name, flags = PATHS[path]
@@ -394,7 +389,7 @@ def main(argv=None):
         print("(no CUDA: the 'fast' path falls back to fp32 eager here, so the two rows time the same code)")
     last = rows[-1]
     for name, tok_s, mfu in rows:
-        print(f"{name:<44} {tok_s:>12,.0f} tokens/s" + (f"   MFU {mfu:6.1%}" if mfu is not None else "")
+        print(f"{name:<36} {tok_s:>12,.0f} tokens/s" + (f"   MFU {mfu:6.1%}" if mfu is not None else "")
               + (f"   {tok_s / last[1]:.2f}x {last[0].split(':')[0]}" if len(rows) > 1 else ""))
 
 

@@ -5,7 +5,6 @@ left-to-right NLL, and the exact NLL of the autoregressive one, on isolated wind
 errors over blocks).
 """
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -51,13 +50,6 @@ def draw_masks(B, T, num_clean, u, generator=None, device=None, span=None):
 def training_block_lengths(T):
     """Block lengths that block-shaped training masks draw from: 8, 16, ... up to T / 2."""
     return [2 ** i for i in range(3, 16) if 2 ** i <= T // 2] or [max(1, T // 2)]
-
-
-@functools.lru_cache(maxsize=16)
-def block_lengths_on(T, device):
-    """training_block_lengths(T) as a tensor on `device`, made once: a copy from the host inside
-    every training step would stop the step from being captured as a CUDA graph."""
-    return torch.tensor(training_block_lengths(T), device=device)
 
 
 T_DISTS = ("uniform", "bell", "clipped")
@@ -128,7 +120,7 @@ def draw_training_masks(x, prefix_prob, generator=None, block_prob=0.0, rate=Mas
     kind = torch.rand(B, generator=generator, device=dev)
     is_block = kind < block_prob
     has_prefix = (kind >= block_prob) & (kind < block_prob + prefix_prob)
-    lengths = block_lengths_on(T, dev)
+    lengths = torch.tensor(training_block_lengths(T), device=dev)
     block_len = lengths[torch.randint(len(lengths), (B,), generator=generator, device=dev)]
     block_start = (torch.rand(B, generator=generator, device=dev) * (T - block_len + 1)).long()
     prefix_len = torch.randint(1, T, (B,), generator=generator, device=dev)

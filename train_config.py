@@ -51,7 +51,6 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"
     compile: str = "auto"
-    cuda_graph: str = "off"
     precision: str = "auto"
     resume: bool = False
     overwrite: bool = False
@@ -118,8 +117,6 @@ HELP = {
     "seed": "seed for initialisation, batches and masks",
     "device": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps",
     "compile": "torch.compile: auto (on for CUDA), on or off",
-    "cuda_graph": "the whole training step as one CUDA graph: auto (on for CUDA with one process, AdamW and no "
-                  "distillation), on or off",
     "precision": "auto (bf16 autocast on CUDA), bf16 or fp32",
     "resume": "continue the run in --out_dir from its last.pt",
     "overwrite": "start afresh in an --out_dir that holds a run, removing its checkpoints and log",
@@ -201,7 +198,7 @@ RANGES = {
     "block_len": (0, 8192, True),
 }
 CHOICES = {"objective": tuple(OBJECTIVES), "t_dist": T_DISTS, "loss_weights": LOSS_WEIGHTS, "optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd"),
-           "compile": ("auto", "on", "off"), "cuda_graph": ("auto", "on", "off"), "precision": ("auto", "bf16", "fp32")}
+           "compile": ("auto", "on", "off"), "precision": ("auto", "bf16", "fp32")}
 MAX_TOKENS_PER_STEP = 2 ** 24  # batch x context: beyond this one step needs more memory than a GPU has
 
 
@@ -283,22 +280,10 @@ def check_config(mc, tc):
         if (tc.t_min, tc.t_max) != (0.0, 1.0) and tc.t_dist != "clipped":
             problems.append("--t_min and --t_max apply to --t_dist clipped only")
         problems += distill_problems(mc, tc)
-        if tc.cuda_graph == "on" and (graph_rule(tc) or tc.device in ("cpu", "mps")):
-            problems.append(f"--cuda_graph on: {graph_rule(tc) or 'it needs CUDA'}")
         if not (tc.distill_from and mc.objective != "diffusion"):  # else the objective is refused already
             problems += objective_problems(mc, tc)
     if problems:
         raise UserError("; ".join(problems))
-
-
-def graph_rule(tc):
-    """Why a run's step cannot be one CUDA graph whatever its device, or None (the device and the
-    process count are the Trainer's to check)."""
-    if tc.optimizer != "adamw":
-        return "Muon's step reads its learning rate on the host; use --optimizer adamw"
-    if tc.distill_from:
-        return "distillation swaps its teacher between rounds"
-    return None
 
 
 # Flags that do nothing in some runs: given there, they are refused, not ignored.

@@ -26,7 +26,7 @@ from model import ModelConfig, Transformer
 from objectives import OBJECTIVES
 from optim import EMA, lr_factor, make_optimizers
 from run_folder import RunLock, RunLog, cut_log, fresh_run_files, no_run_to_resume
-from train_config import TrainConfig, graph_rule, train_config_problems
+from train_config import TrainConfig, train_config_problems
 
 
 # -----------------------------------------------------------------------------
@@ -177,12 +177,6 @@ class Trainer:
         self.distill = Distillation(self.model, tc, self.compiled) if tc.distill_from else NoDistillation(self.objective)
         if ckpt:
             self.restore(ckpt)
-        self.use_graph = self.step_graph_wanted()
-        if self.use_graph:  # the rates become device tensors, read by the optimiser inside the graph
-            for group in (g for opt in self.optimizers for g in opt.param_groups):
-                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
-                group["capturable"] = True
-        self.graph, self.eager_steps = None, 0
         self.fwd_model = self.compiled(self.model)
         if self.world > 1:
             self.fwd_model = torch.nn.parallel.DistributedDataParallel(
@@ -195,19 +189,6 @@ class Trainer:
 
     def compiled(self, model):
         return torch.compile(model) if self.use_compile else model
-
-    def step_graph_wanted(self):
-        """Whether the step runs as a CUDA graph (--cuda_graph): auto takes it where it applies;
-        on where it cannot is a one-line error."""
-        tc = self.tc
-        why_not = ("it needs CUDA" if self.device.type != "cuda" else
-                   "it runs in one process (DDP's all-reduce is outside it)" if self.world > 1 else
-                   "this torch cannot register the batch generator with a graph"
-                   if not hasattr(torch.cuda.CUDAGraph, "register_generator_state") else
-                   graph_rule(tc))
-        if why_not and tc.cuda_graph == "on":
-            raise UserError(f"--cuda_graph on: {why_not}")
-        return tc.cuda_graph != "off" and not why_not
 
     @property
     def eval_model(self):
@@ -255,7 +236,7 @@ class Trainer:
                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
         extra = {"ema": {k: v.detach().cpu() for k, v in self.ema.model.state_dict().items()}} if self.ema else {}
         extra.update(self.distill.state())
-        self.save("last.pt", optimizer=[host_state(opt) for opt in self.optimizers], generator=self.gen.get_state(),
+        self.save("last.pt", optimizer=[opt.state_dict() for opt in self.optimizers], generator=self.gen.get_state(),
                   rng=rng, elapsed=self.elapsed(), **extra)
 
     def elapsed(self):
@@ -282,31 +263,11 @@ class Trainer:
         return self.distill.loss(self.fwd_model, x, self.mc, self.tc, self.gen)
 
     def train_step(self, lr_mult):
-        """One optimiser step on a fresh batch. Returns the loss as a device tensor (no sync).
-        With --cuda_graph, the first GRAPH_WARMUP steps of a process run eagerly (compilation and
-        autotuning happen there), then the step is captured and replayed from then on."""
+        """One optimiser step on a fresh batch. Returns the loss as a device tensor (no sync)."""
         self.distill.end_rounds(self)
-        for group in (g for opt in self.optimizers for g in opt.param_groups):
-            if torch.is_tensor(group["lr"]):
-                group["lr"].fill_(group["peak_lr"] * lr_mult)
-            else:
+        for opt in self.optimizers:
+            for group in opt.param_groups:
                 group["lr"] = group["peak_lr"] * lr_mult
-        if self.graph:
-            loss = self.graph.replay()
-        elif self.use_graph:  # warm-up steps on a side stream, as CUDA graphs want
-            loss = on_side_stream(self.update)
-            self.eager_steps += 1
-            if self.eager_steps == GRAPH_WARMUP:
-                self.graph = StepGraph(self.update, self.gen)
-        else:
-            loss = self.update()
-        self.step += 1
-        if self.ema:
-            self.ema.update(self.model, self.step)
-        return loss.detach()
-
-    def update(self):
-        """A batch, its loss, the gradients and the optimisers' step: what the CUDA graph holds."""
         x = get_batch(self.train_ids, self.local_batch, self.seq_len, self.gen)
         with autocast(self.device, "bf16" if self.bf16 else "fp32"):
             loss = self.loss(x)
@@ -315,7 +276,10 @@ class Trainer:
         for opt in self.optimizers:
             opt.step()
             opt.zero_grad(set_to_none=True)
-        return loss
+        self.step += 1
+        if self.ema:
+            self.ema.update(self.model, self.step)
+        return loss.detach()
 
     # --- evaluation and checkpoints ----------------------------------------------
     def evaluate_and_save(self):
@@ -435,7 +399,6 @@ class Trainer:
         return (f"{mc.objective} model: {self.model.num_params() / 1e6:.2f}M parameters, {mc.n_layer} layers, "
                 f"width {mc.n_embd}, context {mc.block_size} | device {self.device} x{self.world}, compile "
                 f"{self.use_compile}, {'bf16' if self.bf16 else 'fp32'}, {tc.optimizer}"
-                f"{', step as a CUDA graph' if self.use_graph else ''}"
                 f"{f', EMA {tc.ema}' if tc.ema else ''} | batch {tc.batch_size} x {mc.block_size} = "
                 f"{self.tokens_per_step:,} tokens/step | train {len(self.train_ids):,} chars, "
                 f"val {len(self.val_ids):,} chars" + (f" | resuming at step {self.step}" if tc.resume else ""))
@@ -484,49 +447,6 @@ class Trainer:
         if os.path.exists(path):  # a log without checkpoints: its run saved nothing to continue
             self.log(f"{path}: the log of a run that saved no checkpoint, replaced")
         return RunLog(path, "w")
-
-
-GRAPH_WARMUP = 3  # eager steps of a process before its step is captured
-
-
-def on_side_stream(fn):
-    """fn() on a side stream, ordered after and before the current stream's work."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        out = fn()
-    torch.cuda.current_stream().wait_stream(side)
-    return out
-
-
-class StepGraph:
-    """The training step (batch, masks, forward, backward, clipping, optimiser) captured once as
-    one CUDA graph and replayed each step: one launch instead of hundreds of kernels, so the host
-    no longer paces the GPU. What changes between steps lives on the device: the learning rates
-    (AdamW's capturable mode reads them from tensors) and the random states (the batch generator
-    is registered with the graph; the default one, which dropout draws from, always is), each
-    advanced by every replay as an eager step would advance it. So a replay computes what the
-    eager step computes from the same state, and a resumed run, which runs its first steps
-    eagerly, continues bit for bit."""
-
-    def __init__(self, update, generator):
-        self.graph = torch.cuda.CUDAGraph()
-        self.graph.register_generator_state(generator)
-        with torch.cuda.graph(self.graph):
-            self.loss = update()
-
-    def replay(self):
-        self.graph.replay()
-        return self.loss
-
-
-def host_state(optimizer):
-    """The optimiser's state dict with plain-number rates (a run with a step graph keeps them in
-    device tensors): a checkpoint that any run, on any device, can resume."""
-    state = optimizer.state_dict()
-    state["param_groups"] = [{**g, "lr": float(g["lr"]), "capturable": False} if torch.is_tensor(g["lr"]) else g
-                             for g in state["param_groups"]]
-    return state
 
 
 class StopRequest:
