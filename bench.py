@@ -4,7 +4,8 @@ Speed, measured the same way every time.
 Training: the fast path (bf16 autocast, torch.compile, fused AdamW, TF32) against the plain
 path (fp32, eager) of the full model, in one run; the step timed is Trainer.train_step, the
 one train.py runs. Prints tokens/s, MFU (model FLOPs over 989 TFLOP/s, an H100's dense bf16
-peak) and the speed-up. Any train.py flag (e.g. --optimizer muon) also works here.
+peak) and each path's speed against the last. Any train.py flag (e.g. --optimizer muon) also
+works here.
 
     python bench.py                                   # full config, 30 timed steps per path
     python bench.py --steps 3 --batch_size 8          # quick look on a CPU
@@ -24,6 +25,7 @@ when there is no prompt. --jsonl writes every timing as a JSON record; --plot dr
     python bench.py --sample --device cpu --precision fp32 --batch-sizes 1,4 --settings default cache=sparse
     python bench.py --sample --compile --compile-mode reduce-overhead
     python bench.py --sample --compile --cuda-graph --batch-sizes 1,4,16,64,256 --jsonl speed.jsonl
+    python bench.py --sample --settings default fast32 sparse2   # named settings (sampler.NAMED_SETTINGS)
     python bench.py --plot speed.jsonl --out assets/speed.png   # chars/s against batch, log-log
 """
 
@@ -46,7 +48,8 @@ from checkpoint import DEFAULT_AR, load_model_of_kind
 from cli import ArgumentParser, UserError, field_type
 from corpus import mask_id_of
 from devices import autocast, capture_graph, sampling_precision
-from sampler import SamplerConfig, add_sampling_flags, generate, load_for_sampling, make_canvas, sampling_config
+from sampler import (NAMED_SETTINGS, SamplerConfig, add_sampling_flags, expand_setting, generate, load_for_sampling,
+                     make_canvas, sampling_config)
 from train_config import add_train_flags, check_config, configs_from_args
 from trainer import Trainer, shutdown_distributed
 
@@ -93,9 +96,9 @@ def parse_batch_sizes(text):
 
 def setting_overrides(text):
     """'cache=sparse,refresh=4' -> {field: value}, checked against SamplerConfig's fields
-    ('default': none); a threshold brings confidence order and no remasking, as from_options does."""
+    ('default': none; a name of sampler.NAMED_SETTINGS: its fields); a threshold brings confidence order and no remasking, as from_options does."""
     given = {}
-    for part in text.split(","):
+    for part in expand_setting(text).split(","):
         if part == "default":
             continue
         key, _, value = part.partition("=")
@@ -177,7 +180,8 @@ def sample_parser():
     p.add_argument("--batch-sizes", default="1,64", help="comma list (default %(default)s)")
     p.add_argument("--settings", nargs="+", default=["default"],
                    help="diffusion sampler settings timed in turn, each 'default' or field=value[,field=value] "
-                        "over the flags above (e.g. --settings default cache=sparse); one the engine "
+                        "over the flags above (e.g. --settings default cache=sparse), or a name, "
+                        f"{', '.join(NAMED_SETTINGS)} (sampler.NAMED_SETTINGS), fields may follow; one the engine "
                         "(--compile, --cuda-graph) refuses runs on the best engine it accepts, and says so")
     p.add_argument("--runs", type=int, default=5, help="timed runs; the median is reported (default %(default)s)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default %(default)s)")
@@ -353,15 +357,15 @@ def main(argv=None):
                               "python bench.py --sample --help lists the sampling flags, "
                               "python bench.py --plot --help the plot's.")
     p.add_argument("--steps", type=int, default=30, help="timed steps per path (default %(default)s)")
-    p.add_argument("--paths", default="fast,plain", help="which paths to time: fast, plain or both")
+    p.add_argument("--paths", default="fast,plain", help="a comma list of distinct paths: fast, plain or both")
     args, rest = p.parse_known_args(argv)
     train_parser = ArgumentParser(prog="bench.py (train.py's flags)")
     add_train_flags(train_parser)
     paths = args.paths.split(",")
     rank = int(os.environ.get("RANK", 0))
     try:
-        if args.steps < 1 or not paths or set(paths) - set(PATHS):
-            raise UserError("--steps must be >= 1 and --paths a comma list of fast, plain")
+        if args.steps < 1 or not paths or set(paths) - set(PATHS) or len(set(paths)) < len(paths):
+            raise UserError("--steps must be >= 1 and --paths a comma list of distinct paths among fast, plain")
         rows = []
         for path in paths:
             name, flags = PATHS[path]
@@ -381,12 +385,12 @@ def main(argv=None):
     device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     world = int(os.environ.get("WORLD_SIZE", 1))
     print(f"\n{args.steps} steps of global batch {tc.batch_size} x {mc.block_size}, {world} process(es), device {device}")
-    if not torch.cuda.is_available() and len(rows) == 2:
+    if not torch.cuda.is_available() and {"fast", "plain"} <= set(paths):
         print("(no CUDA: the 'fast' path falls back to fp32 eager here, so the two rows time the same code)")
+    last = rows[-1]
     for name, tok_s, mfu in rows:
-        print(f"{name:<36} {tok_s:>12,.0f} tokens/s" + (f"   MFU {mfu:6.1%}" if mfu is not None else ""))
-    if len(rows) == 2:
-        print(f"speed-up of the fast path: {rows[0][1] / rows[1][1]:.2f}x")
+        print(f"{name:<36} {tok_s:>12,.0f} tokens/s" + (f"   MFU {mfu:6.1%}" if mfu is not None else "")
+              + (f"   {tok_s / last[1]:.2f}x {last[0].split(':')[0]}" if len(rows) > 1 else ""))
 
 
 if __name__ == "__main__":

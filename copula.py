@@ -72,6 +72,15 @@ from model import StaticKVCache
 
 COPULAS = ("none", "ar", "l2r")
 REFERENCE_ROWS = 256  # windows per forward pass of the left readings: bounds their memory
+# the flags' help lines (sampler.SAMPLER_HELP)
+COPULA_HELP = {
+    "copula": "draw each step's committed characters jointly, left to right, through a second model (Discrete "
+              "Copula Diffusion, copula.py): ar, the AR baseline (one cached AR pass per masked character up to "
+              "the step's last committed one); l2r, this network read left to right (one full pass per committed "
+              "character); both add full passes for the left readings they divide by, reported by sample.py "
+              "--stats and quality.py. Needs --cache none",
+    "copula_ckpt": "with --copula ar: the autoregressive copula (default weights/ar_baseline.pt)",
+}
 
 
 @dataclass

@@ -10,6 +10,7 @@ function of tensors), the key/value caches (one small class per --cache kind, in
 the loops over a block's steps and over the blocks (`denoise_canvas`).
 """
 
+import warnings
 from typing import NamedTuple, Optional
 
 import torch
@@ -238,16 +239,51 @@ COMPILED_STEPS = {}
 
 def compiled_step(mode):
     """denoise_step under torch.compile (one compiled function per mode, made once). dynamic=False:
-    one specialised graph per pass shape. A cached generation has several (the cache's filling
-    pass; a sparse pass's size changes with the steps since its refresh), often more than
-    dynamo's default of 8 recompiles, past which it runs the step eager with only a warning:
-    the limit is raised to 64 (named cache_size_limit before PyTorch 2.6)."""
+    one specialised graph per pass shape. A cached generation has a few (the cache's filling pass;
+    the sparse cache's pass sizes, padded to `sparse_pass_size`'s buckets) per batch size and
+    setting: a sweep in one process can pass dynamo's default of 8 recompiles, so the limit is
+    raised to 64 (named cache_size_limit before PyTorch 2.6), and a step past it says so
+    (`loud_at_recompile_limit`)."""
     if mode not in COMPILED_STEPS:
         dynamo = torch._dynamo.config
         limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
         setattr(dynamo, limit, max(getattr(dynamo, limit), 64))
-        COMPILED_STEPS[mode] = torch.compile(denoise_step, mode=mode, dynamic=False)
+        COMPILED_STEPS[mode] = loud_at_recompile_limit(torch.compile(denoise_step, mode=mode, dynamic=False),
+                                                       denoise_step)
     return COMPILED_STEPS[mode]
+
+
+def loud_at_recompile_limit(compiled, eager):
+    """compiled, except that the first call past dynamo's recompile limit warns (RuntimeWarning)
+    and runs eager. Left alone, dynamo logs one line and runs every later new shape eager: a
+    compiled sweep then times eager steps without a word in its table (2026-12-03). After the
+    warning, dynamo's own fallback runs (the timings are no longer compiled figures: said once).
+    PyTorch without fail_on_recompile_limit_hit (before 2.5): dynamo's log line only."""
+    dynamo = torch._dynamo.config
+    flag = next((f for f in ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit") if hasattr(dynamo, f)), None)
+    hit = getattr(torch._dynamo.exc, "FailOnRecompileLimitHit", None)
+    if flag is None or hit is None:
+        return compiled
+    warned = []
+
+    def step(*args, **kwargs):
+        if warned:
+            return compiled(*args, **kwargs)
+        before = getattr(dynamo, flag)
+        setattr(dynamo, flag, True)  # for this call only: other compiled functions keep dynamo's rule
+        try:
+            return compiled(*args, **kwargs)
+        except hit:  # raised before the step ran (dynamo checks the limit before compiling a frame)
+            limit = getattr(dynamo, "recompile_limit", None) or getattr(dynamo, "cache_size_limit", "?")
+            warnings.warn(f"torch.compile reached dynamo's recompile limit ({limit} graphs of "
+                          f"{getattr(eager, '__name__', 'the step')}): steps of a new shape now run eager, so "
+                          "later timings are not compiled figures (fewer shapes per process, or raise "
+                          "torch._dynamo.config.recompile_limit)", RuntimeWarning, stacklevel=2)
+            warned.append(True)
+            return eager(*args, **kwargs)
+        finally:
+            setattr(dynamo, flag, before)
+    return step
 
 
 # -----------------------------------------------------------------------------
@@ -332,9 +368,29 @@ class SparseCache(PrefixCache):
                              self.plan.config, state.priority)
         run |= region != self.at_refresh
         # those first, then spare positions up to the bound (a fixed size for every row)
-        positions = (~run).float().argsort(dim=1, stable=True)[:, :self.block_plan.run_size[step]]
+        n, size = self.block_plan.run_distinct[step], self.block_plan.run_size[step]
+        positions = (~run).float().argsort(dim=1, stable=True)[:, :n]
+        if size > n:  # padded to its bucket with the last position again: same id, same keys/values, same result
+            positions = torch.cat([positions, positions[:, -1:].expand(-1, size - n)], dim=1)
         lo = self.block_plan.block.first - self.block_plan.block.start
         return Pass(region.gather(1, positions), self.kv, positions + lo, lo, lo + region.size(1))
+
+
+def sparse_pass_size(n, width):
+    """The size a sparse pass on n positions runs on: n padded to 8, 16 or a multiple of 32, at most
+    the block's width. A generation then has a handful of pass shapes, so torch.compile makes a
+    handful of graphs (one per shape) where the exact sizes made one almost every step."""
+    return min(width, next((b for b in (8, 16) if n <= b), -(-n // 32) * 32))
+
+
+def sparse_run_sizes(counts, reopen, refresh, width):
+    """(distinct, padded) per step of a block: at most `distinct` positions change or are written
+    before a sparse pass ((written now | changed since the refresh) is at most this; the spare
+    ones up to it get fresh keys/values too, which measured no worse), and the pass runs on
+    `sparse_pass_size` of that (the padding repeats a position: nothing changes)."""
+    changes = [c + 2 * r for c, r in zip(counts, reopen)]  # written, and re-opened ones twice
+    distinct = [min(width, changes[i] + sum(changes[i - i % refresh:i])) for i in range(len(counts))]
+    return distinct, [sparse_pass_size(n, width) for n in distinct]
 
 
 class ExactCache(NoCache):

@@ -224,7 +224,8 @@ class Transformer(nn.Module):
         """idx: (B, T) token ids, T <= block_size. Returns logits (B, T, vocab_size - 1).
         cache (a KVCache, sampling only): empty, this pass fills it from the whole window; filled,
         idx holds only the window's positions start .. start + T - 1 (see KVCache), or, if start
-        is a (B, T) tensor, the positions it lists (distinct in each row).
+        is a (B, T) tensor, the positions it lists (a position listed twice in a row must hold the same
+        id twice: both copies compute the same keys/values, so either may land in the cache).
         causal: None = config.causal; True/False overrides it for this pass (the mixed objective
         trains one network both ways).
         attn_mask: (T, keys) bool, True where a query may attend (block diffusion, see diffusion.py).

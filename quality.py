@@ -21,7 +21,9 @@ on every column at once, not at the lowest AR NLL; the last column names the col
 the band (BAND below). With several --seeds every figure is the mean over seeds, ± its
 standard error over seeds. Settings start from sample.py's defaults
 ("default" is them unchanged) and override any sampler option: steps, threshold, temperature,
-top_k, top_p, schedule, order, remask, remask_by, block, cache, precision. A setting that
+top_k, top_p, schedule, order, remask, remask_by, block, cache, refresh, precision; a name stands
+for its fields (sampler.NAMED_SETTINGS: fast32, the 32-pass setting in band; sparse2, the sparse
+cache nearest the band; more fields may follow: "fast32,cache=sparse"). A setting that
 starts with "ar" ("ar", "ar,temperature=1.0") has the --ar model write the same continuations
 with its own sampler (one character per pass) and the same sampling rules: the other side of
 a diffusion-vs-AR comparison, scored the same way (its AR NLL is its own, so low by design).
@@ -54,7 +56,7 @@ from checkpoint import DEFAULT_AR, DEFAULT_CKPT, load_model_of_kind
 from cli import ArgumentParser, UserError, field_type
 from corpus import DATA_DEFAULT, decode, encode, load_text, split_text
 from devices import autocast, pick_device
-from sampler import SamplerConfig, check_for_model, generate
+from sampler import NAMED_SETTINGS, SamplerConfig, check_for_model, expand_setting, generate
 
 DEFAULT_SETTINGS = ["default", "steps=256", "steps=32", "threshold=0.9", "temperature=1.0", "temperature=0.6",
                     "order=noisy", "remask=1.0", "top_p=0.9", "block=32", "block=32,cache=prefix",
@@ -73,8 +75,9 @@ TYPES = {f.name: field_type(f) for f in fields(SamplerConfig) if f.name not in (
 
 def parse_setting(text):
     """'steps=64,temperature=0.8' -> a SamplerConfig: sample.py's defaults with these changed
-    (a leading 'ar' is the AR sampler's marker, read by is_ar)."""
-    given, parts = {}, text.split(",")
+    (a leading 'ar' is the AR sampler's marker, read by is_ar; a name of sampler.NAMED_SETTINGS
+    stands for its fields)."""
+    given, parts = {}, expand_setting(text).split(",")
     if "ar" in parts[1:]:
         raise UserError(f"'ar' comes first in a setting, got {text!r}")
     for part in parts:
@@ -162,7 +165,8 @@ def quality_parser():
                    help="characters of each prompt; the model writes the rest of the window (default %(default)s)")
     p.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS,
                    help="sampler settings to score, each 'default' or field=value[,field=value] over "
-                        "SamplerConfig's fields (default: a grid of 14)")
+                        f"SamplerConfig's fields, or a name, {', '.join(NAMED_SETTINGS)} (sampler.NAMED_SETTINGS), "
+                        "fields may follow (default: a grid of 14)")
     p.add_argument("--seeds", "--seed", default="0",
                    help="sampler seeds, a comma list (e.g. 0,1,2): each setting is scored once per seed and "
                         "reported as mean ± standard error; prompt i of seed s uses s + i (default %(default)s)")

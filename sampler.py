@@ -33,9 +33,10 @@ import torch
 
 from checkpoint import DEFAULT_CKPT, load_model_of_kind
 from cli import UserError, add_config_flags, config_values, shown
-from copula import COPULAS, check_copula_model, check_copula_options, check_copula_vocabulary, make_copula
+from copula import (COPULA_HELP, COPULAS, check_copula_model, check_copula_options, check_copula_vocabulary,
+                    make_copula)
 from corpus import MASK_GLYPH, encode, mask_id_of
-from denoise import CACHES, char_prior, compiled_step, denoise_canvas, denoise_step
+from denoise import CACHES, char_prior, compiled_step, denoise_canvas, denoise_step, sparse_run_sizes
 from devices import capture_graph, pick_device, sampling_precision
 
 ORDERS = ("confidence", "random", "noisy", "spread", "l2r")
@@ -130,15 +131,19 @@ SAMPLER_HELP = {
                "warm-up; a cached pass compiles once per shape); a bare --compile is mode default, reduce-overhead uses CUDA graphs",
     "cuda_graph": "CUDA: capture the whole generation as one CUDA graph and replay it (needs --steps; any "
                   "--cache; pays off from the second generation of a shape)",
-    "copula": "draw each step's committed characters jointly, left to right, through a second model (Discrete "
-              "Copula Diffusion, copula.py): ar, the AR baseline (one cached AR pass per masked character up to "
-              "the step's last committed one); l2r, this network read left to right (one full pass per committed "
-              "character); both add full passes for the left readings they divide by, reported by sample.py "
-              "--stats and quality.py. Needs --cache none",
-    "copula_ckpt": "with --copula ar: the autoregressive copula (default weights/ar_baseline.pt)",
+    **COPULA_HELP,
 }
 SAMPLER_CHOICES = {"schedule": SCHEDULES, "order": ORDERS, "remask_by": REMASK_BY, "cache": tuple(CACHES),
                    "precision": PRECISIONS, "compile": COMPILE_MODES, "copula": COPULAS}
+# --settings names (bench.py, quality.py), more fields may follow ("fast32,cache=sparse"): fast32, 32
+# passes in the quality band (RESULTS 2026-12-03, the frontier); sparse2, the sparse cache nearest the band
+NAMED_SETTINGS = {"fast32": "steps=32,schedule=linear,temperature=0.9,order=spread,remask=0.5,remask_by=pmi",
+                  "sparse2": "cache=sparse,refresh=2,temperature=0.9,order=spread,remask=0.5,remask_by=pmi"}
+
+
+def expand_setting(text):
+    """A --settings entry with its names replaced by their fields (a later field wins)."""
+    return ",".join(NAMED_SETTINGS.get(part, part) for part in text.split(","))
 
 
 def check_options(c):
@@ -254,7 +259,8 @@ class BlockPlan:
     block: Block
     counts: Optional[list]    # net characters written per step (None: threshold)
     steps: StepCounts         # on the device, one entry per step
-    run_size: Optional[list]  # sparse cache: positions each pass runs on
+    run_size: Optional[list]  # sparse cache: positions each pass runs on (denoise.sparse_pass_size's buckets)
+    run_distinct: Optional[list] = None  # of which distinct (the rest repeat one)
 
 
 @dataclass
@@ -313,8 +319,6 @@ def split_steps(steps, sizes):
         i = max((i for i in range(len(sizes)) if alloc[i] > 1), key=lambda i: alloc[i] - share[i])
         alloc[i] -= 1
     return alloc
-
-
 
 
 def plan_generation(model, canvas, config, seed):
@@ -403,13 +407,10 @@ def step_plan(block, n_steps, config, device):
     noise_scale = 1.0 - torch.arange(n_steps, dtype=torch.float) / n_steps
     steps = torch.stack([torch.tensor(commit, dtype=torch.float), torch.tensor(reopen, dtype=torch.float),
                          noise_scale]).to(device)  # one copy to the device
-    run_size = None
-    if config.cache == "sparse":  # positions per sparse pass: (written now | changed since the refresh) is at
-        # most this; the spare ones up to it get fresh keys/values too, which measured no worse
-        changes = [c + 2 * r for c, r in zip(counts, reopen)]  # written, and re-opened ones twice
-        run_size = [min(block.block_end - block.first, changes[i] + sum(changes[i - i % refresh:i]))
-                    for i in range(n_steps)]
-    return BlockPlan(block, counts, StepCounts(*steps), run_size)
+    distinct = run_size = None
+    if config.cache == "sparse":
+        distinct, run_size = sparse_run_sizes(counts, reopen, refresh, block.block_end - block.first)
+    return BlockPlan(block, counts, StepCounts(*steps), run_size, distinct)
 
 
 # -----------------------------------------------------------------------------
