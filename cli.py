@@ -98,26 +98,28 @@ def config_values(cls, args):
 
 class Progress:
     """A one-line progress report on stderr for work that can take more than a few seconds:
-    `label done/total (pct) elapsed, ETA`, redrawn at most every `every` seconds and erased at
-    the end. Off when stderr is not a terminal (logs and pipes stay clean) or enabled=False.
+    `label done/total (pct) elapsed, ETA`, redrawn at most every `every` seconds. Off when stderr
+    is not a terminal (logs and pipes stay clean) or enabled=False (the CLIs' --no-progress).
+    The total may grow as the work learns its size (`progress.total += n`). clear() erases the
+    line before anything else is printed to the terminal; the next update draws it again.
 
         progress = Progress("evaluating", total=len(blocks))
         for block in blocks:
             ...
             progress.update(1)
-        progress.close()
+        progress.clear()
     """
 
-    def __init__(self, label, total, enabled=True, every=0.5, stream=None):
+    def __init__(self, label, total=0, enabled=True, every=0.5, stream=None):
         self.stream = stream or sys.stderr
-        self.enabled = enabled and total > 0 and getattr(self.stream, "isatty", lambda: False)()
+        self.enabled = bool(enabled) and getattr(self.stream, "isatty", lambda: False)()
         self.label, self.total, self.every = label, total, every
         self.done, self.t0, self.shown_at, self.width = 0, time.time(), 0.0, 0
 
     def update(self, n=1):
         self.done = min(self.done + n, self.total)
         now = time.time()
-        if self.enabled and (now - self.shown_at >= self.every or self.done == self.total):
+        if self.enabled and self.total > 0 and (now - self.shown_at >= self.every or self.done == self.total):
             self.shown_at = now
             self.draw(self.line(now - self.t0))
 
@@ -133,13 +135,23 @@ class Progress:
         self.stream.flush()
         self.width = len(text)
 
-    def close(self):
-        """Erase the line, so what follows starts on a clean line."""
+    def clear(self):
+        """Erase the line, so what is printed next starts on a clean line."""
         if self.enabled and self.width:
             self.draw("")
             self.stream.write("\r")
             self.stream.flush()
             self.width = 0
+
+    close = clear  # at the end of the work: the same erasure
+
+
+def add_progress_flag(parser):
+    """--progress / --no-progress: the progress line of long work on stderr, shown only when
+    stderr is a terminal; --no-progress turns it off there too."""
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="a progress line with an ETA on stderr while long work runs, when stderr is a "
+                             "terminal (never in pipes or logs); --no-progress: none (default on)")
 
 
 def format_seconds(seconds):

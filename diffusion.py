@@ -294,26 +294,39 @@ def summarize(per_block, lengths):
     return mean.item(), se.item()
 
 
+class Shard(NamedTuple):
+    """Which share of the evaluation this process scores (rank of world: batches dealt
+    round-robin), and what it reports its progress to: None, or a cli.Progress (its total grows
+    by this rank's batches, one update per batch scored; an 80-minute --order l2r says so)."""
+    rank: int = 0
+    world: int = 1
+    progress: object = None
+
+
 def sharded(n, batch_size, shard, device, score, first=0):
     """The loop every estimator shares: rows first .. n-1 in batches of batch_size, this rank's
-    share of them (shard = (rank, world): batches dealt round-robin), score(slice) giving each
-    batch's values, in a float64 vector of n that is zero in other ranks' rows (sum_over_ranks)."""
-    rank, world = shard
+    share of them (`Shard`), score(slice) giving each batch's values, in a float64 vector of n
+    that is zero in other ranks' rows (sum_over_ranks)."""
     out = torch.zeros(n, dtype=torch.float64, device=device)
-    for i in range(first + rank * batch_size, n, world * batch_size):
+    starts = range(first + shard.rank * batch_size, n, shard.world * batch_size)
+    if shard.progress:
+        shard.progress.total += len(starts)
+    for i in starts:
         sl = slice(i, min(i + batch_size, n))
         out[sl] = score(sl)
+        if shard.progress:
+            shard.progress.update()
     return out
 
 
 def sum_over_ranks(values, shard):
-    if shard[1] > 1:
+    if shard.world > 1:
         dist.all_reduce(values)
     return values
 
 
 @torch.no_grad()
-def diffusion_block_nll(model, val, T, blocks, mc=4, seed=1234, batch_size=64, shard=(0, 1)):
+def diffusion_block_nll(model, val, T, blocks, mc=4, seed=1234, batch_size=64, shard=Shard()):
     """Per block: the conditional NELBO per character, averaged over `mc` draws. A draw masks
     k ~ U{1..length} of the block's positions (k stratified over all draws, a CPU generator with a
     fixed seed: the same masks on any device) and scores their mean -log p given the window."""
@@ -336,7 +349,7 @@ def diffusion_block_nll(model, val, T, blocks, mc=4, seed=1234, batch_size=64, s
 
 
 @torch.no_grad()
-def ar_block_nll(model, val, T, blocks, batch_size=64, shard=(0, 1)):
+def ar_block_nll(model, val, T, blocks, batch_size=64, shard=Shard()):
     """Per block: the exact mean NLL of its characters, each given everything before it in a
     window of T characters (sliding windows). The very first character has nothing to be
     predicted from, so the first block scores its last T - 1 characters."""
@@ -355,13 +368,13 @@ def ar_block_nll(model, val, T, blocks, batch_size=64, shard=(0, 1)):
         window = val[(ends - T - 1)[:, None] + torch.arange(T + 1, device=device)]
         return score(window[:, :-1], window[:, 1:], lengths)
     per_block = sharded(len(blocks), batch_size, shard, device, score_blocks, first=1)
-    if shard[0] == 0:  # the first block on its own: T - 1 inputs
+    if shard.rank == 0:  # the first block on its own: T - 1 inputs
         per_block[0] = score(val[None, :T - 1], val[None, 1:T], torch.tensor([T - 1], device=device))[0]
     return sum_over_ranks(per_block, shard)
 
 
 @torch.no_grad()
-def l2r_block_nll(model, val, T, blocks, batch_size=64, shard=(0, 1)):
+def l2r_block_nll(model, val, T, blocks, batch_size=64, shard=Shard()):
     """Per block: the exact mean NLL of its characters read left to right by the diffusion
     network, an any-order AR model read in one order. The character at window
     position p is predicted from the window with MASK at p and at every position after it: the
@@ -388,7 +401,7 @@ def l2r_block_nll(model, val, T, blocks, batch_size=64, shard=(0, 1)):
 
 
 @torch.no_grad()  # without it every batch kept its graph: 138 GB on an H200 at context 128
-def block_model_block_nll(model, val, T, blocks, mc=4, seed=1234, batch_size=64, shard=(0, 1)):
+def block_model_block_nll(model, val, T, blocks, mc=4, seed=1234, batch_size=64, shard=Shard()):
     """diffusion_block_nll for a block model: an eval block's NELBO given its context is the sum
     over its L'-blocks of each one's conditional NELBO given every clean character before it in
     the window (the context and the eval block's earlier L'-blocks), all in one [noisy ; clean]
@@ -418,10 +431,11 @@ def block_model_block_nll(model, val, T, blocks, mc=4, seed=1234, batch_size=64,
 EVAL_ORDERS = ("any", "l2r")  # a diffusion model's NELBO (every order), or its exact left-to-right NLL
 
 
-def block_scores(model, val, context, mc=4, seed=1234, rank=0, world=1, order="any"):
+def block_scores(model, val, context, mc=4, seed=1234, shard=Shard(), order="any"):
     """(per-block mean NLL or NELBO, characters scored per block) on the whole split. order
     (diffusion models): "any", the NELBO; "l2r", the exact left-to-right NLL. An AR model has
-    one order and an exact NLL: `order` does not apply to it."""
+    one order and an exact NLL: `order` does not apply to it. shard: this process's share, and
+    where its progress goes (`Shard`)."""
     if order not in EVAL_ORDERS:
         raise ValueError(f"--order must be one of {', '.join(EVAL_ORDERS)}, got {order!r}")
     if order == "l2r" and model.config.objective == "block":
@@ -429,7 +443,7 @@ def block_scores(model, val, context, mc=4, seed=1234, rank=0, world=1, order="a
     T = model.config.block_size
     blocks = eval_blocks(len(val), T, context)
     lengths = torch.tensor([float(L) for _, L in blocks])
-    batch, shard = (256 if val.device.type == "cuda" else 64), (rank, world)
+    batch = 256 if val.device.type == "cuda" else 64
     if model.config.causal:
         lengths[0] = T - 1
         return ar_block_nll(model, val, T, blocks, batch, shard), lengths
@@ -440,11 +454,11 @@ def block_scores(model, val, context, mc=4, seed=1234, rank=0, world=1, order="a
     return diffusion_block_nll(model, val, T, blocks, mc, seed, batch, shard), lengths
 
 
-def evaluate(model, val, context=0, mc=4, seed=1234, rank=0, world=1):
+def evaluate(model, val, context=0, mc=4, seed=1234, shard=Shard()):
     """(val NLL or NELBO in nats/char, standard error) of the whole split `val` at this context."""
     was_training = model.training
     model.eval()
-    per_block, lengths = block_scores(model, val, context, mc, seed, rank, world)
+    per_block, lengths = block_scores(model, val, context, mc, seed, shard)
     model.train(was_training)
     return summarize(per_block, lengths)
 

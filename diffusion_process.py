@@ -10,7 +10,8 @@ Watch tiny-diffusion denoise: every frame is one step of the same sampler sample
 Masked positions are drawn as a shaded block; characters committed in the current step are
 highlighted, and so are characters re-opened this step by --remask. A GIF holds the starting
 canvas, one frame per step, and --hold seconds of the final text. Takes the sampling flags of
-sample.py. Progress goes to stderr; Ctrl-C exits quietly with status 130.
+sample.py. Progress goes to stderr when it is a terminal (--no-progress: none); Ctrl-C exits
+quietly with status 130.
 
 Long texts: at most 40 rows are drawn (20 per side with --compare; in a terminal, as many as
 the screen has, up to that), a window that follows the block being written; a note says which
@@ -44,7 +45,7 @@ from typing import NamedTuple
 
 from ar_sampler import generate_ar_steps
 from checkpoint import DEFAULT_AR, load_model
-from cli import ArgumentParser, UserError
+from cli import ArgumentParser, Progress, UserError, add_progress_flag
 from corpus import mask_id_of
 from sampler import add_sampling_flags, generate_steps, load_for_sampling, make_canvas, sampling_config
 
@@ -52,23 +53,19 @@ SCREEN_MASK = "░"  # how a masked position looks on screen
 WRAP = 80          # columns before a long line wraps
 VIEW_ROWS = 40     # the most rows of text drawn, shared by the panels of --compare (20 each)
 COMPARE_PROMPT = "ROMEO:"  # --compare without --prompt: the autoregressive model needs a first character
+MIN_FPS, MAX_FPS, MAX_HOLD = 0.1, 100.0, 60.0  # a GIF frame lasts at most 655 s: 1 / MIN_FPS + MAX_HOLD fits
 
 
-def progress(what, unit, stream=None):
-    """report(i, n): 'what: i/n unit (elapsed)' on stderr, redrawn in place on a terminal; in a
-    pipe or a log, a line a second and the last one."""
-    stream = stream or sys.stderr
-    start = last = time.time()
-    tty = stream.isatty()
+def progress(what, enabled=True, stream=None):
+    """report(i, n) after each piece of work: cli.Progress's line ('what i/n (pct) elapsed, ETA')
+    on a terminal, erased when i reaches n (the animation or the summary line follows)."""
+    line = Progress(what, enabled=enabled, stream=stream)
 
     def report(i, n):
-        nonlocal last
-        now = time.time()
-        if tty or i == n or now - last >= 1:
-            last = now
-            line = f"{what}: {i}/{n} {unit} ({now - start:.1f} s)"
-            stream.write((f"\r{line}" + ("\n" if i == n else "")) if tty else line + "\n")
-            stream.flush()
+        line.total = n
+        line.update(i - line.done)
+        if i >= n:
+            line.clear()
     return report
 
 
@@ -319,6 +316,9 @@ class Renderer:
 # -----------------------------------------------------------------------------
 # GIF, written frame by frame: Pillow's save_all keeps every frame until the end
 
+MAX_FRAME_MS = 655_000  # a GIF stores a frame's duration in 16 bits of centiseconds
+
+
 class GifWriter:
     """A looping GIF89a. Each frame is the rectangle that changed since the one before (kept,
     not disposed), its unchanged pixels transparent, with its own palette; a frame identical to
@@ -336,9 +336,10 @@ class GifWriter:
         else:
             diff = ImageChops.difference(image, self.prev)
             box = diff.getbbox()
-            if box is None:
+            if box is None and self.pending[-1] + ms <= MAX_FRAME_MS:
                 self.pending[-1] += ms
                 return
+            box = box or (0, 0, 1, 1)  # a frame lasts at most MAX_FRAME_MS: the rest is one more frame
             r, g, b = diff.crop(box).split()
             unchanged = ImageChops.lighter(ImageChops.lighter(r, g), b).point([255] + [0] * 255, "1")
         self.flush()
@@ -381,7 +382,7 @@ def gif_frame(image, offset, unchanged, ms):
     return data[i:i + 8] + descriptor + data[13:i] + data[i + 18:-1]
 
 
-def save_gif(panels, path, fps, hold):
+def save_gif(panels, path, fps, hold, show_progress=True):
     """Draw the frames and write them one at a time; to a temporary file, then renamed, so an
     interrupted run leaves no half-written GIF. Returns the number of frames."""
     renderer, tmp = Renderer(panels), f"{path}.tmp{os.getpid()}"
@@ -389,7 +390,7 @@ def save_gif(panels, path, fps, hold):
     try:
         with open(tmp, "wb") as f:
             gif = GifWriter(f)
-            for i, image in enumerate(renderer.images(progress("rendering", "frames")), start=1):
+            for i, image in enumerate(renderer.images(progress("rendering: frame", show_progress)), start=1):
                 gif.add(image, round(ms * (1 + round(hold * fps))) if i == renderer.n_frames else round(ms))
             gif.close()
         os.replace(tmp, path)
@@ -507,8 +508,11 @@ def parse_args(argv):
                    help="also run the autoregressive baseline (default weights/ar_baseline.pt) on the same "
                         f"prompt, on one clock of forward passes; without --prompt the prompt is {COMPARE_PROMPT!r} "
                         "(the autoregressive model needs a first character)")
-    p.add_argument("--fps", type=float, default=None, help="frames per second (default 8, 24 with --compare)")
-    p.add_argument("--hold", type=float, default=2.0, help="seconds to hold the final text (default %(default)s)")
+    p.add_argument("--fps", type=float, default=None,
+                   help=f"frames per second, {MIN_FPS:g}..{MAX_FPS:g} (default 8, 24 with --compare)")
+    p.add_argument("--hold", type=float, default=2.0,
+                   help=f"seconds to hold the final text, 0..{MAX_HOLD:g} (default %(default)s)")
+    add_progress_flag(p)
     args = p.parse_args(argv)
     if args.compare and not args.prompt:
         args.prompt = COMPARE_PROMPT
@@ -519,8 +523,12 @@ def parse_args(argv):
 
 def check_output(args):
     """Fail before any work: the playback flags, then the GIF's path or a display for the window."""
-    if not 0 < args.fps <= 100 or not 0 <= args.hold <= 60:
-        raise UserError("--fps must be in (0, 100] and --hold in [0, 60]")
+    # a GIF stores a frame's duration in 16 bits of centiseconds (655 s), and a terminal sleeps
+    # 1/fps: 0.0015 fps overflowed the one, 1e-300 the other
+    if not MIN_FPS <= args.fps <= MAX_FPS:
+        raise UserError(f"--fps must be in [{MIN_FPS:g}, {MAX_FPS:g}], got {args.fps:g}")
+    if not 0 <= args.hold <= MAX_HOLD:
+        raise UserError(f"--hold must be in [0, {MAX_HOLD:g}] seconds, got {args.hold:g}")
     if args.save and not args.save.lower().endswith(".gif"):
         raise UserError(f"--save writes a GIF: give a .gif path, got {args.save!r}")
     if args.save:
@@ -549,11 +557,11 @@ def record_panels(args, config, seed):
     canvas = make_canvas(args.prompt, args.length, chars, 1, device)
     ar = load_ar_baseline(args.compare, canvas, chars, device) if args.compare else None
     diffusion = Recording(generate_steps(model, canvas, config, seed), canvas, chars,
-                          progress("sampling", "characters"))
+                          progress("sampling: character", args.progress))
     if ar is None:
         return [("tiny-diffusion", diffusion)]
     baseline = Recording(generate_ar_steps(ar, canvas, config, seed), canvas, chars,
-                         progress("sampling (autoregressive)", "characters"))
+                         progress("sampling (autoregressive): character", args.progress))
     return [("diffusion", diffusion), ("autoregressive", baseline)]
 
 
@@ -573,7 +581,7 @@ def main(argv=None):
         if args.terminal:
             play_terminal(panels, args.fps, args.hold)
         elif args.save:
-            n = save_gif(panels, args.save, args.fps, args.hold)
+            n = save_gif(panels, args.save, args.fps, args.hold, args.progress)
             print(f"wrote {args.save}: {n} frames ({summary(panels)}), the last held {args.hold:g} s longer",
                   file=sys.stderr)
         else:

@@ -36,10 +36,10 @@ import time
 from dataclasses import replace
 
 from checkpoint import DEFAULT_CKPT, load_model
-from cli import ArgumentParser, UserError, shown
+from cli import ArgumentParser, Progress, UserError, add_progress_flag, shown
 from corpus import DATA_DEFAULT, encode_splits, load_text
 from devices import pick_device
-from diffusion import EVAL_ORDERS, block_scores, format_eval, summarize
+from diffusion import EVAL_ORDERS, Shard, block_scores, format_eval, summarize
 
 
 MAX_MC = 4096  # mask draws per block: 4,096 x 436 blocks is already hours on a GPU
@@ -95,6 +95,7 @@ def main(argv=None):
                    help="score --ckpt's network as an AR model (causal attention; for --objective mixed models)")
     p.add_argument("--data", default=DATA_DEFAULT, help="the text (default: data/tiny_shakespeare.txt)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    add_progress_flag(p)
     args = p.parse_args(argv)
     try:
         check_args(args)
@@ -110,7 +111,10 @@ def main(argv=None):
             T = model.config.block_size
             _, val = encode_splits(text, chars, device, T + 1)
             t0 = time.time()
-            per_block, lengths = block_scores(model, val, args.context, args.mc, args.seed, order=args.order)
+            progress = Progress(f"scoring {shown(path)}: batch", enabled=args.progress)
+            per_block, lengths = block_scores(model, val, args.context, args.mc, args.seed, Shard(progress=progress),
+                                              args.order)
+            progress.clear()
             mean, se = summarize(per_block, lengths)
             how = describe_estimator(model.config.causal, args)
             if args.as_ar and model is models[0][0]:

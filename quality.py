@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from ar_sampler import generate_ar
 from copula import CopulaCost, check_copula_vocabulary, generate_with_cost
 from checkpoint import DEFAULT_AR, DEFAULT_CKPT, load_model_of_kind
-from cli import ArgumentParser, UserError, field_type
+from cli import ArgumentParser, Progress, UserError, add_progress_flag, field_type
 from corpus import DATA_DEFAULT, decode, encode, load_text, split_text
 from devices import autocast, pick_device
 from sampler import NAMED_SETTINGS, SamplerConfig, check_for_model, expand_setting, generate
@@ -173,6 +173,7 @@ def quality_parser():
     p.add_argument("--jsonl", default=None, metavar="PATH",
                    help="also append one JSON row per setting (every statistic, per seed and mean) to PATH")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    add_progress_flag(p)
     return p
 
 
@@ -191,10 +192,10 @@ def check_settings(settings, model, chars):
             raise UserError(f"setting {name!r}: {e}") from None
 
 
-def timed_generations(model, real, P, config, seeds, sample=generate):
+def timed_generations(model, real, P, config, seeds, sample=generate, progress=None):
     """For each seed, the model's continuations of real's first P characters written by
     sample (generate, or ar_sampler.generate_ar); and the seconds they took (a warm-up
-    generation first, untimed)."""
+    generation first, untimed). progress: updated once per seed."""
     outs, seconds, nfe = [], 0.0, 0
     sync = torch.cuda.synchronize if real.device.type == "cuda" else (lambda: None)
     for seed in seeds:
@@ -207,6 +208,8 @@ def timed_generations(model, real, P, config, seeds, sample=generate):
         sync()
         seconds += time.time() - t0
         outs.append(out)
+        if progress:
+            progress.update()
     return outs, seconds, nfe
 
 
@@ -355,10 +358,13 @@ def main(argv=None):
 
     real_stats = stats_of(real)
     report(args, "real validation text", [real_stats], real_stats, 0, 0)
+    # a grid of 14 settings x 3 seeds runs for an hour on a CPU: a line on the terminal says how far
+    progress = Progress("generating: setting x seed", len(settings) * len(seeds), enabled=args.progress)
     for name, config in settings:
         writer, sample, costs = sampler_for(name, config, model, ar_model)
-        outs, seconds, nfe = timed_generations(writer, real, P, config, seeds, sample)
+        outs, seconds, nfe = timed_generations(writer, real, P, config, seeds, sample, progress)
         speed = args.prompts * (T - P) * len(seeds) / seconds
+        progress.clear()  # the table row goes to the same terminal
         report(args, name, [stats_of(out) for out in outs], real_stats, nfe, speed, mean_cost(costs[1::2]))
 
 

@@ -27,10 +27,11 @@ import sys
 import time
 
 import torch
-from cli import ArgumentParser, UserError
+from cli import ArgumentParser, Progress, UserError, add_progress_flag
 from copula import generate_with_cost
 from corpus import decode, mask_id_of
-from sampler import add_sampling_flags, generate, load_for_sampling, make_canvas, sampling_config
+from sampler import (add_sampling_flags, generate, generate_steps, load_for_sampling, make_canvas, plan_generation,
+                     sampling_config)
 
 MAX_SAMPLES = 10_000
 BATCH = 64  # samples per forward pass: bounds memory (a batch of 4096 took 18 GB)
@@ -46,6 +47,7 @@ def main(argv=None):
     p.add_argument("--stats", action="store_true", help="print forward passes, chars/s and device to stderr")
     p.add_argument("--warmup", type=int, default=0, metavar="N",
                    help="run N untimed generations first (compilation, caches) so --stats times steady state; 0..1000")
+    add_progress_flag(p)
     args = p.parse_args(argv)
     try:
         config, seed = sampling_config(args)
@@ -58,15 +60,21 @@ def main(argv=None):
         n_new = int((canvas[0] == mask_id_of(chars)).sum())
         for _ in range(args.warmup):
             generate(model, canvas, config, seed)
+        batches = range(0, args.num_samples, BATCH)
+        progress = Progress("sampling: pass", enabled=args.progress)
+        passes = planned_passes(model, canvas, config, seed) if progress.enabled else 0
+        progress.total = len(batches) * passes
         seconds, nfe = 0.0, 0
-        for first in range(0, args.num_samples, BATCH):
+        for first in batches:
             n = min(BATCH, args.num_samples - first)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.time()
-            out, nfe, cost = generate_with_cost(model, canvas[:n], config, seed + first)  # cost: --copula's
+            out, nfe, cost = generate_with_progress(model, canvas[:n], config, seed + first, progress)  # cost: --copula's
             texts = [decode(row, chars) for row in out.tolist()]  # .tolist() waits for the device
             seconds += time.time() - t0
+            progress.update((first // BATCH + 1) * passes - progress.done)  # a threshold run may stop short of its plan
+            progress.clear()  # the text goes to the same terminal
             separator = SAMPLE_SEPARATOR if first else ""
             print(separator + SAMPLE_SEPARATOR.join(t + "\n" for t in texts), end="", flush=True)
     except UserError as e:
@@ -82,6 +90,28 @@ def main(argv=None):
         print(f"[stats] {nfe} forward passes (NFE){copula} for {n_new} new chars x {args.num_samples} samples "
               f"in {seconds:.3f}s = {total / seconds:,.0f} chars/s | device {device} | seed {seed}",
               file=sys.stderr)
+
+
+def planned_passes(model, canvas, config, seed):
+    """The forward passes one generation of `canvas` is planned to take (a threshold run's most:
+    one per character of each block), for the progress line of long texts (5,000 characters
+    take a minute on a CPU). Host work only; the prior's pass is made once per model."""
+    return sum(p.steps.n_steps for p in plan_generation(model, canvas, config, seed).blocks)
+
+
+def generate_with_progress(model, canvas, config, seed, progress):
+    """copula.generate_with_cost, one progress update per forward pass: (canvas, nfe, the copula's
+    cost or None). The CUDA graph runs whole, and a copula's generation keeps its own loop: one
+    update at the end. The same text: the steps are generate's."""
+    if config.cuda_graph or config.copula != "none" or not progress.enabled:
+        out, nfe, cost = generate_with_cost(model, canvas, config, seed)
+        progress.update(nfe)
+        return out, nfe, cost
+    out, nfe = canvas, 0
+    for state in generate_steps(model, canvas, config, seed):
+        out, nfe = state.canvas, state.nfe
+        progress.update()
+    return out, nfe, None
 
 
 if __name__ == "__main__":

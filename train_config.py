@@ -61,6 +61,7 @@ class TrainConfig:
     divergence: str = "kl"
     distill_order: str = "random"
     distill_ema: bool = False
+    progress: bool = True
 
 
 # one line of --help per flag (nanochat style)
@@ -131,6 +132,8 @@ HELP = {
                      "paper's) or spread (the sampler's default order; no remasking)",
     "distill_ema": "with --ema: at each round's end the EMA copy becomes the teacher and the student, and the "
                    "average restarts (SDTT's use_ema_on_growth); else the raw student becomes the teacher",
+    "progress": "a progress line with an ETA on stderr while an evaluation runs, when stderr is a terminal "
+                "(never in logs); --no-progress: none",
 }
 
 PRESETS = {

@@ -17,10 +17,10 @@ import torch
 import torch.distributed as dist
 
 from checkpoint import read_checkpoint, respelled, save_checkpoint
-from cli import UserError
+from cli import Progress, UserError
 from corpus import ROOT, encode_splits, load_text
 from devices import autocast, pick_device
-from diffusion import evaluate, format_eval
+from diffusion import Shard, evaluate, format_eval
 from distill import Distillation, NoDistillation
 from model import ModelConfig, Transformer
 from objectives import OBJECTIVES
@@ -38,9 +38,9 @@ def get_batch(data, batch_size, length, generator):
     return data[starts[:, None] + torch.arange(length, device=data.device)]
 
 
-def run_evaluation(model, val, tc, rank=0, world=1):
+def run_evaluation(model, val, tc, shard=Shard()):
     """(val NLL or NELBO in nats/char, standard error) under tc's evaluation settings."""
-    return evaluate(model, val, tc.eval_context, tc.eval_mc, tc.eval_seed, rank, world)
+    return evaluate(model, val, tc.eval_context, tc.eval_mc, tc.eval_seed, shard)
 
 
 # -----------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def load_resume_state(mc, tc, explicit_flags):
     if "optimizer" in given and given["optimizer"] != ckpt["train_config"].get("optimizer"):
         raise UserError(f"--resume keeps the run's optimizer ({ckpt['train_config'].get('optimizer')}); "
                         f"drop --optimizer")
-    given.update(resume=True, out_dir=tc.out_dir, data=tc.data, device=tc.device)
+    given.update(resume=True, out_dir=tc.out_dir, data=tc.data, device=tc.device, progress=tc.progress)  # this machine's
     known = {f.name for f in fields(TrainConfig)}
     saved = {k: v for k, v in ckpt["train_config"].items() if k in known}
     tc = replace(TrainConfig(**saved), **given)
@@ -286,8 +286,8 @@ class Trainer:
         t0 = time.time()
         row = {"step": self.step}
         if self.ema:  # the raw weights too, so the EMA's effect is measured in every run
-            row["val_raw"], row["val_raw_se"] = run_evaluation(self.model, self.val_ids, self.tc, self.rank, self.world)
-        val, se = run_evaluation(self.eval_model, self.val_ids, self.tc, self.rank, self.world)
+            row["val_raw"], row["val_raw_se"] = self.evaluation(self.model, "evaluating the raw weights")
+        val, se = self.evaluation(self.eval_model, "evaluating" + (" the EMA weights" if self.ema else ""))
         if not math.isfinite(val):
             raise DivergedError(f"the validation loss is {val} at step {self.step}")
         improved = val < self.best_val
@@ -302,6 +302,15 @@ class Trainer:
         raw = f" (raw weights {row['val_raw']:.4f})" if self.ema else ""
         self.log(f"eval  {self.step:>6} | {format_eval(val, se, self.mc.causal)}{raw}"
                  f"{' | new best, saved' if improved else ''} | {time.time() - t0:.1f}s")
+
+    def evaluation(self, model, label):
+        """run_evaluation with a progress line on rank 0's terminal (--eval_mc 1024 takes
+        minutes), erased before the evaluation's own line is printed."""
+        progress = Progress(f"{label} at step {self.step}: batch", enabled=self.master and self.tc.progress)
+        try:
+            return run_evaluation(model, self.val_ids, self.tc, Shard(self.rank, self.world, progress))
+        finally:
+            progress.clear()
 
     def progress_line(self, loss, lr_mult, steps, seconds):
         """Progress, with the run's length and ETA from whichever limit ends it."""
