@@ -48,8 +48,8 @@ from checkpoint import DEFAULT_AR, load_model_of_kind
 from cli import ArgumentParser, UserError, field_type
 from corpus import mask_id_of
 from devices import autocast, capture_graph, sampling_precision
-from sampler import (NAMED_SETTINGS, SamplerConfig, add_sampling_flags, expand_setting, generate, load_for_sampling,
-                     make_canvas, sampling_config)
+from sampler import (NAMED_SETTINGS, SamplerConfig, add_sampling_flags, check_for_model, expand_setting, generate,
+                     load_for_sampling, make_canvas, sampling_config)
 from train_config import add_train_flags, check_config, configs_from_args
 from trainer import Trainer, shutdown_distributed
 
@@ -138,6 +138,17 @@ def config_for_setting(base, text):
     return None, refused
 
 
+def check_settings_for_model(model, settings):
+    """The rules that depend on the checkpoint (--cache exact needs a block model, a block model
+    takes no other cache), for every setting before anything is timed."""
+    for text, config, _ in settings:
+        try:
+            if config is not None:
+                check_for_model(model, config)
+        except ValueError as e:
+            raise UserError(f"setting {text!r}: {e}") from None
+
+
 def median_time(fn, runs, warmup, device):
     """Median seconds of `runs` calls of fn after `warmup` untimed ones (compilation, capture)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -177,14 +188,14 @@ def sample_parser():
     p = ArgumentParser(prog="bench.py --sample", description="sampling speed (see bench.py's docstring)")
     add_sampling_flags(p)
     p.add_argument("--sample", action="store_true", help="time sampling (this mode)")
-    p.add_argument("--batch-sizes", default="1,64", help="comma list (default %(default)s)")
+    p.add_argument("--batch-sizes", default="1,64", help=f"comma list, each in 1..{MAX_BATCH} (default %(default)s)")
     p.add_argument("--settings", nargs="+", default=["default"],
                    help="diffusion sampler settings timed in turn, each 'default' or field=value[,field=value] "
                         "over the flags above (e.g. --settings default cache=sparse), or a name, "
                         f"{', '.join(NAMED_SETTINGS)} (sampler.NAMED_SETTINGS), fields may follow; one the engine "
                         "(--compile, --cuda-graph) refuses runs on the best engine it accepts, and says so")
-    p.add_argument("--runs", type=int, default=5, help="timed runs; the median is reported (default %(default)s)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed runs first (default %(default)s)")
+    p.add_argument("--runs", type=int, default=5, help="timed runs, 1..1000; the median is reported (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs first, 0..1000 (default %(default)s)")
     p.add_argument("--ar", default=DEFAULT_AR, help="autoregressive baseline timed beside the diffusion model, "
                                                     "with its static key/value cache and the same --compile / "
                                                     "--cuda-graph (default weights/ar_baseline.pt; none: skip)")
@@ -203,6 +214,7 @@ def sample_benchmark(argv):
         config, seed = sampling_config(args)
         device, model, chars, config = load_for_sampling(args, config)
         settings = [(text, *config_for_setting(config, text)) for text in args.settings]
+        check_settings_for_model(model, settings)
         ar = None if args.ar == "none" else load_model_of_kind(args.ar, device, causal=True)[0]
         canvases = {batch: make_canvas(args.prompt, args.length, chars, batch, device) for batch in batch_sizes}
         log = open_log(args.jsonl)
@@ -356,7 +368,7 @@ def main(argv=None):
                        epilog="Other flags go to train.py's parser (python train.py --help); "
                               "python bench.py --sample --help lists the sampling flags, "
                               "python bench.py --plot --help the plot's.")
-    p.add_argument("--steps", type=int, default=30, help="timed steps per path (default %(default)s)")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per path, >= 1 (default %(default)s)")
     p.add_argument("--paths", default="fast,plain", help="a comma list of distinct paths: fast, plain or both")
     args, rest = p.parse_known_args(argv)
     train_parser = ArgumentParser(prog="bench.py (train.py's flags)")

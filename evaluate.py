@@ -85,7 +85,8 @@ def main(argv=None):
     p.add_argument("--paired", default=None, metavar="CKPT",
                    help="also score this checkpoint on the same blocks and report the paired difference")
     p.add_argument("--context", type=int, default=0, metavar="C",
-                   help="characters of clean context before every block after the first (default %(default)s)")
+                   help="characters of clean context before every block after the first, 0 .. the model's context - 1 "
+                        "(default %(default)s)")
     p.add_argument("--mc", type=int, default=4, help="mask draws per block, diffusion models, 1..4096 (default %(default)s)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the mask draws, 0..2**63-1 (default %(default)s)")
     p.add_argument("--order", default="any", choices=EVAL_ORDERS,

@@ -160,15 +160,16 @@ def quality_parser():
     p.add_argument("--ckpt", default=DEFAULT_CKPT, help="diffusion model to score (default: weights/model.pt)")
     p.add_argument("--ar", default=DEFAULT_AR, help="autoregressive scorer (default: weights/ar_baseline.pt)")
     p.add_argument("--data", default=DATA_DEFAULT, help="the text; prompts come from its validation split")
-    p.add_argument("--prompts", type=int, default=32, help="number of prompts, one batch (default %(default)s)")
+    p.add_argument("--prompts", type=int, default=32, help=f"number of prompts, one batch, 1..{MAX_PROMPTS} (default %(default)s)")
     p.add_argument("--prompt-chars", type=int, default=32,
-                   help="characters of each prompt; the model writes the rest of the window (default %(default)s)")
+                   help="characters of each prompt, 1 .. the model's context - 1; the model writes the rest of the "
+                        "window (default %(default)s)")
     p.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS,
                    help="sampler settings to score, each 'default' or field=value[,field=value] over "
                         f"SamplerConfig's fields, or a name, {', '.join(NAMED_SETTINGS)} (sampler.NAMED_SETTINGS), "
                         "fields may follow (default: a grid of 14)")
     p.add_argument("--seeds", "--seed", default="0",
-                   help="sampler seeds, a comma list (e.g. 0,1,2): each setting is scored once per seed and "
+                   help=f"sampler seeds, a comma list (e.g. 0,1,2), each in 0..{SEED_RANGE - MAX_PROMPTS - 1}: each setting is scored once per seed and "
                         "reported as mean ± standard error; prompt i of seed s uses s + i (default %(default)s)")
     p.add_argument("--jsonl", default=None, metavar="PATH",
                    help="also append one JSON row per setting (every statistic, per seed and mean) to PATH")

@@ -98,34 +98,34 @@ class SamplerConfig:
 
 # one help line per option: the CLIs' flags are made from these and the fields above
 SAMPLER_HELP = {
-    "steps": "forward passes to unmask everything (at most one per character, at least one per block); "
+    "steps": "forward passes to unmask everything, >= 1 (at most one per character, at least one per block); "
              "default: 64 per 256 characters to write, at least 64 (fewer passes per character cost quality)",
     "threshold": "instead of --steps: each pass commits every character with confidence >= this, in (0, 1], "
                  "at least one (order confidence and no remasking unless given)",
-    "temperature": "0 = greedy",
-    "top_k": "draw only from the k most likely characters",
-    "top_p": "draw only from the most likely characters whose probabilities sum to p (nucleus)",
+    "temperature": "0 = greedy; >= 0",
+    "top_k": "draw only from the k most likely characters; >= 1",
+    "top_p": "draw only from the most likely characters whose probabilities sum to p (nucleus); in (0, 1]",
     "schedule": "characters committed per step with --steps: linear, or cosine (few first, many last)",
     "order": "which masked characters to commit each step: spread, bit-reversed positions, those written "
              "together far apart; random (MDLM's ancestral order); confidence, the most confident (spells "
              "best, repeats most); noisy, confidence plus annealed Gumbel noise (MaskGIT); l2r, the leftmost "
              "(with --steps = the masked count and --remask 0: one character per pass, as the AR model)",
     "remask": "with --steps: each step also re-opens REMASK x its count of written characters, the least likely "
-              "(--remask-by), and writes as many more; same number of passes (ReMDM)",
+              "(--remask-by), and writes as many more; same number of passes (ReMDM); >= 0",
     "remask_by": "which written characters count as least likely: prob, the probability each was drawn with; "
                  "ratio, that over the best character's there; pmi, that over the model's prior for the "
                  "character (spares rare characters: capitals, colons)",
     "block": "semi-autoregressive: write left to right in blocks of BLOCK characters, each unmasked in parallel "
-             "over its share of the steps (default: the whole window; blocks cost quality with the shipped "
+             "over its share of the steps; >= 1 (default: the whole window; blocks cost quality with the shipped "
              "model). A block model (train.py --objective block) always writes its own blocks",
     "cache": "reuse keys/values across steps. With --block, those outside the block for all its steps "
              "(prefix: the left side; dual: both sides, each step runs on the block alone). sparse (order "
              "random, spread or l2r): each step runs only on the positions it writes and those changed since "
              "the last full pass. exact (block models only): the clean blocks' keys/values, computed once each "
              "(exact: the model is causal across blocks); each step runs on the block alone",
-    "refresh": "with --cache sparse: a full pass every REFRESH steps",
-    "context_keep": "characters of context kept before a block as the window slides (default: the context "
-                    "minus the block, or half the context without blocks)",
+    "refresh": "with --cache sparse: a full pass every REFRESH steps; >= 1",
+    "context_keep": "characters of context kept before a block as the window slides, 0 .. the model's context - 1 "
+                    "(default: the context minus the block, or half the context without blocks)",
     "precision": "auto = bf16 where it is native (CUDA; CPUs with AVX-512 BF16 or AMX), fp32 elsewhere",
     "compile": "torch.compile each step, forward pass and sampling together (pays off on CUDA after a "
                "warm-up; a cached pass compiles once per shape); a bare --compile is mode default, reduce-overhead uses CUDA graphs",
@@ -535,7 +535,7 @@ def add_sampling_flags(parser, cuda_graph=True):
     parser.add_argument("--prompt", default="", help="text to start from; `_` marks characters to fill in, "
                                                      "`\\n` is a newline")
     parser.add_argument("--length", type=int, default=None,
-                        help="total characters, prompt included (default: 256 after the prompt, or the "
+                        help=f"total characters, prompt included, 1..{MAX_LENGTH} (default: 256 after the prompt, or the "
                              "prompt's length when it contains `_`); beyond the context the text is "
                              "written window by window")
     parser.add_argument("--seed", type=int, default=None,

@@ -164,10 +164,25 @@ PRESETS = {
 # Command line
 
 def add_train_flags(parser):
-    """--preset and one flag per field of ModelConfig and TrainConfig."""
+    """--preset and one flag per field of ModelConfig and TrainConfig, each numeric one's help
+    ending with its range (RANGES); --data's default is said in words (not this machine's path)."""
     parser.add_argument("--preset", choices=sorted(PRESETS), help="a set of defaults (flags still override)")
     for cls in (ModelConfig, TrainConfig):
-        add_config_flags(parser, cls, {f.name: HELP.get(f.name, "") for f in fields(cls)})
+        helps = {f.name: HELP.get(f.name, "") for f in fields(cls)}
+        helps.update({name: f"{helps[name]}; {range_text(*RANGES[name])}" for name in helps
+                      if name in RANGES and helps[name] is not None})
+        add_config_flags(parser, cls, helps, defaults={"data": None})
+
+
+def range_text(low, high, low_ok):
+    """'in [1, 64]', 'in (0, 10]', 'in [0, 2**63-1]'."""
+    def bound(v):
+        if v == 2 ** 63 - 1:
+            return "2**63-1"
+        if isinstance(v, int) and v >= 10 ** 6 and str(v).rstrip("0") == "1":
+            return f"10**{len(str(v)) - 1}"
+        return f"{v}" if isinstance(v, int) else f"{v:g}"
+    return f"in {'[' if low_ok else '('}{bound(low)}, {bound(high)}]"
 
 
 def configs_from_args(args):

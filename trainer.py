@@ -22,6 +22,7 @@ from corpus import ROOT, encode_splits, load_text
 from devices import autocast, pick_device
 from diffusion import Shard, evaluate, format_eval
 from distill import Distillation, NoDistillation
+from memory import check_training_fits
 from model import ModelConfig, Transformer
 from objectives import OBJECTIVES
 from optim import EMA, lr_factor, make_optimizers
@@ -162,6 +163,7 @@ class Trainer:
         if tc.distill_from:  # the run's length is its rounds
             tc = replace(tc, max_steps=tc.distill_rounds * tc.distill_round_steps)
         self.mc, self.tc, self.chars = mc, tc, chars
+        check_training_fits(mc, tc, self.device, self.world, self.bf16)  # before anything is allocated
         self.train_ids, self.val_ids = encode_splits(text, chars, self.device, mc.block_size + 2)
 
         self.model = Transformer(mc).to(self.device)
