@@ -13,7 +13,7 @@ from dataclasses import asdict, fields
 
 import torch
 
-from cli import UserError, special_file
+from cli import UserError, shown, special_file
 from corpus import ROOT
 from model import ModelConfig, Transformer
 
@@ -106,31 +106,33 @@ def pid_alive(pid):
 
 
 def read_checkpoint(path):
-    """Load and validate a checkpoint dict; every failure is one UserError naming the file."""
+    """Load and validate a checkpoint dict; every failure is one UserError naming the file (as
+    cli.shown writes it: the default weights/model.pt, not this machine's path to it)."""
+    name = shown(path)
     if os.path.isdir(path):
-        raise UserError(f"checkpoint {path} is a folder: give a .pt file")
+        raise UserError(f"checkpoint {name} is a folder: give a .pt file")
     if special_file(path):
-        raise UserError(f"checkpoint {path} is {special_file(path)}, not a file: give a .pt file")
+        raise UserError(f"checkpoint {name} is {special_file(path)}, not a file: give a .pt file")
     if not os.path.isfile(path):
-        raise UserError(f"checkpoint not found: {path}")
+        raise UserError(f"checkpoint not found: {name}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"cannot read checkpoint {path}: truncated, corrupt or not a PyTorch "
+        raise UserError(f"cannot read checkpoint {name}: truncated, corrupt or not a PyTorch "
                         f"checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path} is not a tiny-diffusion checkpoint (expected format {CHECKPOINT_FORMAT})")
+        raise UserError(f"{name} is not a tiny-diffusion checkpoint (expected format {CHECKPOINT_FORMAT})")
     if not isinstance(ckpt.get("config", {}), dict):
-        raise UserError(f"{path}: config must be a dict of ModelConfig fields, got {ckpt['config']!r}")
+        raise UserError(f"{name}: config must be a dict of ModelConfig fields, got {ckpt['config']!r}")
     stored_config = ckpt.get("config", {})
     ckpt["config"] = cfg = migrate_config(stored_config, ckpt.get("train_config", {}))
     known = {f.name for f in fields(ModelConfig)}
     if set(cfg) - known:
-        raise UserError(f"{path}: unknown config fields {sorted(set(cfg) - known)}")
+        raise UserError(f"{name}: unknown config fields {sorted(set(cfg) - known)}")
     if "checksum" in ckpt and weights_checksum(ckpt.get("model", {})) != ckpt["checksum"]:
-        raise UserError(f"{path}: the weights do not match their stored checksum (the file is corrupt)")
-    check_fields(ckpt, path)
-    check_fields_checksum({**ckpt, "config": stored_config}, path)
+        raise UserError(f"{name}: the weights do not match their stored checksum (the file is corrupt)")
+    check_fields(ckpt, name)
+    check_fields_checksum({**ckpt, "config": stored_config}, name)
     return ckpt
 
 
@@ -218,10 +220,10 @@ def load_model(path, device="cpu"):
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, KeyError) as e:
         first = str(e).strip().splitlines()[0]
-        raise UserError(f"{path}: weights do not match the stored config: {first[:120]}") from None
+        raise UserError(f"{shown(path)}: weights do not match the stored config: {first[:120]}") from None
     bad = next((name for name, w in ckpt["model"].items() if w.is_floating_point() and not w.isfinite().all()), None)
     if bad:  # the checksum only says the bytes are as written: a diverged run's are NaN
-        raise UserError(f"{path}: weights {bad} hold NaN or infinite values (a diverged run?)")
+        raise UserError(f"{shown(path)}: weights {bad} hold NaN or infinite values (a diverged run?)")
     model.sampler_defaults = {k: v for k, v in ckpt.get("sampler", {}).items() if v is not None}
     return model.to(device).eval(), ckpt["chars"], ckpt
 
@@ -232,5 +234,5 @@ def load_model_of_kind(path, device, causal):
     if model.config.causal != causal:
         kind = "an autoregressive baseline" if model.config.causal else "a diffusion model"
         want = "an autoregressive model" if causal else "a diffusion model"
-        raise UserError(f"{path} is {kind}; this needs {want}")
+        raise UserError(f"{shown(path)} is {kind}; this needs {want}")
     return model, chars, ckpt

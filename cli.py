@@ -31,11 +31,19 @@ def run_entry_point(main):
         sys.exit(130)
 
 
-def shown(path):
-    """A path as the user can read it: relative to the current folder when it lies inside it
-    (data/prepare.py, which runs on its own, has its copy)."""
+REPO = os.path.dirname(os.path.abspath(__file__))
+
+
+def shown(path, repo=REPO):
+    """A path as the user can read it, never this machine's layout: relative to the current
+    folder when it lies inside it; a file of the repo given as an absolute path (the defaults:
+    weights/model.pt) relative to the repo, as the README names it, from any folder; any other
+    path as given (data/prepare.py, which runs on its own, has its copy)."""
     rel = os.path.relpath(os.path.abspath(path))
-    return path if rel.startswith("..") else rel
+    if not rel.startswith(".."):
+        return rel
+    in_repo = os.path.relpath(os.path.abspath(path), repo)
+    return in_repo if os.path.isabs(path) and not in_repo.startswith("..") else path
 
 
 def special_file(path):

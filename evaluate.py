@@ -67,7 +67,7 @@ def load_for_evaluation(path, device, context, as_ar=False, order="any"):
         model.config = replace(model.config, objective="ar")
     T = model.config.block_size
     if context >= T:
-        raise UserError(f"--context must be in 0..{T - 1} for {path} (its context is {T})")
+        raise UserError(f"--context must be in 0..{T - 1} for {shown(path)} (its context is {T})")
     return model, chars
 
 
@@ -122,14 +122,14 @@ def main(argv=None):
                 how += "; its network read as an AR model (--as-ar)"
             if model.config.objective == "block":  # block diffusion: the sum of its L'-blocks' conditional NELBOs
                 how += f"; block model, L' = {model.config.block_len}"
-            print(f"{path}: {format_eval(mean, se, model.config.causal, args.order)} on {len(val):,} held-out chars "
+            print(f"{shown(path)}: {format_eval(mean, se, model.config.causal, args.order)} on {len(val):,} held-out chars "
                   f"[context {args.context}: {len(lengths)} blocks; {how}; {device}, {time.time() - t0:.1f}s]",
                   flush=True)
             results.append((per_block, lengths))
         if args.paired:
             (xa, la), (xb, _) = results
             diff, se = summarize(xa - xb, la)  # the same blocks, so the difference is paired
-            print(f"paired difference {args.ckpt} - {args.paired}: {diff:+.4f} ± {se:.4f} nats/char "
+            print(f"paired difference {shown(args.ckpt)} - {shown(args.paired)}: {diff:+.4f} ± {se:.4f} nats/char "
                   f"over {len(la)} blocks")
     except UserError as e:
         sys.exit(f"evaluate.py: error: {e}")

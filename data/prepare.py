@@ -35,9 +35,15 @@ def verify(data, source):
 
 
 def shown(path):
-    """A path as the user can read it: relative to the current folder when it lies inside it."""
+    """A path as the user can read it (cli.shown's rule): relative to the current folder when it
+    lies inside it, a file of the repo given as an absolute path (the default --out) relative
+    to the repo, any other path as given."""
     rel = os.path.relpath(os.path.abspath(path))
-    return path if rel.startswith("..") else rel
+    if not rel.startswith(".."):
+        return rel
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    in_repo = os.path.relpath(os.path.abspath(path), repo)
+    return in_repo if os.path.isabs(path) and not in_repo.startswith("..") else path
 
 
 def fetch(url, timeout=60):

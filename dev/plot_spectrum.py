@@ -15,14 +15,18 @@ import os
 import re
 import sys
 
-import matplotlib
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+if __name__ == "__main__":  # Ctrl-C while matplotlib is imported: exit 130, not a traceback
+    import cli
+    cli.exit_on_ctrl_c()
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from cli import ArgumentParser, UserError  # noqa: E402
+from cli import ArgumentParser, UserError, shown  # noqa: E402
 
 RESULT = re.compile(r"val (?:NLL|NELBO) ([0-9.]+) ± ([0-9.]+) nats/char .*\[context (\d+):")
 
@@ -59,10 +63,10 @@ def main(argv=None):
         try:
             fig.savefig(out, dpi=120)
         except (OSError, ValueError) as e:  # ValueError: an unknown image format
-            raise UserError(f"cannot write {out}: {getattr(e, 'strerror', None) or e}") from None
+            raise UserError(f"cannot write {shown(out)}: {getattr(e, 'strerror', None) or e}") from None
     except UserError as e:
         sys.exit(f"plot_spectrum.py: error: {e}")
-    print(f"wrote {out} ({len(points)} points)")
+    print(f"wrote {shown(out)} ({len(points)} points)")
 
 
 def plot(points, title):
@@ -88,4 +92,4 @@ def plot(points, title):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_entry_point(main)
