@@ -133,7 +133,20 @@ def read_checkpoint(path):
         raise UserError(f"{name}: the weights do not match their stored checksum (the file is corrupt)")
     check_fields(ckpt, name)
     check_fields_checksum({**ckpt, "config": stored_config}, name)
+    check_finite(ckpt, name)
     return ckpt
+
+
+def check_finite(ckpt, name):
+    """Weights that are all finite: the checksum only says the bytes are as written, and a
+    diverged run's are NaN (it sampled newlines and evaluated to nan, exit 0). Every reader
+    refuses them: sampling, evaluation, --resume, --distill_from's teacher."""
+    weights = ckpt.get("model")
+    if not isinstance(weights, dict) or not all(isinstance(w, torch.Tensor) for w in weights.values()):
+        raise UserError(f"{name}: model must be a dict of weight tensors")
+    bad = next((k for k, w in weights.items() if w.is_floating_point() and not w.isfinite().all()), None)
+    if bad:
+        raise UserError(f"{name}: weights {bad} hold NaN or infinite values (a diverged run?)")
 
 
 def respelled(problems, prefix):
@@ -221,9 +234,6 @@ def load_model(path, device="cpu"):
     except (RuntimeError, KeyError) as e:
         first = str(e).strip().splitlines()[0]
         raise UserError(f"{shown(path)}: weights do not match the stored config: {first[:120]}") from None
-    bad = next((name for name, w in ckpt["model"].items() if w.is_floating_point() and not w.isfinite().all()), None)
-    if bad:  # the checksum only says the bytes are as written: a diverged run's are NaN
-        raise UserError(f"{shown(path)}: weights {bad} hold NaN or infinite values (a diverged run?)")
     model.sampler_defaults = {k: v for k, v in ckpt.get("sampler", {}).items() if v is not None}
     return model.to(device).eval(), ckpt["chars"], ckpt
 
