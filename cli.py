@@ -118,10 +118,12 @@ class Progress:
         progress.clear()
     """
 
-    def __init__(self, label, total=0, enabled=True, every=0.5, stream=None):
+    EVERY = 0.5  # seconds between redraws (the last update always draws)
+
+    def __init__(self, label, total=0, enabled=True, every=None, stream=None):
         self.stream = stream or sys.stderr
         self.enabled = bool(enabled) and getattr(self.stream, "isatty", lambda: False)()
-        self.label, self.total, self.every = label, total, every
+        self.label, self.total, self.every = label, total, self.EVERY if every is None else every
         self.done, self.t0, self.shown_at, self.width = 0, time.time(), 0.0, 0
 
     def update(self, n=1):
