@@ -105,9 +105,11 @@ def pid_alive(pid):
     return True
 
 
-def read_checkpoint(path):
+def read_checkpoint(path, finite=True):
     """Load and validate a checkpoint dict; every failure is one UserError naming the file (as
-    cli.shown writes it: the default weights/model.pt, not this machine's path to it)."""
+    cli.shown writes it: the default weights/model.pt, not this machine's path to it).
+    finite=False leaves NaN weights to the caller (tools/export_weights.py counts them itself,
+    after rounding to bf16)."""
     name = shown(path)
     if os.path.isdir(path):
         raise UserError(f"checkpoint {name} is a folder: give a .pt file")
@@ -133,7 +135,8 @@ def read_checkpoint(path):
         raise UserError(f"{name}: the weights do not match their stored checksum (the file is corrupt)")
     check_fields(ckpt, name)
     check_fields_checksum({**ckpt, "config": stored_config}, name)
-    check_finite(ckpt, name)
+    if finite:
+        check_finite(ckpt, name)
     return ckpt
 
 

@@ -67,7 +67,7 @@ def main():
                                "under the source's file name")
     args = p.parse_args()
     try:
-        ckpt = read_checkpoint(args.src)
+        ckpt = read_checkpoint(args.src, finite=False)  # check_finite below says how many, in bf16
         dst = target(args.src, args.dst)
         for training_only in ("optimizer", "generator", "elapsed", "rng", "ema", *Distillation.state_keys):
             ckpt.pop(training_only, None)
