@@ -1,9 +1,12 @@
+"""distill.py, self-distillation through time (SDTT): the divergences, the teacher's two-step
+targets, a round that brings the student closer, resume bit for bit, the flags' rules."""
 import pytest
 import torch
 
 import train
 import trainer
 from checkpoint import load_model, read_checkpoint
+from conftest import interrupt_at
 from distill import distill_loss, divergence, teacher_targets
 from train_config import TrainConfig
 from trainer import Trainer
@@ -81,14 +84,11 @@ def test_one_round_brings_the_students_one_pass_closer_to_the_teachers_two(tiny_
                                                   load_model(tiny_ckpt)[0].state_dict().values())), "frozen"
 
 
-from test_training import _interrupt_at  # a real SIGINT during a chosen step
-
-
 def test_distillation_resume_is_bit_exact_and_rounds_save_students(tiny_ckpt, small_data, tmp_path, monkeypatch):
     """Interrupted in round 2 (after the teacher changed), resumed: the same student, teacher,
     optimiser state and round files as the run straight through."""
     train.main(distill_args(tiny_ckpt, small_data, tmp_path / "straight"))
-    _interrupt_at(monkeypatch, 8)
+    interrupt_at(monkeypatch, 8)  # a real SIGINT during step 8
     with pytest.raises(SystemExit):
         train.main(distill_args(tiny_ckpt, small_data, tmp_path / "split"))
     monkeypatch.undo()
@@ -114,19 +114,3 @@ def test_distillation_flags_are_checked(tiny_ckpt, small_data, tmp_path):
         with pytest.raises(SystemExit) as stop:
             train.main(base + bad)
         assert message in str(stop.value.code)
-
-
-def test_sample_py_takes_the_checkpoints_step_count_unless_steps_is_given(tiny_ckpt, tmp_path):
-    from checkpoint import write_checkpoint
-    from conftest import run_script
-    ckpt = read_checkpoint(tiny_ckpt)
-    ckpt.pop("checksum", None)
-    write_checkpoint({**ckpt, "sampler": {"steps": 5}}, str(tmp_path / "student.pt"))
-    common = ["--ckpt", tmp_path / "student.pt", "--prompt", "KING:", "--length", "30", "--seed", "0", "--stats",
-              "--device", "cpu"]
-    for extra, nfe in [([], 5), (["--steps", "7"], 7)]:
-        r = run_script("sample.py", *common, *extra)
-        assert r.returncode == 0, r.stderr
-        assert f"[stats] {nfe} forward passes" in r.stderr
-    r = run_script("sample.py", "--ckpt", tiny_ckpt, *common[2:])
-    assert "[stats] 25 forward passes" in r.stderr, "no recommendation: the default 64, at most one per character"
