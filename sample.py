@@ -31,7 +31,7 @@ from corpus import decode, mask_id_of
 from sampler import add_sampling_flags, generate, load_for_sampling, make_canvas, sampling_config
 
 MAX_SAMPLES = 10_000
-BATCH = 64  # samples per forward pass: bounds memory (a batch of 4096 took 18 GB)
+BATCH = 64  # samples per forward pass: bounds memory, which grows with the batch
 SAMPLE_SEPARATOR = "\n---\n"  # printed between samples, after the blank line that ends a sample
 
 
