@@ -37,6 +37,16 @@ def data_path():
     return path
 
 
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory, data_path):
+    """The data's first 100k characters: each evaluation scores 10k, not 111k (for the tests that
+    need evaluations to happen, not to be good; every number they check comes from this file)."""
+    path = tmp_path_factory.mktemp("data") / "small.txt"
+    with open(data_path) as f:
+        path.write_text(f.read(100_000))
+    return str(path)
+
+
 def run_script(script, *args, timeout=300, **kwargs):
     """A real process: what only a process can tell (its exit status, Ctrl-C, --help as a shell
     sees it). Everything else calls main(argv) in this process (run_main): a process costs the

@@ -193,15 +193,15 @@ def test_monte_carlo_nelbo_matches_exact_enumeration(context):
     model = random_tiny_model(T)
     x = torch.randint(0, 65, (1, T))
     exact = exact_conditional_nelbo(model, x, context)
-    per_block = diffusion.diffusion_block_nll(model, x[0], T, [(T, T - context)], mc=3000, seed=5)
+
+    def estimate(seed):  # 3000 draws in one batch: the masks are drawn up front, whatever the batch
+        return diffusion.diffusion_block_nll(model, x[0], T, [(T, T - context)], mc=3000, seed=seed, batch_size=3000)
+    per_block = estimate(5)
     # the error of the mean of 3000 stratified draws, measured on repeated seeds
-    draws = torch.stack([diffusion.diffusion_block_nll(model, x[0], T, [(T, T - context)], mc=3000, seed=s)[0]
-                         for s in range(6, 14)])
-    se = draws.std().item()
+    se = torch.stack([estimate(s)[0] for s in range(6, 14)]).std().item()
     assert 0 < se < 0.05
     assert abs(per_block[0].item() - exact) < 4 * se + 1e-3, (per_block[0].item(), exact, se)
-    again = diffusion.diffusion_block_nll(model, x[0], T, [(T, T - context)], mc=3000, seed=5)
-    assert torch.equal(per_block, again)  # the same seed gives the same masks
+    assert torch.equal(per_block, estimate(5))  # the same seed gives the same masks
 
 
 @pytest.mark.parametrize("n,T,context", [(1000, 256, 0), (1000, 256, 128), (1000, 256, 192), (257, 256, 100),
@@ -263,17 +263,21 @@ def test_ar_sliding_windows_give_each_character_its_preceding_context():
 # The network read in one order: the exact left-to-right NLL, and the any-order identity that
 # ties it to the NELBO
 
-def order_nll(model, x, context, order):
+def order_nll(model, x, context, orders):
     """Exact NLL per character of the block x[:, context:] given the clean x[:, :context], read
-    in `order` (block positions): all of them MASK at first, each predicted then revealed."""
-    noisy = x.clone()
-    noisy[0, context:] = model.config.mask_id
-    total = 0.0
-    for i in order:
-        logp = torch.log_softmax(model(noisy)[0, i].double(), dim=-1)
-        total -= logp[x[0, i]].item()
-        noisy[0, i] = x[0, i]
-    return total / len(order)
+    in each of `orders` (block positions; one row each, all read at once): all of them MASK at
+    first, each predicted then revealed. One float64 value per order."""
+    orders = torch.tensor([list(order) for order in orders])
+    rows = torch.arange(len(orders))
+    noisy = x.repeat(len(orders), 1)
+    noisy[:, context:] = model.config.mask_id
+    total = torch.zeros(len(orders), dtype=torch.float64)
+    for step in range(orders.size(1)):
+        i = orders[:, step]
+        logp = torch.log_softmax(model(noisy)[rows, i].double(), dim=-1)
+        total -= logp[rows, x[0, i]]
+        noisy[rows, i] = x[0, i]
+    return total / orders.size(1)
 
 
 @torch.no_grad()
@@ -288,7 +292,7 @@ def test_left_to_right_estimator_equals_a_loop_over_positions(n, T, context):
     expected = []
     for end, length in blocks:
         window = val[None, end - T:end]
-        expected.append(order_nll(model, window, T - length, range(T - length, T)))
+        expected.append(order_nll(model, window, T - length, [range(T - length, T)])[0].item())
     assert torch.allclose(per_block, torch.tensor(expected, dtype=torch.float64), atol=1e-5)
     scores, lengths = diffusion.block_scores(model, val, context, order="l2r")
     assert torch.allclose(scores, per_block, atol=1e-6) and lengths.sum() == n  # every character once
@@ -306,10 +310,10 @@ def test_mean_over_all_orders_equals_the_exact_nelbo(context):
     block = range(context, context + L)
     orders = list(itertools.permutations(block))
     assert len(orders) == math.factorial(L)
-    any_order = sum(order_nll(model, x, context, o) for o in orders) / len(orders)
+    any_order = order_nll(model, x, context, orders).mean().item()
     assert any_order == pytest.approx(exact_conditional_nelbo(model, x, context), abs=1e-9)
     left_to_right = diffusion.l2r_block_nll(model, x[0], context + L, [(context + L, L)])[0].item()
-    assert left_to_right == pytest.approx(order_nll(model, x, context, block), abs=1e-9)
+    assert left_to_right == pytest.approx(order_nll(model, x, context, [block])[0].item(), abs=1e-9)
     assert abs(left_to_right - any_order) > 1e-3, "one order is not the average of all"
 
 

@@ -20,10 +20,10 @@ def test_evaluate_prints_nats_and_bits(tiny_ckpt, data_path, run_main):
     assert "±" in line and "111,540 held-out chars" in line
 
 
-def test_evaluate_order_l2r_names_the_number_and_pairs_with_the_ar_model(tiny_ckpt, tiny_ar_ckpt, data_path,
+def test_evaluate_order_l2r_names_the_number_and_pairs_with_the_ar_model(tiny_ckpt, tiny_ar_ckpt, small_data,
                                                                         run_main):
     r = run_main("evaluate.py", "--ckpt", tiny_ckpt, "--paired", tiny_ar_ckpt, "--order", "l2r",
-                 "--context", "16", "--data", data_path, "--device", "cpu")
+                 "--context", "16", "--data", small_data, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     first, second, paired = r.stdout.strip().splitlines()
     assert "val left-to-right NLL (exact) " in first and "read left to right" in first
@@ -31,7 +31,7 @@ def test_evaluate_order_l2r_names_the_number_and_pairs_with_the_ar_model(tiny_ck
     l2r, ar = (float(line.split(" NLL ")[1].split()[1 if "(exact)" in line else 0]) for line in (first, second))
     diff = float(paired.split(": ")[1].split()[0])
     assert diff == pytest.approx(l2r - ar, abs=2e-3)  # per-block differences, weighted alike
-    nelbo = run_main("evaluate.py", "--ckpt", tiny_ckpt, "--context", "16", "--mc", "1", "--data", data_path,
+    nelbo = run_main("evaluate.py", "--ckpt", tiny_ckpt, "--context", "16", "--mc", "1", "--data", small_data,
                      "--device", "cpu")
     assert " NELBO " in nelbo.stdout and nelbo.returncode == 0
 

@@ -43,16 +43,6 @@ EXACT = TINY + ["--max_steps", "30", "--eval_interval", "15", "--log_interval", 
 
 
 @pytest.fixture(scope="module")
-def small_data(tmp_path_factory, data_path):
-    """The first 100k characters: each evaluation here scores 10k, not 111k (these tests
-    need evaluations to happen, not to be good)."""
-    path = tmp_path_factory.mktemp("data") / "small.txt"
-    with open(data_path) as f:
-        path.write_text(f.read(100_000))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def straight(tmp_path_factory, small_data):
     """EXACT's 30 steps straight through, no time-based save: what the other runs must match."""
     out = tmp_path_factory.mktemp("straight")
@@ -115,8 +105,8 @@ def test_resume_without_a_run_says_so_and_writes_nothing(tmp_path, small_data):
     assert not (tmp_path / "none").exists()
 
 
-def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path, data_path):
-    args = TINY + ["--data", data_path, "--out_dir", str(tmp_path), "--max_steps", "20", "--eval_interval", "20",
+def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path, small_data):
+    args = TINY + ["--data", small_data, "--out_dir", str(tmp_path), "--max_steps", "20", "--eval_interval", "20",
                    "--log_interval", "10"]
     train.main(args)
     best = read_checkpoint(str(tmp_path / "best.pt"))
@@ -130,15 +120,15 @@ def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path, data_path):
     assert steps == [10, 20]
 
 
-def test_resume_on_a_folder_without_a_run_says_so(tmp_path, data_path, run_main):
-    assert_one_line_error(run_main("train.py", "--resume", "--out_dir", tmp_path, "--data", data_path),
+def test_resume_on_a_folder_without_a_run_says_so(tmp_path, small_data, run_main):
+    assert_one_line_error(run_main("train.py", "--resume", "--out_dir", tmp_path, "--data", small_data),
                           "no run in", "last.pt")
 
 
-def test_an_out_dir_under_a_file_is_one_line(tmp_path, data_path, run_main):
+def test_an_out_dir_under_a_file_is_one_line(tmp_path, small_data, run_main):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    assert_one_line_error(run_main("train.py", "--data", data_path, "--device", "cpu", "--out_dir", a_file / "run",
+    assert_one_line_error(run_main("train.py", "--data", small_data, "--device", "cpu", "--out_dir", a_file / "run",
                                    "--max_steps", "1", *TINY), "--out_dir")
 
 

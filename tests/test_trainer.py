@@ -31,17 +31,17 @@ def test_tiny_model_loss_falls(tiny_run):
     assert vals[-1] < 2.8 and vals[-1] < vals[0]
 
 
-def test_ar_objective_trains_and_evaluates(tmp_path, data_path):
+def test_ar_objective_trains_and_evaluates(tmp_path, small_data):
     out = tmp_path / "ar"
-    train.main(TINY + ["--data", data_path, "--out_dir", str(out), "--objective", "ar", "--max_steps", "300",
-                       "--eval_interval", "300", "--log_interval", "50", "--attn_dropout", "0.1",
+    train.main(TINY + ["--data", small_data, "--out_dir", str(out), "--objective", "ar", "--max_steps", "100",
+                       "--eval_interval", "100", "--log_interval", "25", "--attn_dropout", "0.1",
                        "--embd_dropout", "0.1"])
     log = read_log(str(out))
     losses = [r["train_loss"] for r in log if "train_loss" in r]
     assert losses[-1] < losses[0] - 0.6
     model, chars, ckpt = load_model(str(out / "best.pt"))
     assert model.config.causal and model.config.attn_dropout == 0.1
-    text = open(data_path).read()
+    text = open(small_data).read()
     ids = torch.tensor([chars.index(c) for c in split_text(text)[1]])
     with torch.no_grad():  # what training logged is the sliding-window estimator on the whole split
         mean, se = diffusion.summarize(*diffusion.block_scores(model, ids, context=0))
@@ -49,22 +49,22 @@ def test_ar_objective_trains_and_evaluates(tmp_path, data_path):
     assert ckpt["val_se"] > 0
 
 
-def test_a_tiny_mixed_run_trains_and_evaluates_as_diffusion_and_as_ar(tmp_path, data_path, run_main):
+def test_a_tiny_mixed_run_trains_and_evaluates_as_diffusion_and_as_ar(tmp_path, small_data, run_main):
     out = tmp_path / "mixed"
-    train.main(TINY + ["--data", data_path, "--out_dir", str(out), "--objective", "mixed", "--ar_fraction", "0.5",
+    train.main(TINY + ["--data", small_data, "--out_dir", str(out), "--objective", "mixed", "--ar_fraction", "0.5",
                        "--t_dist", "bell", "--max_steps", "100", "--eval_interval", "100", "--log_interval", "25"])
     losses = [r["train_loss"] for r in read_log(str(out)) if "train_loss" in r]
     assert losses[-1] < losses[0] - 0.5
     ckpt = str(out / "best.pt")
     assert torch.load(ckpt, weights_only=True)["config"]["objective"] == "mixed", "a diffusion model that also reads AR"
-    r = run_main("evaluate.py", "--ckpt", ckpt, "--as-ar", "--data", data_path, "--device", "cpu")
+    r = run_main("evaluate.py", "--ckpt", ckpt, "--as-ar", "--data", small_data, "--device", "cpu")
     assert r.returncode == 0 and " NLL " in r.stdout and "(--as-ar)" in r.stdout, r.stderr
     assert float(r.stdout.split(" NLL ")[1].split()[0]) < 4.0  # its AR half learned something (uniform: 4.2)
 
 
-def test_muon_ema_and_block_masks_train_and_best_pt_holds_the_ema_weights(tmp_path, data_path):
+def test_muon_ema_and_block_masks_train_and_best_pt_holds_the_ema_weights(tmp_path, small_data):
     out = tmp_path / "muon"
-    train.main(TINY + ["--data", data_path, "--out_dir", str(out), "--max_steps", "200", "--eval_interval", "200",
+    train.main(TINY + ["--data", small_data, "--out_dir", str(out), "--max_steps", "100", "--eval_interval", "100",
                        "--log_interval", "10", "--optimizer", "muon", "--ema", "0.95", "--block_prob", "0.3"])
     log = read_log(str(out))
     losses = [r["train_loss"] for r in log if "train_loss" in r]
@@ -81,8 +81,8 @@ def test_muon_ema_and_block_masks_train_and_best_pt_holds_the_ema_weights(tmp_pa
 # -----------------------------------------------------------------------------
 # Stopping: Ctrl-C and SIGTERM, a diverging loss, a time budget
 
-def test_ctrl_c_then_resume_continues_the_same_run(tmp_path, data_path, monkeypatch):
-    args = TINY + ["--data", data_path, "--max_steps", "40", "--eval_interval", "20", "--log_interval", "10"]
+def test_ctrl_c_then_resume_continues_the_same_run(tmp_path, small_data, monkeypatch):
+    args = TINY + ["--data", small_data, "--max_steps", "40", "--eval_interval", "20", "--log_interval", "10"]
     train.main(args + ["--out_dir", str(tmp_path / "straight")])
 
     interrupt_at(monkeypatch, 25)
@@ -103,9 +103,9 @@ def test_ctrl_c_then_resume_continues_the_same_run(tmp_path, data_path, monkeypa
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C, and schedulers' kill
-def test_sigint_and_sigterm_leave_a_usable_checkpoint(tmp_path, data_path, signum):
+def test_sigint_and_sigterm_leave_a_usable_checkpoint(tmp_path, small_data, signum):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-u", os.path.join(ROOT, "train.py"), *TINY, "--data", data_path,
+    proc = subprocess.Popen([sys.executable, "-u", os.path.join(ROOT, "train.py"), *TINY, "--data", small_data,
                              "--out_dir", str(out), "--max_steps", "100000", "--log_interval", "5"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
@@ -119,16 +119,16 @@ def test_sigint_and_sigterm_leave_a_usable_checkpoint(tmp_path, data_path, signu
     assert ckpt["step"] >= 5 and "optimizer" in ckpt
 
 
-def test_a_run_stopped_before_its_first_evaluation_writes_no_best_pt(tmp_path, data_path, monkeypatch):
+def test_a_run_stopped_before_its_first_evaluation_writes_no_best_pt(tmp_path, small_data, monkeypatch):
     interrupt_at(monkeypatch, 3)
     with pytest.raises(SystemExit):
-        train.main(TINY + ["--data", data_path, "--out_dir", str(tmp_path), "--max_steps", "40",
+        train.main(TINY + ["--data", small_data, "--out_dir", str(tmp_path), "--max_steps", "40",
                            "--eval_interval", "20"])
     assert read_checkpoint(str(tmp_path / "last.pt"))["step"] == 3
     assert not (tmp_path / "best.pt").exists()
 
 
-def test_a_loss_that_becomes_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data_path,
+def test_a_loss_that_becomes_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, small_data,
                                                                                  monkeypatch):
     real, calls = objectives.diffusion_loss, itertools.count(1)
 
@@ -136,16 +136,16 @@ def test_a_loss_that_becomes_nan_stops_the_run_and_keeps_the_last_good_checkpoin
         loss = real(*args, **kwargs)
         return loss * float("nan") if next(calls) >= 12 else loss
     monkeypatch.setattr(objectives, "diffusion_loss", diverging)
-    message = exit_message(train.main, TINY + ["--data", data_path, "--out_dir", str(tmp_path), "--max_steps", "40",
+    message = exit_message(train.main, TINY + ["--data", small_data, "--out_dir", str(tmp_path), "--max_steps", "40",
                                                "--eval_interval", "10", "--log_interval", "5"])
     assert "nan between steps 11 and 15" in message and "diverged" in message
     assert read_checkpoint(str(tmp_path / "last.pt"))["step"] == 10
     assert read_checkpoint(str(tmp_path / "best.pt"))["step"] == 10
 
 
-def test_resumed_time_budget_run_keeps_its_schedule_and_a_finished_run_stops(tmp_path, data_path, monkeypatch,
+def test_resumed_time_budget_run_keeps_its_schedule_and_a_finished_run_stops(tmp_path, small_data, monkeypatch,
                                                                              run_main):
-    args = TINY + ["--data", data_path, "--out_dir", str(tmp_path), "--max_steps", "100000", "--time_budget", "0.2",
+    args = TINY + ["--data", small_data, "--out_dir", str(tmp_path), "--max_steps", "100000", "--time_budget", "0.2",
                    "--eval_interval", "100000", "--log_interval", "5"]
     interrupt_at(monkeypatch, 20)  # well inside the 12 s budget
     with pytest.raises(SystemExit):
@@ -162,10 +162,10 @@ def test_resumed_time_budget_run_keeps_its_schedule_and_a_finished_run_stops(tmp
     assert read_checkpoint(str(tmp_path / "last.pt"))["step"] == finished["step"]
 
 
-def test_time_budget_is_kept_to_the_step_between_rare_progress_lines(tmp_path, data_path):
+def test_time_budget_is_kept_to_the_step_between_rare_progress_lines(tmp_path, small_data):
     # no progress line and no evaluation before the end: the budget (3 s) must still stop the
     # run, long before its 1,500 steps (~30 s here)
-    args = TINY + ["--data", data_path, "--out_dir", str(tmp_path), "--max_steps", "1500", "--time_budget", "0.05",
+    args = TINY + ["--data", small_data, "--out_dir", str(tmp_path), "--max_steps", "1500", "--time_budget", "0.05",
                    "--eval_interval", "100000", "--log_interval", "100000"]
     train.main(args)
     last = read_checkpoint(str(tmp_path / "last.pt"))
@@ -182,10 +182,10 @@ def _final_weights(out_dir):
 
 
 @pytest.fixture(scope="module")
-def straight_run(tmp_path_factory, data_path):
+def straight_run(tmp_path_factory, small_data):
     """30 steps straight through with dropout, Muon and EMA (what interrupted runs must match)."""
     out = tmp_path_factory.mktemp("straight")
-    train.main(BIT_EXACT + ["--data", data_path, "--out_dir", str(out)])
+    train.main(BIT_EXACT + ["--data", small_data, "--out_dir", str(out)])
     return out
 
 
@@ -194,11 +194,11 @@ BIT_EXACT = TINY + ["--max_steps", "30", "--eval_interval", "15", "--log_interva
 
 
 @pytest.mark.parametrize("where", sorted(SIGNAL_POINTS))
-def test_resume_after_a_signal_anywhere_in_a_step_is_bit_exact(tmp_path, data_path, monkeypatch, straight_run,
+def test_resume_after_a_signal_anywhere_in_a_step_is_bit_exact(tmp_path, small_data, monkeypatch, straight_run,
                                                                where):
     """Ctrl-C at any point of step 17, resume: == 30 steps straight through, bit for bit: weights,
     EMA copy and optimiser state, with dropout on (the RNG states are part of last.pt)."""
-    args = BIT_EXACT + ["--data", data_path]
+    args = BIT_EXACT + ["--data", small_data]
     interrupt_at(monkeypatch, 17, where)
     with pytest.raises(SystemExit):
         train.main(args + ["--out_dir", str(tmp_path / "split")])
@@ -212,21 +212,21 @@ def test_resume_after_a_signal_anywhere_in_a_step_is_bit_exact(tmp_path, data_pa
         assert torch.equal(wa[name], wb[name]), name
 
 
-def test_resume_keeps_the_runs_settings_unless_overridden(tmp_path, data_path, monkeypatch):
-    args = TINY + ["--data", data_path, "--out_dir", str(tmp_path), "--log_interval", "5", "--eval_interval", "5"]
+def test_resume_keeps_the_runs_settings_unless_overridden(tmp_path, small_data, monkeypatch):
+    args = TINY + ["--data", small_data, "--out_dir", str(tmp_path), "--log_interval", "5", "--eval_interval", "5"]
     interrupt_at(monkeypatch, 5)
     with pytest.raises(SystemExit):
         train.main(args + ["--max_steps", "12", "--lr", "1e-3"])
     monkeypatch.undo()
-    train.main(["--resume", "--out_dir", str(tmp_path), "--data", data_path, "--device", "cpu"])
+    train.main(["--resume", "--out_dir", str(tmp_path), "--data", small_data, "--device", "cpu"])
     ckpt = read_checkpoint(str(tmp_path / "last.pt"))
     assert ckpt["step"] == 12 and ckpt["train_config"]["lr"] == 1e-3
-    train.main(["--resume", "--out_dir", str(tmp_path), "--data", data_path, "--device", "cpu", "--max_steps", "15"])
+    train.main(["--resume", "--out_dir", str(tmp_path), "--data", small_data, "--device", "cpu", "--max_steps", "15"])
     assert read_checkpoint(str(tmp_path / "last.pt"))["step"] == 15
 
 
-def test_resume_may_start_an_ema_but_not_change_the_optimizer(tmp_path, data_path, run_main):
-    args = TINY + ["--data", data_path, "--out_dir", str(tmp_path), "--eval_interval", "5", "--log_interval", "5"]
+def test_resume_may_start_an_ema_but_not_change_the_optimizer(tmp_path, small_data, run_main):
+    args = TINY + ["--data", small_data, "--out_dir", str(tmp_path), "--eval_interval", "5", "--log_interval", "5"]
     train.main(args + ["--max_steps", "5"])
     r = run_main("train.py", *args, "--max_steps", "8", "--resume", "--optimizer", "muon")
     assert r.returncode == 1 and "optimizer" in r.stderr and "Traceback" not in r.stderr
@@ -235,11 +235,11 @@ def test_resume_may_start_an_ema_but_not_change_the_optimizer(tmp_path, data_pat
     assert last["step"] == 8 and set(last["ema"]) == set(last["model"])
 
 
-def test_resume_from_a_weights_only_checkpoint_is_a_one_line_error(tmp_path, data_path, run_main):
+def test_resume_from_a_weights_only_checkpoint_is_a_one_line_error(tmp_path, small_data, run_main):
     out = tmp_path / "run"
     out.mkdir()
     shutil.copy(os.path.join(ROOT, "weights", "model.pt"), out / "last.pt")
-    r = run_main("train.py", "--resume", "--out_dir", out, "--data", data_path, "--device", "cpu")
+    r = run_main("train.py", "--resume", "--out_dir", out, "--data", small_data, "--device", "cpu")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "weights-only" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
@@ -267,10 +267,10 @@ def test_resume_with_another_shape_names_the_stored_value(capsys, run_copy, data
 # -----------------------------------------------------------------------------
 # Distributed
 
-def test_ddp_two_gloo_processes(tmp_path, data_path):
+def test_ddp_two_gloo_processes(tmp_path, small_data):
     out = tmp_path / "ddp"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                        "--standalone", os.path.join(ROOT, "train.py"), *TINY, "--data", data_path,
+                        "--standalone", os.path.join(ROOT, "train.py"), *TINY, "--data", small_data,
                         "--out_dir", str(out), "--max_steps", "20", "--eval_interval", "20", "--log_interval", "10",
                         "--time_budget", "5"],  # the ranks agree on the clock (broadcasts); steps end it
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
