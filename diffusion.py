@@ -400,7 +400,7 @@ def l2r_block_nll(model, val, T, blocks, batch_size=64, shard=Shard()):
     return per_block.index_add_(0, block_of.to(device), per_char) / lengths.to(device)
 
 
-@torch.no_grad()  # without it every batch kept its graph: 138 GB on an H200 at context 128
+@torch.no_grad()  # without it every batch kept its autograd graph (RESULTS.md, 2026-12-01)
 def block_model_block_nll(model, val, T, blocks, mc=4, seed=1234, batch_size=64, shard=Shard()):
     """diffusion_block_nll for a block model: an eval block's NELBO given its context is the sum
     over its L'-blocks of each one's conditional NELBO given every clean character before it in

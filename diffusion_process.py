@@ -127,8 +127,8 @@ class Frame(NamedTuple):
 class Recording:
     """One sample's run through a sampler, kept as what each step changed (the positions written
     or re-opened, their ids and flags: 1 written, 2 re-opened), the passes so far and the block
-    it wrote: memory grows with the characters changed, not with steps x length (every frame's
-    text was 24 GB at --length 100000). len(): the steps; report(written, to_write) after each."""
+    it wrote: memory grows with the characters changed, not with steps x length (as it would if
+    every frame's text were kept). len(): the steps; report(written, to_write) after each."""
 
     def __init__(self, states, canvas, chars, report=None):
         self.canvas, self.chars, self.steps, self.nfe = canvas[0].tolist(), chars, [], 0
@@ -359,8 +359,8 @@ def gif_frame(image, offset, unchanged, ms):
     """One GIF frame of `image` placed at `offset`, shown ms, kept (disposal 1), with its own
     palette; unchanged: a mask of the pixels left transparent. Cut out of Pillow's one-frame GIF
     of it: the graphic control extension, then the image with Pillow's global palette made local.
-    A palette per frame: the fast octree keeps all ~100 colours (antialiased text) and takes 4 ms
-    a frame, where Pillow's default median cut takes 35."""
+    A palette per frame: the fast octree keeps all ~100 colours (antialiased text), and is far
+    quicker than Pillow's default median cut."""
     from PIL import Image
     frame = image.quantize(255, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)  # 255: free
     palette = frame.getpalette()[:255 * 3]

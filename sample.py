@@ -34,7 +34,7 @@ from sampler import (add_sampling_flags, generate, generate_steps, load_for_samp
                      sampling_config)
 
 MAX_SAMPLES = 10_000
-BATCH = 64  # samples per forward pass: bounds memory (a batch of 4096 took 18 GB)
+BATCH = 64  # samples per forward pass: bounds memory, which grows with the batch
 SAMPLE_SEPARATOR = "\n---\n"  # printed between samples, after the blank line that ends a sample
 
 

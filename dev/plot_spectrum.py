@@ -3,11 +3,12 @@ Plot val NELBO (NLL for the AR model) against block length from evaluate.py's ou
 spectrum from the autoregressive model (L' = 1) through block diffusion to the diffusion model
 (L' = the context), one line per --context, standard errors as bars.
 
-    python dev/plot_spectrum.py 1=assets/runs/bd_ar_eval0.txt 4=assets/runs/bd_4_eval0.txt ... \
-        1=assets/runs/bd_ar_eval128.txt ... --out assets/block_spectrum.png
+    python evaluate.py --ckpt out/bd_4/best.pt --context 0 > bd_4_eval0.txt   # one file per model and context
+    python dev/plot_spectrum.py 1=bd_ar_eval0.txt 4=bd_4_eval0.txt ... 1=bd_ar_eval128.txt ... --out spectrum.png
 
 Each argument is L'=FILE, FILE an evaluate.py output; its first result line (the --ckpt model)
-is plotted at its context.
+is plotted at its context. The runs of RESULTS.md's 2026-12-01 entry kept their evaluations in
+one file (assets/runs/bd_eval_h200.txt), not one per model: there is no figure of them.
 """
 
 import argparse

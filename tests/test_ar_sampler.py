@@ -1,6 +1,7 @@
-"""The autoregressive sampler's engines (ar_sampler.py, model.StaticKVCache): the static cache,
-torch.compile and the CUDA graph write the same characters as the plain uncached sampler,
-inside the context window and past it. CUDA paths are skipped without a GPU."""
+"""The autoregressive sampler (ar_sampler.py, model.StaticKVCache and KVCache): one character a
+pass; its engines (the static cache, torch.compile and the CUDA graph) write the same characters
+as the plain uncached sampler, inside the context window and past it. CUDA paths are skipped
+without a GPU."""
 
 import copy
 
@@ -8,8 +9,8 @@ import pytest
 import torch
 
 from ar_sampler import generate_ar, generate_ar_steps, masked_columns, new_cache
-from corpus import encode
-from model import StaticKVCache
+from corpus import decode, encode
+from model import KVCache, StaticKVCache
 from denoise import Noise, draw_characters
 from sampler import SamplerConfig
 
@@ -72,6 +73,29 @@ def test_every_step_of_the_cached_steps_equals_the_uncached_steps(ar, prompt, le
     assert steps == int((c[0] == len(chars)).sum())
 
 
+def test_autoregressive_sampler_writes_one_character_per_pass(ar):
+    model, chars = ar
+    c = canvas_for(chars, "KING:", 60, batch=1)
+    states = list(generate_ar_steps(model, c, SamplerConfig(temperature=1.0), 0))
+    assert len(states) == 55 and states[-1].nfe == 55
+    assert all(s.committed.sum() == 1 for s in states)
+    assert decode(states[-1].canvas[0, :5].tolist(), chars) == "KING:"
+    assert (states[-1].canvas != len(chars)).all()
+
+
+@pytest.mark.parametrize("prompt,length", LAYOUTS)
+def test_cached_autoregressive_sampler_equals_the_uncached_one(ar, prompt, length):
+    # masks between kept characters: passes on several new positions at once; batch 3, fp32
+    model, chars = ar
+    c = canvas_for(chars, prompt, length)
+    cached = list(generate_ar_steps(model, c, config(), 7, cached=True))
+    uncached = list(generate_ar_steps(model, c, config(), 7, cached=False))
+    assert len(cached) == len(uncached) == int((c[0] == len(chars)).sum())
+    for a, b in zip(cached, uncached):  # every pass's character, not only the end
+        assert torch.equal(a.canvas, b.canvas) and a.window == b.window
+    assert not torch.equal(cached[-1].canvas[0], cached[-1].canvas[1])  # rows draw their own text
+
+
 def test_top_k_top_p_and_greedy_draws_match_the_uncached_sampler(ar):
     model, chars = ar
     c = canvas_for(chars, "KING:", 60)
@@ -90,6 +114,20 @@ def test_static_cache_gives_the_full_pass_logits(ar):
         steps = [model(x[:, j:j + 1], cache=cache.at(pos[j:j + 1]), pos=pos[j:j + 1]) for j in range(10, 32)]
     torch.testing.assert_close(prefix, full[:, :10], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(torch.cat(steps, 1), full[:, 10:], rtol=1e-4, atol=1e-4)
+
+
+def test_append_cache_gives_the_full_pass_logits_of_the_last_position(ar):
+    model, _ = ar
+    x = torch.randint(0, model.config.vocab_size - 1, (2, 32))
+    with torch.inference_mode():
+        full = model(x)
+        kv = KVCache(append=True)
+        model(x[:, :10], cache=kv)
+        three = model(x[:, 10:13], cache=kv, start=10)  # a causal mask by position
+        one = model(x[:, 13:14], cache=kv, start=13)
+    assert kv.layers[0][0].size(2) == 14
+    torch.testing.assert_close(three, full[:, 10:13], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(one, full[:, 13:14], rtol=1e-4, atol=1e-4)
 
 
 def test_stale_cache_entries_of_an_earlier_generation_change_nothing(ar):

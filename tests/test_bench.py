@@ -1,5 +1,6 @@
-"""bench.py --sample's sweep and --plot, in-process: settings on the command line's engine,
-one JSON record per timing, the plot. CUDA paths are skipped without a GPU."""
+"""bench.py, in-process: the training step's timing; --sample's sweep (settings on the command
+line's engine, one JSON record per timing) and --plot; bad input as one line. CUDA paths are
+skipped without a GPU."""
 
 import json
 
@@ -8,6 +9,7 @@ import torch
 
 import bench
 from cli import UserError
+from conftest import assert_one_line_error
 from sampler import SamplerConfig
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -19,6 +21,28 @@ def sweep(tmp_path, tiny_ckpt, tiny_ar_ckpt, *flags, device="cpu"):
     bench.main(["--sample", "--ckpt", tiny_ckpt, "--ar", tiny_ar_ckpt, "--device", device, "--batch-sizes", "1,2",
                 "--runs", "1", "--warmup", "0", "--length", "20", "--steps", "4", "--jsonl", str(out), *flags])
     return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_bench_training_times_the_trainers_step(data_path, run_main):
+    r = run_main("bench.py", "--steps", "2", "--paths", "plain", "--data", data_path, "--device", "cpu",
+                 "--n_layer", "1", "--n_embd", "32", "--n_head", "2", "--block_size", "16", "--batch_size", "4")
+    assert r.returncode == 0, r.stderr
+    assert "plain: fp32 eager" in r.stdout and "tokens/s" in r.stdout
+
+
+def test_bench_sample_times_the_sampler_and_its_bare_passes(tiny_ckpt, run_main):
+    r = run_main("bench.py", "--sample", "--ckpt", tiny_ckpt, "--device", "cpu", "--batch-sizes", "1,2",
+                 "--runs", "1", "--warmup", "0", "--length", "32", "--steps", "4")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("new chars x") == 2 and "4 full forward passes alone" in r.stdout and "device cpu" in r.stdout
+
+
+def test_bench_sample_bad_input_is_one_line(tiny_ckpt, run_main):
+    base = ["--sample", "--ckpt", tiny_ckpt, "--device", "cpu"]
+    assert_one_line_error(run_main("bench.py", *base, "--batch-sizes", "100000"), "every batch size in 1..4096")
+    assert_one_line_error(run_main("bench.py", *base, "--batch-sizes", "1,x"), "comma list of integers")
+    assert_one_line_error(run_main("bench.py", *base, "--prompt", "ROMEO:", "--length", "3"),
+                          "shorter than the prompt")
 
 
 def test_a_setting_the_cuda_graph_refuses_runs_ungraphed_and_says_why():

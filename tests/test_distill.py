@@ -1,16 +1,19 @@
+"""distill.py, self-distillation through time (SDTT): the divergences, the teacher's two-step
+targets, a round that brings the student closer, resume bit for bit, the flags' rules."""
 import pytest
 import torch
 
 import train
 import trainer
 from checkpoint import load_model, read_checkpoint
+from conftest import interrupt_at
 from distill import distill_loss, divergence, teacher_targets
 from train_config import TrainConfig
 from trainer import Trainer
 
 
 @pytest.fixture(scope="module")
-def small_data(tmp_path_factory, data_path):
+def distill_data(tmp_path_factory, data_path):
     """The first 60,000 characters: a validation split of 6,000, so evaluations take a moment."""
     path = tmp_path_factory.mktemp("data") / "small.txt"
     path.write_text(open(data_path).read()[:60_000])
@@ -50,8 +53,8 @@ def test_teacher_targets_take_the_distribution_of_the_step_that_committed_each_p
 
 
 @pytest.mark.parametrize("order", ["random", "spread"])
-def test_one_round_brings_the_students_one_pass_closer_to_the_teachers_two(tiny_ckpt, small_data, order, tmp_path):
-    tc = TrainConfig(data=small_data, out_dir=str(tmp_path), distill_from=tiny_ckpt, distill_rounds=1,
+def test_one_round_brings_the_students_one_pass_closer_to_the_teachers_two(tiny_ckpt, distill_data, order, tmp_path):
+    tc = TrainConfig(data=distill_data, out_dir=str(tmp_path), distill_from=tiny_ckpt, distill_rounds=1,
                      distill_round_steps=1000, distill_start_passes=8, distill_order=order, batch_size=64,
                      lr=3e-4, warmup_steps=2, device="cpu", seed=0)
     t = Trainer(trainer.ModelConfig(), tc)
@@ -81,19 +84,16 @@ def test_one_round_brings_the_students_one_pass_closer_to_the_teachers_two(tiny_
                                                   load_model(tiny_ckpt)[0].state_dict().values())), "frozen"
 
 
-from test_training import _interrupt_at  # a real SIGINT during a chosen step
-
-
-def test_distillation_resume_is_bit_exact_and_rounds_save_students(tiny_ckpt, small_data, tmp_path, monkeypatch):
+def test_distillation_resume_is_bit_exact_and_rounds_save_students(tiny_ckpt, distill_data, tmp_path, monkeypatch):
     """Interrupted in round 2 (after the teacher changed), resumed: the same student, teacher,
     optimiser state and round files as the run straight through."""
-    train.main(distill_args(tiny_ckpt, small_data, tmp_path / "straight"))
-    _interrupt_at(monkeypatch, 8)
+    train.main(distill_args(tiny_ckpt, distill_data, tmp_path / "straight"))
+    interrupt_at(monkeypatch, 8)  # a real SIGINT during step 8
     with pytest.raises(SystemExit):
-        train.main(distill_args(tiny_ckpt, small_data, tmp_path / "split"))
+        train.main(distill_args(tiny_ckpt, distill_data, tmp_path / "split"))
     monkeypatch.undo()
     assert read_checkpoint(str(tmp_path / "split" / "last.pt"))["teacher_round"] == 1
-    train.main(["--resume", "--out_dir", str(tmp_path / "split"), "--data", small_data, "--device", "cpu"])
+    train.main(["--resume", "--out_dir", str(tmp_path / "split"), "--data", distill_data, "--device", "cpu"])
     a, b = (read_checkpoint(str(tmp_path / run / "last.pt")) for run in ("straight", "split"))
     assert a["step"] == b["step"] == 12 and a["teacher_round"] == b["teacher_round"]
     for part in ("model", "teacher"):
@@ -106,27 +106,11 @@ def test_distillation_resume_is_bit_exact_and_rounds_save_students(tiny_ckpt, sm
     assert read_checkpoint(str(tmp_path / "straight" / "best.pt"))["sampler"] == {"steps": 2}
 
 
-def test_distillation_flags_are_checked(tiny_ckpt, small_data, tmp_path):
-    base = distill_args(tiny_ckpt, small_data, tmp_path)
+def test_distillation_flags_are_checked(tiny_ckpt, distill_data, tmp_path):
+    base = distill_args(tiny_ckpt, distill_data, tmp_path)
     for bad, message in [(["--divergence", "js"], "--divergence"), (["--distill_order", "left"], "--distill_order"),
                          (["--distill_start_passes", "6"], "--distill_start_passes"),
                          (["--distill-ema"], "--distill_ema needs --ema"), (["--time_budget", "1"], "--time_budget")]:
         with pytest.raises(SystemExit) as stop:
             train.main(base + bad)
         assert message in str(stop.value.code)
-
-
-def test_sample_py_takes_the_checkpoints_step_count_unless_steps_is_given(tiny_ckpt, tmp_path):
-    from checkpoint import write_checkpoint
-    from conftest import run_script
-    ckpt = read_checkpoint(tiny_ckpt)
-    ckpt.pop("checksum", None)
-    write_checkpoint({**ckpt, "sampler": {"steps": 5}}, str(tmp_path / "student.pt"))
-    common = ["--ckpt", tmp_path / "student.pt", "--prompt", "KING:", "--length", "30", "--seed", "0", "--stats",
-              "--device", "cpu"]
-    for extra, nfe in [([], 5), (["--steps", "7"], 7)]:
-        r = run_script("sample.py", *common, *extra)
-        assert r.returncode == 0, r.stderr
-        assert f"[stats] {nfe} forward passes" in r.stderr
-    r = run_script("sample.py", "--ckpt", tiny_ckpt, *common[2:])
-    assert "[stats] 25 forward passes" in r.stderr, "no recommendation: the default 64, at most one per character"

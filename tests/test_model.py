@@ -1,6 +1,8 @@
+"""model.py, the network: its size, no biases or norm weights, bidirectional or causal attention
+(per model and per call), a head that never predicts the mask."""
 import torch
 
-from diffusion import draw_masks, training_masks
+from conftest import random_tiny_model
 from model import ModelConfig, Transformer
 
 
@@ -45,64 +47,16 @@ def test_head_never_predicts_the_mask_symbol():
     assert logits.shape == (2, 8, cfg.vocab_size - 1)
 
 
-def test_draw_masks_masks_exactly_k_positions_outside_the_clean_prefix():
-    B, T = 500, 40
-    g = torch.Generator().manual_seed(0)
-    num_clean = torch.randint(0, T, (B,), generator=g)
-    u = torch.rand(B, generator=g)
-    masked, k = draw_masks(B, T, num_clean, u, generator=g)
-    assert torch.equal(masked.sum(1), k)
-    assert torch.equal(k, 1 + (u * (T - num_clean)).long())
-    prefix = torch.arange(T)[None, :] < num_clean[:, None]
-    assert not (masked & prefix).any()
-
-
-def test_training_masks_fraction_is_uniform_on_average():
-    # k ~ Uniform{1..L}: mean masked fraction (L + 1) / (2L), and every row has a mask
-    g = torch.Generator().manual_seed(0)
-    x = torch.zeros(4096, 64, dtype=torch.long)
-    masked, _, k = training_masks(x, prefix_prob=0.0, generator=g)
-    assert (k >= 1).all() and (k <= 64).all()
-    assert abs(masked.float().mean().item() - 65 / 128) < 0.01
-    # stratified over the batch: with 4096 rows, every k in 1..64 occurs exactly 64 times
-    assert torch.equal(torch.bincount(k - 1, minlength=64), torch.full((64,), 64))
-
-
-def test_training_masks_keep_a_clean_prefix_when_asked():
-    g = torch.Generator().manual_seed(1)
-    x = torch.zeros(2000, 32, dtype=torch.long)
-    masked, _, _ = training_masks(x, prefix_prob=0.5, generator=g)
-    first_masked_at_0 = masked[:, 0].float().mean().item()
-    # without prefixes position 0 is masked half the time on average; with them far less
-    assert first_masked_at_0 < 0.35
-
-
-def test_block_masks_look_like_block_decoding():
-    # every row: clean prefix, a block of 8, 16 or 32 with k in 1..len masks (the scored ones),
-    # then all masks (hidden, not scored)
-    g = torch.Generator().manual_seed(2)
-    T = 64
-    x = torch.zeros(3000, T, dtype=torch.long)
-    hidden, scored, k = training_masks(x, prefix_prob=0.0, generator=g, block_prob=1.0)
-    assert torch.equal(scored.sum(1), k) and not (scored & ~hidden).any()
-    pos = torch.arange(T)
-    tail = hidden & ~scored
-    end = torch.where(tail.any(1), tail.float().argmax(1), torch.full((len(x),), T))
-    assert torch.equal(tail, pos[None, :] >= end[:, None]), "the unscored masks are one suffix"
-    first = scored.float().argmax(1)
-    last = T - 1 - scored.flip(1).float().argmax(1)
-    assert (last < end).all() and (end - first <= 32).all() and (k <= end - first).all()
-    assert (end < T).float().mean() > 0.8  # most blocks end before the window does
-    # the block length is visible where all its positions are masked: all three lengths occur
-    full = tail.any(1) & (k == end - first)
-    assert {8, 16, 32} <= set((end - first)[full].tolist())
-
-
-def test_block_prob_and_prefix_prob_split_the_batch():
-    g = torch.Generator().manual_seed(3)
-    x = torch.zeros(4000, 64, dtype=torch.long)
-    hidden, scored, _ = training_masks(x, prefix_prob=0.3, generator=g, block_prob=0.5)
-    block_rows = (hidden & ~scored).any(1).float().mean().item()  # masked but unscored tail
-    assert 0.4 < block_rows < 0.5  # block rows whose block ends before T (most of the 50%)
-    clean_start = (~hidden[:, 0]).float().mean().item()
-    assert clean_start > 0.75  # prefix rows and nearly all block rows keep position 0 clean
+@torch.no_grad()
+def test_causal_flag_per_call_is_the_causal_model():
+    T = 12
+    model = random_tiny_model(T)
+    causal = Transformer(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=T, objective="ar")).eval()
+    causal.load_state_dict(model.state_dict())
+    x = torch.randint(0, 65, (3, T))
+    assert torch.allclose(model(x, causal=True), causal(x), atol=1e-6)
+    assert torch.allclose(causal(x, causal=False), model(x), atol=1e-6)
+    later = x.clone()
+    later[:, 6:] = 0  # the future does not reach the past under causal attention, and does otherwise
+    assert torch.allclose(model(x, causal=True)[:, :6], model(later, causal=True)[:, :6], atol=1e-6)
+    assert not torch.allclose(model(x)[:, :6], model(later)[:, :6], atol=1e-3)

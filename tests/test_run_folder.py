@@ -1,9 +1,9 @@
-"""The run folder (issue 31, item 4): its lock, a kill -9 before the first save, the time-based
-save of last.pt, the log cut back to last.pt's step on resume, a full disk. Tiny runs, in
-process where they can be; one real second process for the lock and the kill -9."""
+"""run_folder.py, the run folder (--out_dir): a fresh run refuses one that holds a run, its lock,
+a kill -9 before the first save, the time-based save of last.pt, the log cut back to last.pt's
+step on resume, a full disk. Tiny runs, in process where they can be; one real second process
+for the lock and the kill -9."""
 import errno
 import itertools
-import json
 import os
 import shutil
 import subprocess
@@ -14,21 +14,11 @@ import torch
 
 import checkpoint
 import objectives
-import plot_curve
 import run_folder
 import train
 import trainer
 from checkpoint import load_model, read_checkpoint
-from conftest import ROOT, TINY, read_log
-
-
-def exit_message(argv):
-    """train.main(argv)'s one-line error (it must exit with one)."""
-    with pytest.raises(SystemExit) as stop:
-        train.main(argv)
-    message = str(stop.value.code)
-    assert message.startswith("train.py: error:") and "\n" not in message, message
-    return message
+from conftest import ROOT, TINY, assert_one_line_error, exit_message, read_log
 
 
 def crash_at(monkeypatch, step):
@@ -50,16 +40,6 @@ def train_rows(out_dir):
 # dropout, Muon and an EMA: every RNG and state a save could disturb
 EXACT = TINY + ["--max_steps", "30", "--eval_interval", "15", "--log_interval", "5", "--dropout", "0.1",
                 "--optimizer", "muon", "--ema", "0.9"]
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory, data_path):
-    """The first 100k characters: each evaluation here scores 10k, not 111k (these tests
-    need evaluations to happen, not to be good)."""
-    path = tmp_path_factory.mktemp("data") / "small.txt"
-    with open(data_path) as f:
-        path.write_text(f.read(100_000))
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -95,13 +75,13 @@ def test_a_live_run_locks_its_folder_and_a_kill_9_before_the_first_save_is_no_de
                 break
         assert proc.poll() is None, proc.stderr.read()
         for extra in ([], ["--resume"], ["--overwrite"]):  # two runs at once interleaved every log row
-            message = exit_message(args + ["--max_steps", "10"] + extra)
+            message = exit_message(train.main, args + ["--max_steps", "10"] + extra)
             assert f"run folder {out} is in use by another process (pid {proc.pid})" in message
     finally:
         proc.kill()  # kill -9: nothing saved, a log and the lock's file left behind
         proc.communicate(timeout=60)
     assert not (out / "last.pt").exists() and (out / "log.jsonl").exists()
-    message = exit_message(args + ["--resume"])
+    message = exit_message(train.main, args + ["--resume"])
     assert "has no last.pt" in message and "start it afresh without --resume" in message
     capsys.readouterr()
     train.main(args + ["--max_steps", "10", "--eval_interval", "10", "--log_interval", "5"])  # what it said
@@ -113,16 +93,43 @@ def test_a_live_run_locks_its_folder_and_a_kill_9_before_the_first_save_is_no_de
 def test_a_folder_with_best_pt_but_no_last_pt_gets_the_same_answer_either_way(tmp_path, small_data, straight):
     shutil.copy(straight / "best.pt", tmp_path / "best.pt")
     args = TINY + ["--data", small_data, "--out_dir", str(tmp_path)]
-    resumed, fresh = exit_message(args + ["--resume"]), exit_message(args)
+    resumed, fresh = exit_message(train.main, args + ["--resume"]), exit_message(train.main, args)
     assert "best.pt but no last.pt" in resumed and "cannot be continued" in fresh
     assert "--overwrite" in resumed and "--overwrite" in fresh and "--resume" not in fresh
     assert sorted(os.listdir(tmp_path)) == ["best.pt"]
 
 
 def test_resume_without_a_run_says_so_and_writes_nothing(tmp_path, small_data):
-    message = exit_message(TINY + ["--data", small_data, "--out_dir", str(tmp_path / "none"), "--resume"])
+    message = exit_message(train.main, TINY + ["--data", small_data, "--out_dir", str(tmp_path / "none"), "--resume"])
     assert f"no run in {tmp_path / 'none'}" in message and "without --resume" in message
     assert not (tmp_path / "none").exists()
+
+
+def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path, small_data):
+    args = TINY + ["--data", small_data, "--out_dir", str(tmp_path), "--max_steps", "20", "--eval_interval", "20",
+                   "--log_interval", "10"]
+    train.main(args)
+    best = read_checkpoint(str(tmp_path / "best.pt"))
+    log_before = open(tmp_path / "log.jsonl").read()
+    message = exit_message(train.main, args)
+    assert "holds a run" in message and "--resume" in message and "--overwrite" in message
+    assert open(tmp_path / "log.jsonl").read() == log_before, "the log is untouched"
+    assert torch.equal(read_checkpoint(str(tmp_path / "best.pt"))["model"]["wte.weight"], best["model"]["wte.weight"])
+    train.main(args + ["--overwrite", "--seed", "1"])  # replaces the run: one run's rows in the log
+    steps = [row["step"] for row in read_log(str(tmp_path)) if "train_loss" in row]
+    assert steps == [10, 20]
+
+
+def test_resume_on_a_folder_without_a_run_says_so(tmp_path, small_data, run_main):
+    assert_one_line_error(run_main("train.py", "--resume", "--out_dir", tmp_path, "--data", small_data),
+                          "no run in", "last.pt")
+
+
+def test_an_out_dir_under_a_file_is_one_line(tmp_path, small_data, run_main):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert_one_line_error(run_main("train.py", "--data", small_data, "--device", "cpu", "--out_dir", a_file / "run",
+                                   "--max_steps", "1", *TINY), "--out_dir")
 
 
 def test_the_lock_refuses_a_second_holder_until_released(tmp_path):
@@ -175,14 +182,14 @@ def test_the_time_based_save_never_saves_a_diverged_state(tmp_path, small_data, 
         loss = real(*args, **kwargs)
         return loss * float("nan") if next(calls) >= 12 else loss
     monkeypatch.setattr(objectives, "diffusion_loss", diverging)
-    message = exit_message(TINY + ["--data", small_data, "--out_dir", str(tmp_path), "--max_steps", "40",
+    message = exit_message(train.main, TINY + ["--data", small_data, "--out_dir", str(tmp_path), "--max_steps", "40",
                                    "--eval_interval", "100", "--log_interval", "5", "--save_interval", "1e-6"])
     assert "diverged" in message and f"{tmp_path}/last.pt holds step 11, the last saved" in message
     assert load_model(str(tmp_path / "last.pt"))[2]["step"] == 11  # finite weights
 
 
 def test_save_interval_is_range_checked(tmp_path, small_data):
-    assert "--save_interval must be in [0" in exit_message(TINY + ["--data", small_data, "--out_dir", str(tmp_path),
+    assert "--save_interval must be in [0" in exit_message(train.main, TINY + ["--data", small_data, "--out_dir", str(tmp_path),
                                                                    "--save_interval", "-1"])
 
 
@@ -254,7 +261,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoints(tmp_path, sm
         monkeypatch.setattr(checkpoint, "open", lambda path, mode: open("/dev/full", mode), raising=False)
     else:  # a write that falls short: torch's "unexpected pos ... vs ..."
         monkeypatch.setattr(checkpoint, "open", FullDisk, raising=False)
-    message = exit_message(EXACT + ["--data", small_data, "--out_dir", str(tmp_path), "--resume",
+    message = exit_message(train.main, EXACT + ["--data", small_data, "--out_dir", str(tmp_path), "--resume",
                                     "--max_steps", "45", "--save_interval", "1e-6"])  # fails at step 31
     assert f"no space left on device writing {tmp_path}/last.pt" in message
     assert message.endswith("; the previous checkpoint is intact")
@@ -270,25 +277,6 @@ def test_a_full_disk_on_a_first_save_says_nothing_was_there(tmp_path, monkeypatc
         checkpoint.save_checkpoint(str(tmp_path / "m.pt"), model, "ab" * 32 + "c")
     assert str(e.value) == f"no space left on device writing {tmp_path / 'm.pt'}; there was no earlier copy"
     assert os.listdir(tmp_path) == []
-
-
-def test_plot_curve_on_a_full_disk_keeps_the_previous_image(tmp_path, monkeypatch):
-    log = tmp_path / "log.jsonl"
-    log.write_text(json.dumps({"step": 10, "val": 1.9, "time": 60}) + "\n")
-    (tmp_path / "curve.png").write_bytes(b"the previous image")
-    import matplotlib.figure
-
-    def full_disk(fig, path, **kwargs):
-        with open(path, "wb") as f:
-            f.write(b"\x89PNG half")
-        raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
-    with pytest.raises(SystemExit) as stop:
-        plot_curve.main([str(log), "--out", str(tmp_path / "curve.png")])
-    assert str(stop.value.code) == f"plot_curve.py: error: cannot write {tmp_path / 'curve.png'}: " \
-                                   "No space left on device"
-    assert (tmp_path / "curve.png").read_bytes() == b"the previous image"
-    assert sorted(os.listdir(tmp_path)) == ["curve.png", "log.jsonl"]
 
 
 def test_a_full_disk_writing_the_log_is_one_line(tmp_path):

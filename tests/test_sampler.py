@@ -2,7 +2,8 @@ import shutil
 
 import pytest
 import torch
-from ar_sampler import generate_ar_steps
+
+from conftest import VOCAB, perturbed_model
 from corpus import decode, encode
 from devices import native_bf16
 from model import KVCache
@@ -373,6 +374,75 @@ def test_long_text_through_blocks_is_continuous_and_of_the_asked_length(tiny_mod
     assert nfe == 40, "exactly the asked passes: there are fewer blocks than steps"
 
 
+# -----------------------------------------------------------------------------
+# A block-diffusion model (--objective block): its exact cache, each step on its block alone
+
+def block_text(B, n, seed=1):
+    return torch.randint(0, VOCAB - 1, (B, n), generator=torch.Generator().manual_seed(seed))
+
+
+BLOCK_MODEL_SETTINGS = [dict(), dict(threshold=0.6), dict(order="random", top_k=8, top_p=0.9, remask=0.0),
+                        dict(order="confidence", temperature=0.0, context_keep=8)]
+
+
+@pytest.mark.parametrize("options", BLOCK_MODEL_SETTINGS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_cached_block_sampling_equals_uncached_token_for_token(options):
+    """The exact cache (clean blocks' keys/values computed once, each step on the block alone)
+    against the full window under the block-causal mask every step: the same text, past the
+    context too (the window slides by whole blocks), from a prompt that ends inside a block.
+    In fp32: under bf16 (precision auto, on a CPU with native bf16) the block alone against the
+    cache and the masked window round differently, and a draw near a top-k/top-p edge or a
+    CDF step can then flip a character."""
+    options = {**options, "precision": "fp32"}
+    model, L = perturbed_model(8), 8
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5)  # less peaked: the samplers' draws matter
+    canvas = block_text(3, 84, seed=9)
+    canvas[:, 5:] = VOCAB - 1
+    widths = []
+    hook = model.register_forward_pre_hook(lambda m, args, kwargs: widths.append(
+        (args[0].size(1), kwargs.get("attn_mask") is not None)), with_kwargs=True)
+    exact, nfe = generate(model, canvas, SamplerConfig.from_options(cache="exact", steps=None if "threshold" in options
+                                                                    else 40, **options), seed=3)
+    hook.remove()
+    plain, nfe_plain = generate(model, canvas, SamplerConfig.from_options(
+        steps=None if "threshold" in options else 40, **options), seed=3)
+    assert (exact != VOCAB - 1).all() and torch.equal(exact[:, :5], canvas[:, :5])
+    assert torch.equal(exact, plain) and nfe == nfe_plain
+    steps = [w for w, masked in widths if not masked]  # the denoising passes (cache fills carry the mask)
+    assert len(steps) == nfe + ("remask" not in options and "threshold" not in options and
+                                options.get("remask", 0.5) > 0)  # + the prior's pass (remask by pmi)
+    assert set(steps) == {L, 84 % L} and steps[-1] == 84 % L  # L columns a pass; the canvas ends inside a block
+
+
+def test_block_model_sampler_rules():
+    model = perturbed_model(8)
+    canvas = block_text(1, 40)
+    canvas[:, 4:] = VOCAB - 1
+    with pytest.raises(ValueError, match="blocks of its block_len 8"):
+        generate(model, canvas, SamplerConfig(block=4))
+    with pytest.raises(ValueError, match="exact"):
+        generate(model, canvas, SamplerConfig(block=8, cache="dual"))
+    with pytest.raises(ValueError, match="needs a block model"):
+        generate(perturbed_model(0), canvas, SamplerConfig(cache="exact"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_of_the_exact_cache_writes_what_the_ungraphed_exact_cache_writes():
+    """A block's shapes are static, so a block model's cached generation is one graph; fp32,
+    past the context (the window slides by whole blocks)."""
+    model = perturbed_model(8).cuda()
+    canvas = block_text(2, 84, seed=9).cuda()
+    canvas[:, 5:] = VOCAB - 1
+    config = dict(cache="exact", steps=40, precision="fp32", order="random", remask=0.0)
+    plain, _ = generate(model, canvas, SamplerConfig.from_options(**config), seed=3)
+    for seed in (3, 3, 4):  # the capture, a replay, a replay with another seed
+        graphed, nfe = generate(model, canvas, SamplerConfig.from_options(cuda_graph=True, **config), seed=seed)
+        expected = plain if seed == 3 else generate(model, canvas, SamplerConfig.from_options(**config), seed=4)[0]
+        assert nfe == 40 and torch.equal(graphed, expected)
+
+
 def test_top_p_keeps_the_smallest_set_that_reaches_p():
     from denoise import Noise, draw_characters
     logits = torch.tensor([[[2.0, 1.0, 0.5, -1.0]]]).log_softmax(-1)  # p = 0.61, 0.22, 0.14, 0.03
@@ -385,46 +455,15 @@ def test_top_p_keeps_the_smallest_set_that_reaches_p():
     assert drawn(1.0) == {0, 1, 2, 3}
 
 
-def test_autoregressive_sampler_writes_one_character_per_pass(tiny_ar_ckpt):
-    from checkpoint import load_model
-    ar, chars, _ = load_model(tiny_ar_ckpt)
-    c = canvas_for(chars, "KING:", 60)
-    states = list(generate_ar_steps(ar, c, opts(temperature=1.0), 0))
-    assert len(states) == 55 and states[-1].nfe == 55
-    assert all(s.committed.sum() == 1 for s in states)
-    assert decode(states[-1].canvas[0, :5].tolist(), chars) == "KING:"
-    assert (states[-1].canvas != len(chars)).all()
-
-
-@pytest.mark.parametrize("prompt,length", [("KING:", 30), ("KING:", 75), ("K_NG:__ my lord,__ the", 40)])
-def test_cached_autoregressive_sampler_equals_the_uncached_one(tiny_ar_ckpt, prompt, length):
-    # inside the context (30 <= 32), sliding past it (75), and masks between kept characters
-    # (passes on several new positions at once); batch 3, fp32
-    from checkpoint import load_model
-    ar, chars, _ = load_model(tiny_ar_ckpt)
-    c = canvas_for(chars, prompt, length, batch=3)
-    config = opts(temperature=1.0, precision="fp32")
-    cached = list(generate_ar_steps(ar, c, config, 7, cached=True))
-    uncached = list(generate_ar_steps(ar, c, config, 7, cached=False))
-    assert len(cached) == len(uncached) == int((c[0] == len(chars)).sum())
-    for a, b in zip(cached, uncached):  # every pass's character, not only the end
-        assert torch.equal(a.canvas, b.canvas) and a.window == b.window
-    assert not torch.equal(cached[-1].canvas[0], cached[-1].canvas[1])  # rows draw their own text
-
-
-def test_append_cache_gives_the_full_pass_logits_of_the_last_position(tiny_ar_ckpt):
-    from checkpoint import load_model
-    ar, _, _ = load_model(tiny_ar_ckpt)
-    x = torch.randint(0, ar.config.vocab_size - 1, (2, 32))
-    with torch.inference_mode():
-        full = ar(x)
-        kv = KVCache(append=True)
-        ar(x[:, :10], cache=kv)
-        three = ar(x[:, 10:13], cache=kv, start=10)  # a causal mask by position
-        one = ar(x[:, 13:14], cache=kv, start=13)
-    assert kv.layers[0][0].size(2) == 14
-    torch.testing.assert_close(three, full[:, 10:13], rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(one, full[:, 13:14], rtol=1e-4, atol=1e-4)
+def test_vanishing_temperature_and_top_p_tend_to_the_greedy_draw():
+    # 1e-300 is 0 in float32: it used to divide by zero (NaN) and drop every character (newlines)
+    from denoise import draw_characters
+    logits = torch.randn(3, 7, 20, generator=torch.Generator().manual_seed(0))
+    u = torch.rand(3, 7, generator=torch.Generator().manual_seed(1))
+    greedy = logits.argmax(-1)
+    assert torch.equal(draw_characters(logits, 1e-300, None, None, u)[0], greedy)
+    assert torch.equal(draw_characters(logits, 1.0, None, 1e-300, u)[0], greedy)
+    assert torch.equal(draw_characters(logits, 1e-300, None, 1e-300, u)[0], greedy)
 
 
 def test_noise_is_uniform_independent_and_the_same_for_a_row_in_any_batch():
@@ -561,13 +600,12 @@ def test_sampler_config_rejects_bad_options_naming_the_flag(bad, needle):
         SamplerConfig(**bad)
 
 
-def test_generate_from_python_writes_what_sample_py_writes(tiny_ckpt):
+def test_generate_from_python_writes_what_sample_py_writes(tiny_ckpt, run_main):
     # the library's defaults are the CLI's: same prompt, same seed, same text
     from checkpoint import load_model
-    from conftest import run_script
     model, chars, _ = load_model(tiny_ckpt)
-    r = run_script("sample.py", "--ckpt", tiny_ckpt, "--prompt", "KING:", "--length", "60", "--seed", "7",
-                   "--device", "cpu")
+    r = run_main("sample.py", "--ckpt", tiny_ckpt, "--prompt", "KING:", "--length", "60", "--seed", "7",
+                 "--device", "cpu")
     assert r.returncode == 0, r.stderr
     out, nfe = generate(model, canvas_for(chars, "KING:", 60), SamplerConfig(), 7)
     assert r.stdout == decode(out[0].tolist(), chars) + "\n"

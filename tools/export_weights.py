@@ -60,12 +60,12 @@ def check_finite(weights, src):
                             "not exporting a model that cannot sample")
 
 
-def main():
+def main(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="training checkpoint (best.pt or last.pt)")
     p.add_argument("dst", help="where to write the sampling checkpoint: a file, or a folder to write it into "
                                "under the source's file name")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     try:
         ckpt = read_checkpoint(args.src, finite=False)  # check_finite below says how many, in bf16
         dst = target(args.src, args.dst)

@@ -1,18 +1,93 @@
-"""Every field read from a checkpoint goes through the flags' rules (issue 31): hand-made
-checkpoints are one line naming the file and the field, never a traceback or a silent load."""
+"""checkpoint.py: a checkpoint written and read back (its round trip, atomic writes), and a
+missing, truncated, foreign, corrupt or NaN file as one line naming it. Every field read from a
+checkpoint goes through the flags' rules: hand-made checkpoints are one line naming the file and
+the field, never a traceback or a silent load."""
 
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import sample
 import train
-from checkpoint import fields_checksum, read_checkpoint, write_checkpoint
+from checkpoint import fields_checksum, load_model, read_checkpoint, save_checkpoint, write_checkpoint
 from cli import UserError
-from conftest import TINY
+from conftest import TINY, assert_one_line_error, read_log
+from model import ModelConfig, Transformer
 
+
+def test_best_checkpoint_round_trips(tiny_run):
+    model, chars, ckpt = load_model(os.path.join(tiny_run, "best.pt"))
+    assert len(chars) == 65 and chars[0] == "\n"
+    assert ckpt["config"]["n_layer"] == 2 and ckpt["step"] in (400, 800)
+    assert ckpt["val"] == min(r["val"] for r in read_log(tiny_run) if "val" in r)
+    x = torch.randint(0, 65, (2, 32))
+    again = Transformer(ModelConfig(**ckpt["config"]))
+    again.load_state_dict(ckpt["model"])
+    assert torch.equal(model(x), again.eval()(x))
+
+
+def test_stale_temp_files_of_dead_processes_are_removed_at_the_next_save(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"best.pt.tmp{dead.pid}"
+    stale.write_bytes(b"x" * 1000)
+    mine = tmp_path / f"best.pt.tmp{os.getppid()}"  # a live process's temp file stays
+    mine.write_bytes(b"y")
+    save_checkpoint(str(tmp_path / "best.pt"), Transformer(ModelConfig(n_layer=1, n_embd=16, n_head=2)),
+                    "".join(map(chr, range(33, 98))))  # 65 distinct characters: a duplicate is refused
+    assert not stale.exists() and mine.exists()
+    assert read_checkpoint(str(tmp_path / "best.pt"))["checksum"]
+
+
+def test_a_missing_truncated_foreign_or_mismatched_file_is_one_line(tmp_path, tiny_ckpt, run_main):
+    missing = tmp_path / "missing.pt"
+    assert_one_line_error(run_main("sample.py", "--ckpt", missing), "not found", str(missing))
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(open(tiny_ckpt, "rb").read()[:5000])
+    assert_one_line_error(run_main("sample.py", "--ckpt", truncated), "cannot read", str(truncated))
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    assert_one_line_error(run_main("sample.py", "--ckpt", foreign), "not a tiny-diffusion checkpoint")
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    ckpt["config"]["n_embd"] = 128
+    mismatched = tmp_path / "mismatched.pt"
+    torch.save(ckpt, mismatched)
+    assert_one_line_error(run_main("sample.py", "--ckpt", mismatched), "do not match", str(mismatched))
+
+
+def test_a_folder_as_ckpt_says_it_is_a_folder(tmp_path, run_main):
+    assert_one_line_error(run_main("sample.py", "--ckpt", tmp_path), "is a folder")
+
+
+def test_flipped_weight_bytes_are_a_one_line_error(tmp_path, run_main):
+    path = tmp_path / "m.pt"
+    save_checkpoint(str(path), Transformer(ModelConfig(n_layer=1, n_embd=64, n_head=2)), "ab" * 32 + "c")
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = bytes(b ^ 0xFF for b in data[middle:middle + 4096])
+    path.write_bytes(bytes(data))
+    r = run_main("sample.py", "--ckpt", path, "--device", "cpu")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "checksum" in r.stderr or "corrupt" in r.stderr
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_at_load(tmp_path, tiny_ckpt):
+    # its checksum is valid (the bytes are as written): it used to sample newlines, exit 0
+    ckpt = read_checkpoint(tiny_ckpt)
+    name = sorted(k for k, v in ckpt["model"].items() if v.is_floating_point())[0]
+    ckpt["model"][name].view(-1)[3] = float("nan")
+    write_checkpoint(ckpt, str(tmp_path / "nan.pt"))
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--ckpt", str(tmp_path / "nan.pt"), "--device", "cpu", "--length", "20"])
+    assert f"weights {name} hold NaN or infinite values" in str(e.value)
+
+
+# -----------------------------------------------------------------------------
+# Hand-edited fields
 
 def hand_edited(tiny_ckpt, tmp_path, edit):
     """The tiny checkpoint edited by `edit(ckpt)` and saved with plain torch.save, as by hand
