@@ -55,7 +55,7 @@ def test_teacher_targets_take_the_distribution_of_the_step_that_committed_each_p
 @pytest.mark.parametrize("order", ["random", "spread"])
 def test_one_round_brings_the_students_one_pass_closer_to_the_teachers_two(tiny_ckpt, distill_data, order, tmp_path):
     tc = TrainConfig(data=distill_data, out_dir=str(tmp_path), distill_from=tiny_ckpt, distill_rounds=1,
-                     distill_round_steps=1000, distill_start_passes=8, distill_order=order, batch_size=64,
+                     distill_round_steps=1000, distill_start_passes=8, distill_order=order, batch_size=256,
                      lr=3e-4, warmup_steps=2, device="cpu", seed=0)
     t = Trainer(trainer.ModelConfig(), tc)
     held_out = trainer.get_batch(t.val_ids, 256, t.mc.block_size, torch.Generator().manual_seed(5))
@@ -77,9 +77,10 @@ def test_one_round_brings_the_students_one_pass_closer_to_the_teachers_two(tiny_
     # most of the KL is the spread of the teacher's draws, which one pass cannot follow: the part
     # distillation removes is a few percent of it here
     assert before > 0.02, "one pass differs from two steps before distillation"
-    # step to step the held-out figure moves by noise of ~0.5% (the 20 steps between halfway and
-    # after may not show): over 40 steps it falls clearly, and already by the halfway point
-    assert halfway < before and after < 0.995 * before, f"the held-out loss falls: {before}, {halfway}, {after}"
+    # with batches of 64 the gradient noise is as large as the gain (the random order moved by
+    # -0.4% to +1% over 20-80 steps, 3 seeds); with 256 at lr 3e-4 it falls by 1.4% (random) and
+    # 2.0% (spread) in 40 steps, seeds 0-2 within 0.3% of each other, and by 1% at the halfway point
+    assert halfway < before and after < 0.992 * before, f"the held-out loss falls: {before}, {halfway}, {after}"
     assert all(torch.equal(a, b) for a, b in zip(t.distill.teacher.state_dict().values(),
                                                   load_model(tiny_ckpt)[0].state_dict().values())), "frozen"
 
