@@ -10,6 +10,7 @@ function of tensors), the key/value caches (one small class per --cache kind, in
 the loops over a block's steps and over the blocks (`denoise_canvas`).
 """
 
+import math
 import warnings
 from typing import NamedTuple, Optional
 
@@ -51,6 +52,14 @@ def uniform(keys, n, stream=0):
     are independent."""
     index = torch.arange(n, device=keys.device, dtype=torch.long) | (stream << 24)
     return (mix32(keys[:, None] ^ index) >> 8).float() / 2 ** 24
+
+
+def gaussian(keys, n, dim, stream=2):
+    """(batch, n, dim) N(0, 1) numbers from (batch,) keys (Box-Muller on streams `stream` and
+    `stream` + 1): a D-MMD student's noise input, drawn as the sampler draws everything else."""
+    u1, u2 = uniform(keys, n * dim, stream), uniform(keys, n * dim, stream + 1)
+    z = (-2 * torch.log(u1.clamp_min(2 ** -25))).sqrt() * torch.cos(2 * math.pi * u2)
+    return z.view(-1, n, dim)
 
 
 def mix32(x):
@@ -159,8 +168,12 @@ def char_prior(model, precision="auto"):
     if key not in priors:
         # a block model's first block, all masks: what it saw in training (it never saw the window)
         x = torch.full((1, model.config.block_len or model.config.block_size), model.config.mask_id, device=device)
+        extra = {}
+        if getattr(model.config, "noise_dim", 0):  # a D-MMD student: fixed noise (key 0), one prior every run
+            key0 = torch.zeros(1, dtype=torch.long, device=device)
+            extra["noise"] = gaussian(key0, x.size(1), model.config.noise_dim)
         with torch.inference_mode(), autocast(device, key[1]):
-            priors[key] = model(x).float().softmax(-1).mean(1)[0]
+            priors[key] = model(x, **extra).float().softmax(-1).mean(1)[0]
     return priors[key]
 
 
@@ -203,8 +216,10 @@ def denoise_step(model, run, state, config, prior=None):
     """One forward pass and what it writes, a pure function of tensors (torch.compile captures
     it whole, CUDA graphs included). run: a Pass; state: a StepState; prior: `char_prior`
     (remask_by pmi). Returns a StepResult."""
-    masked_pass = {} if run.mask is None else {"attn_mask": run.mask}  # a block model's uncached pass
-    logits = model(run.x, cache=run.cache, start=run.at, **masked_pass)
+    extra = {} if run.mask is None else {"attn_mask": run.mask}  # a block model's uncached pass
+    if getattr(model.config, "noise_dim", 0):  # a D-MMD student's noise input, from this step's key
+        extra["noise"] = gaussian(state.keys, run.x.size(1), model.config.noise_dim)
+    logits = model(run.x, cache=run.cache, start=run.at, **extra)
     region, mask_id = state.region, model.config.mask_id
     if torch.is_tensor(run.at):  # a sparse pass: back to block columns (the others are not written)
         logits = logits.new_zeros(region.shape + logits.shape[2:]).scatter(

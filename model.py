@@ -36,6 +36,7 @@ class ModelConfig:
     logit_softcap: float = 0.0  # if > 0, logits = cap * tanh(logits / cap) (nanochat uses 15)
     objective: str = "diffusion"  # what it is trained for: a key of objectives.OBJECTIVES
     block_len: int = 0          # L' of objective "block" (BD3-LM); 0 for every other objective
+    noise_dim: int = 0          # a D-MMD student's noise input: N(0, 1) per position, this wide (0: none)
 
     @property
     def mask_id(self):
@@ -185,6 +186,11 @@ class Block(nn.Module):
         return x
 
 
+# rms of a new noise input's contribution, against the unit-rms embedding it is added to: small, so a
+# student starts near its teacher, and not 0, where the noise would be ignored (a saddle: no gradient)
+NOISE_RMS = 0.3
+
+
 class Transformer(nn.Module):
     def __init__(self, config):
         super().__init__()
@@ -195,6 +201,8 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
         # the head never predicts the mask symbol: it is not a character
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size - 1, bias=False)
+        # D-MMD (dmmd.py): random numbers in the input let one factorised step commit correlated characters
+        self.noise_proj = nn.Linear(config.noise_dim, config.n_embd, bias=False) if config.noise_dim else None
         head_dim = config.n_embd // config.n_head
         inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
         angles = torch.outer(torch.arange(config.block_size).float(), inv_freq)
@@ -209,6 +217,8 @@ class Transformer(nn.Module):
     def reset_parameters(self):
         torch.nn.init.normal_(self.wte.weight, std=1.0)
         torch.nn.init.normal_(self.lm_head.weight, std=0.001)
+        if self.noise_proj is not None:
+            torch.nn.init.normal_(self.noise_proj.weight, std=NOISE_RMS / math.sqrt(self.config.noise_dim))
         for block in self.blocks:
             for lin in (block.attn.c_qkv, block.mlp.c_fc):
                 bound = math.sqrt(3.0 / lin.in_features)  # uniform with std 1/sqrt(fan_in)
@@ -220,7 +230,7 @@ class Transformer(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, cache=None, start=0, causal=None, attn_mask=None, pos=None):
+    def forward(self, idx, cache=None, start=0, causal=None, attn_mask=None, pos=None, noise=None):
         """idx: (B, T) token ids, T <= block_size. Returns logits (B, T, vocab_size - 1).
         cache (a KVCache, sampling only): empty, this pass fills it from the whole window; filled,
         idx holds only the window's positions start .. start + T - 1 (see KVCache), or, if start
@@ -230,7 +240,9 @@ class Transformer(nn.Module):
         trains one network both ways).
         attn_mask: (T, keys) bool, True where a query may attend (block diffusion, see diffusion.py).
         pos: (T,) rotary positions of idx's columns, instead of start .. start + T - 1 (block
-        diffusion's [noisy ; clean] input, whose two copies share positions)."""
+        diffusion's [noisy ; clean] input, whose two copies share positions).
+        noise: (B, T, config.noise_dim), the noise input of a model that has one (noise_dim > 0);
+        None draws it from torch's generator."""
         causal = self.config.causal if causal is None else causal
         T = idx.size(1)
         if pos is not None:
@@ -245,7 +257,12 @@ class Transformer(nn.Module):
             if start and not cache:
                 raise ValueError("start > 0 needs a filled KVCache")
             cos, sin = self.cos[:, start:start + T], self.sin[:, start:start + T]
-        x = self.embd_dropout(norm(self.wte(idx)))
+        x = norm(self.wte(idx))
+        if self.noise_proj is not None:  # on the masked positions only
+            if noise is None:
+                noise = torch.randn(*idx.shape, self.config.noise_dim, device=idx.device)
+            x = x + self.noise_proj(noise.to(x.dtype)) * (idx == self.config.mask_id)[..., None]
+        x = self.embd_dropout(x)
         for block in self.blocks:
             x = block(x, cos, sin, cache, start, causal, attn_mask)
         logits = self.lm_head(norm(x))
