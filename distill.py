@@ -23,6 +23,7 @@ from diffusion import training_masks
 from optim import EMA
 from sampler import SamplerConfig, StepCounts
 
+DISTILL_METHODS = ("sdtt", "dmmd")  # this file's, and dmmd.py's
 DIVERGENCES = ("kl", "fkl", "tvd", "mse")
 DISTILL_ORDERS = ("random", "spread")
 

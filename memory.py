@@ -14,7 +14,8 @@ from model import Transformer
 # CPU in fp32 (torch 2.13, widths 256-512, contexts 128-256: 118-130; the attention's T x T
 # scores are not kept) and halved under bf16 autocast. Per parameter: the weight, its gradient
 # and AdamW's two moments in fp32 (Muon keeps one for matrices: this errs high), 4 more for an
-# EMA copy and 4 for a distillation teacher.
+# EMA copy, 4 for a distillation teacher and 16 more for D-MMD's auxiliary model (weights,
+# gradients, moments).
 ACTIVATION_BYTES = {"fp32": 130, "bf16": 65}
 STATE_BYTES = 16
 
@@ -46,7 +47,8 @@ def training_bytes(mc, tc, n_params, world=1, bf16=False):
     seq = mc.block_size * (2 if mc.objective == "block" else 1)
     tokens = tc.batch_size // world * seq
     activations = tokens * mc.n_layer * mc.n_embd * ACTIVATION_BYTES["bf16" if bf16 else "fp32"]
-    per_param = STATE_BYTES + (4 if tc.ema else 0) + (4 if tc.distill_from else 0)
+    per_param = STATE_BYTES + (4 if tc.ema else 0) + (4 if tc.distill_from else 0) + \
+        (STATE_BYTES if tc.distill_from and tc.distill_method == "dmmd" else 0)
     return activations + n_params * per_param
 
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from cli import UserError, add_config_flags, field_type
 from corpus import DATA_DEFAULT
 from diffusion import LOSS_WEIGHTS, T_DISTS
-from distill import DISTILL_ORDERS, DIVERGENCES
+from distill import DISTILL_METHODS, DISTILL_ORDERS, DIVERGENCES
 from model import ModelConfig
 from objectives import OBJECTIVES
 
@@ -55,12 +55,14 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     distill_from: str = ""
+    distill_method: str = "sdtt"
     distill_rounds: int = 3
     distill_round_steps: int = 1000
     distill_start_passes: int = 64
     divergence: str = "kl"
     distill_order: str = "random"
     distill_ema: bool = False
+    dmmd_aux_lr_mult: float = 4.0
     progress: bool = True
 
 
@@ -74,6 +76,8 @@ HELP = {
     "embd_dropout": "dropout on the input embedding",
     "logit_softcap": "if > 0, logits = C * tanh(logits / C)",
     "block_len": "L': block length of --objective block (1 .. --block_size, dividing it)",
+    "noise_dim": "--distill_method dmmd: the student's noise input, N(0, 1) per position this wide, projected "
+                 "into its input (starting at zero) so that one step can commit correlated characters; 0: none",
     "data": "training text (default: data/tiny_shakespeare.txt)",
     "out_dir": "where best.pt (best by val), last.pt (for --resume) and log.jsonl go",
     "objective": "diffusion (masked diffusion, NELBO), ar (causal baseline, NLL), mixed (a diffusion model "
@@ -121,17 +125,27 @@ HELP = {
     "precision": "auto (bf16 autocast on CUDA), bf16 or fp32",
     "resume": "continue the run in --out_dir from its last.pt",
     "overwrite": "start afresh in an --out_dir that holds a run, removing its checkpoints and log",
-    "distill_from": "SDTT: distill this diffusion checkpoint into fewer sampling passes (student and teacher start "
-                    "as its copies, its model config is kept; --max_steps = rounds x round steps)",
-    "distill_rounds": "SDTT rounds: after each the student becomes the teacher and the step doubles",
-    "distill_round_steps": "optimizer steps per SDTT round (N)",
-    "distill_start_passes": "the first teacher's sampling passes (dt = 1/this): 64 -> 32 -> 16 -> 8 over 3 rounds",
+    "distill_from": "distill this diffusion checkpoint into fewer sampling passes by --distill_method (student "
+                    "and teacher start as its copies, its model config is kept; --max_steps = rounds x round steps)",
+    "distill_method": "with --distill_from: sdtt (self-distillation through time: the student learns the "
+                      "teacher's two steps in one, per position) or dmmd (discrete moment matching, Hoogeboom et al. "
+                      "2026: an auxiliary model learns where the student's own step leads and the student is moved "
+                      "until the teacher agrees with it there; dmmd.py)",
+    "distill_rounds": "rounds: after each the student saves student<passes>.pt and the step doubles (SDTT: the "
+                      "student becomes the teacher; D-MMD: the teacher stays the checkpoint)",
+    "distill_round_steps": "optimizer steps per round (N)",
+    "distill_start_passes": "the first teacher's sampling passes (dt = 1/this): its students learn 32 -> 16 -> 8 "
+                            "over 3 rounds from 64 (D-MMD: the same student counts)",
     "divergence": "SDTT loss on the masked positions: kl = KL(student || teacher) (the paper's), fkl = KL(teacher "
                   "|| student), tvd, mse (of log-probabilities)",
-    "distill_order": "which masked positions the teacher's two steps commit: random (MDLM's ancestral order, the "
-                     "paper's) or spread (the sampler's default order; no remasking)",
+    "distill_order": "which masked positions a sampler step commits (SDTT: the teacher's two steps; D-MMD: the "
+                     "student's step): random (MDLM's ancestral order, the papers') or spread (the sampler's "
+                     "default order; no remasking)",
     "distill_ema": "with --ema: at each round's end the EMA copy becomes the teacher and the student, and the "
                    "average restarts (SDTT's use_ema_on_growth); else the raw student becomes the teacher",
+    "dmmd_aux_lr_mult": "--distill_method dmmd: the auxiliary model's learning rates (same optimizer and "
+                        "schedule as the student's) are the student's times this: it must keep up with the "
+                        "student's step (at 1 the tiny model's student overshot and drifted back)",
     "progress": "a progress line with an ETA on stderr while an evaluation runs, when stderr is a terminal "
                 "(never in logs); --no-progress: none",
 }
@@ -213,9 +227,10 @@ RANGES = {
     "seed": (0, 2 ** 63 - 1, True), "distill_rounds": (1, 10, True), "distill_round_steps": (1, 10 ** 9, True),
     "distill_start_passes": (2, 4096, True), "t_min": (0, 1, True), "t_max": (0, 1, True),
     "ar_fraction": (0, 0.99, False), "block_t_min": (0, 1, True), "block_t_max": (0, 1, True),
-    "block_len": (0, 8192, True),
+    "block_len": (0, 8192, True), "noise_dim": (0, 4096, True), "dmmd_aux_lr_mult": (0, 100, False),
 }
-CHOICES = {"objective": tuple(OBJECTIVES), "t_dist": T_DISTS, "loss_weights": LOSS_WEIGHTS, "optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd"),
+CHOICES = {"distill_method": DISTILL_METHODS,
+           "objective": tuple(OBJECTIVES), "t_dist": T_DISTS, "loss_weights": LOSS_WEIGHTS, "optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd"),
            "compile": ("auto", "on", "off"), "precision": ("auto", "bf16", "fp32")}
 MAX_TOKENS_PER_STEP = 2 ** 24  # batch x context: beyond this one step needs more memory than a GPU has
 
@@ -311,7 +326,12 @@ NO_EFFECT = [
     ("cooldown", lambda mc, tc: tc.schedule != "wsd", "applies to --schedule wsd only"),
     ("overwrite", lambda mc, tc: tc.resume, "and --resume contradict each other: continue the run or replace it"),
 ] + [(name, lambda mc, tc: bool(tc.distill_from), "does not apply with --distill_from: the student takes "
-      "the teacher's shape") for name in ("n_layer", "n_head", "n_embd", "block_size", "block_len")]
+      "the teacher's shape") for name in ("n_layer", "n_head", "n_embd", "block_size", "block_len")] + [
+    ("distill_method", lambda mc, tc: not tc.distill_from, "applies with --distill_from only")] + [
+    (name, lambda mc, tc: not (tc.distill_from and tc.distill_method == "dmmd"),
+     "applies to --distill_from with --distill_method dmmd only") for name in ("dmmd_aux_lr_mult", "noise_dim")] + [
+    (name, lambda mc, tc: tc.distill_from and tc.distill_method == "dmmd", "applies to --distill_method sdtt only")
+    for name in ("divergence", "distill_ema")]
 
 
 def flags_without_effect(mc, tc, given):

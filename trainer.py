@@ -22,6 +22,7 @@ from corpus import ROOT, encode_splits, load_text
 from devices import autocast, pick_device
 from diffusion import Shard, evaluate, format_eval
 from distill import Distillation, NoDistillation
+from dmmd import DMMDistillation
 from memory import check_training_fits
 from model import ModelConfig, Transformer
 from objectives import OBJECTIVES
@@ -116,12 +117,14 @@ def load_resume_state(mc, tc, explicit_flags):
 
 def distill_source(path, mc, explicit_flags):
     """(checkpoint, ModelConfig) of the model to distil: its config, with the dropout flags
-    this command line gives (the student may train with other dropout than its teacher did)."""
+    this command line gives (the student may train with other dropout than its teacher did)
+    and --noise_dim (a D-MMD student's noise input)."""
     source = read_checkpoint(path)
     if not OBJECTIVES[source["config"]["objective"]].distillable:
         raise UserError(f"--distill_from {path} is a model of objective {source['config']['objective']}; "
                         f"distillation needs a diffusion model")
-    dropouts = {k: getattr(mc, k) for k in ("dropout", "attn_dropout", "embd_dropout") if k in explicit_flags}
+    dropouts = {k: getattr(mc, k) for k in ("dropout", "attn_dropout", "embd_dropout", "noise_dim")
+                if k in explicit_flags}
     return source, replace(ModelConfig(**source["config"]), **dropouts)
 
 
@@ -167,8 +170,8 @@ class Trainer:
         self.train_ids, self.val_ids = encode_splits(text, chars, self.device, mc.block_size + 2)
 
         self.model = Transformer(mc).to(self.device)
-        if source:
-            self.model.load_state_dict(source["model"])
+        if source:  # a D-MMD student's noise input starts as its own (zero), the rest is the teacher's
+            self.model.load_state_dict({**self.model.state_dict(), **source["model"]})
         self.optimizers = make_optimizers(self.model, tc, fused=self.bf16 and self.device.type == "cuda")
         self.ema = EMA(self.model, tc.ema) if tc.ema else None
         self.step, self.best_val, self.elapsed_before = 0, float("inf"), 0.0
@@ -176,7 +179,7 @@ class Trainer:
         self.gen = torch.Generator(device=self.device).manual_seed(tc.seed + 1000 * self.rank)  # batches, masks
         self.use_compile = tc.compile == "on" or (tc.compile == "auto" and self.device.type == "cuda")
         self.objective = OBJECTIVES[mc.objective]
-        self.distill = Distillation(self.model, tc, self.compiled) if tc.distill_from else NoDistillation(self.objective)
+        self.distill = self.distillation()
         if ckpt:
             self.restore(ckpt)
         self.fwd_model = self.compiled(self.model)
@@ -188,6 +191,14 @@ class Trainer:
         self.seq_len = mc.block_size + self.distill.extra_len
         self.local_batch = tc.batch_size // self.world
         self.tokens_per_step = tc.batch_size * mc.block_size
+
+    def distillation(self):
+        """The hooks of the run's loss: a plain objective's, SDTT's or D-MMD's (--distill_method)."""
+        if not self.tc.distill_from:
+            return NoDistillation(self.objective)
+        if self.tc.distill_method == "dmmd":
+            return DMMDistillation(self.model, self.tc, self.compiled, self.optimizers)
+        return Distillation(self.model, self.tc, self.compiled)
 
     def compiled(self, model):
         return torch.compile(model) if self.use_compile else model

@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from checkpoint import read_checkpoint, write_checkpoint  # noqa: E402
 from cli import ArgumentParser, UserError  # noqa: E402
 from distill import Distillation  # noqa: E402
+from dmmd import DMMDistillation  # noqa: E402
 
 
 def target(src, dst):
@@ -69,7 +70,8 @@ def main(argv=None):
     try:
         ckpt = read_checkpoint(args.src, finite=False)  # check_finite below says how many, in bf16
         dst = target(args.src, args.dst)
-        for training_only in ("optimizer", "generator", "elapsed", "rng", "ema", *Distillation.state_keys):
+        for training_only in ("optimizer", "generator", "elapsed", "rng", "ema", *Distillation.state_keys,
+                              *DMMDistillation.state_keys):
             ckpt.pop(training_only, None)
         ckpt["model"] = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
         check_finite(ckpt["model"], args.src)
