@@ -76,8 +76,9 @@ HELP = {
     "embd_dropout": "dropout on the input embedding",
     "logit_softcap": "if > 0, logits = C * tanh(logits / C)",
     "block_len": "L': block length of --objective block (1 .. --block_size, dividing it)",
-    "noise_dim": "--distill_method dmmd: the student's noise input, N(0, 1) per position this wide, projected "
-                 "into its input (starting at zero) so that one step can commit correlated characters; 0: none",
+    "noise_dim": "--distill_method dmmd: the student's noise input, N(0, 1) this wide at every masked position, "
+                 "projected into its input (starting small: rms 0.3 against the embedding's 1) so that one step "
+                 "can commit correlated characters; 0: none",
     "data": "training text (default: data/tiny_shakespeare.txt)",
     "out_dir": "where best.pt (best by val), last.pt (for --resume) and log.jsonl go",
     "objective": "diffusion (masked diffusion, NELBO), ar (causal baseline, NLL), mixed (a diffusion model "
