@@ -115,7 +115,7 @@ def load_resume_state(mc, tc, explicit_flags):
     return ckpt, tc
 
 
-def distill_source(path, mc, explicit_flags):
+def distill_source(path, mc, explicit_flags, method="sdtt"):
     """(checkpoint, ModelConfig) of the model to distil: its config, with the dropout flags
     this command line gives (the student may train with other dropout than its teacher did)
     and --noise_dim (a D-MMD student's noise input)."""
@@ -123,6 +123,9 @@ def distill_source(path, mc, explicit_flags):
     if not OBJECTIVES[source["config"]["objective"]].distillable:
         raise UserError(f"--distill_from {path} is a model of objective {source['config']['objective']}; "
                         f"distillation needs a diffusion model")
+    if method == "dmmd" and source["config"].get("noise_dim"):  # its teacher and auxiliary have no noise input
+        raise UserError(f"--distill_from {path} is a D-MMD student (it has a noise input); --distill_method dmmd "
+                        f"distils a model without one")
     dropouts = {k: getattr(mc, k) for k in ("dropout", "attn_dropout", "embd_dropout", "noise_dim")
                 if k in explicit_flags}
     return source, replace(ModelConfig(**source["config"]), **dropouts)
@@ -158,7 +161,7 @@ class Trainer:
             ckpt, tc = load_resume_state(mc, tc, explicit_flags)
             chars, mc = ckpt["chars"], ModelConfig(**ckpt["config"])
         elif tc.distill_from:
-            source, mc = distill_source(tc.distill_from, mc, explicit_flags)
+            source, mc = distill_source(tc.distill_from, mc, explicit_flags, tc.distill_method)
             chars = source["chars"]
         else:
             chars = sorted(set(text))
@@ -170,7 +173,7 @@ class Trainer:
         self.train_ids, self.val_ids = encode_splits(text, chars, self.device, mc.block_size + 2)
 
         self.model = Transformer(mc).to(self.device)
-        if source:  # a D-MMD student's noise input starts as its own (zero), the rest is the teacher's
+        if source:  # a D-MMD student's noise input keeps its own small start, the rest is the teacher's
             self.model.load_state_dict({**self.model.state_dict(), **source["model"]})
         self.optimizers = make_optimizers(self.model, tc, fused=self.bf16 and self.device.type == "cuda")
         self.ema = EMA(self.model, tc.ema) if tc.ema else None

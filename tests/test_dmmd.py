@@ -164,9 +164,10 @@ def test_a_student_with_a_noise_input_samples_by_the_seed():
     assert not torch.equal(c, d), "the noise changes what is written"
 
 
-def test_dmmd_resume_is_bit_exact_and_rounds_save_students(tiny_ckpt, dmmd_data, tmp_path, monkeypatch):
+def test_dmmd_resume_is_bit_exact_and_rounds_save_students(tiny_ckpt, dmmd_data, tmp_path, monkeypatch, capsys):
     """Interrupted in round 2, resumed: the same student, teacher, auxiliary model and its
-    optimiser state, and the same round files as the run straight through."""
+    optimiser state, and the same round files as the run straight through. A student (it has a
+    noise input) is not distilled by D-MMD again."""
     train.main(dmmd_args(tiny_ckpt, dmmd_data, tmp_path / "straight"))
     interrupt_at(monkeypatch, 8)  # a real SIGINT during step 8
     with pytest.raises(SystemExit):
@@ -188,6 +189,8 @@ def test_dmmd_resume_is_bit_exact_and_rounds_save_students(tiny_ckpt, dmmd_data,
     assert four["sampler"] == {"steps": 4} and two["sampler"] == {"steps": 2} and four["step"] == 6
     model, _, _ = load_model(str(tmp_path / "straight" / "student2.pt"))
     assert model.config.noise_dim == 8 and model.sampler_defaults == {"steps": 2}
+    again = dmmd_args(str(tmp_path / "straight" / "student2.pt"), dmmd_data, tmp_path / "again")
+    assert "is a D-MMD student (it has a noise input)" in train_error(capsys, again)
 
 
 def test_dmmd_flags_are_checked(tiny_ckpt, dmmd_data, tmp_path, capsys):
