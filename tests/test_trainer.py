@@ -190,6 +190,35 @@ def test_time_budget_is_kept_to_the_step_between_rare_progress_lines(tmp_path, s
     assert last["step"] == 24 and last["elapsed"] == 3.0, (last["step"], last["elapsed"])
 
 
+def scripted_evaluations(monkeypatch, vals):
+    """The validation NELBO of the run's evaluations, in order, instead of measured ones."""
+    it = iter(vals)
+    monkeypatch.setattr(trainer, "run_evaluation", lambda model, val_ids, tc, shard: (next(it), 0.01))
+
+
+def test_patience_stops_a_run_past_its_best_and_resume_keeps_the_count(tmp_path, small_data, run_main, monkeypatch):
+    args = TINY + ["--data", small_data, "--out_dir", str(tmp_path), "--max_steps", "100", "--eval_interval", "5",
+                   "--log_interval", "5", "--patience", "2"]
+    # evaluations at 5, 10, 15 (best), 20: worse once; a Ctrl-C at step 22, then 25: worse twice
+    scripted_evaluations(monkeypatch, [3.0, 2.5, 2.4, 2.6, 2.7, 2.0, 2.1, 2.2, 2.3])
+    with pytest.MonkeyPatch.context() as mp:
+        interrupt_at(mp, 22)
+        with pytest.raises(SystemExit):
+            train.main(args)
+    assert read_checkpoint(str(tmp_path / "last.pt"))["evals_since_best"] == 1
+    r = run_main("train.py", *args, "--resume")
+    assert r.returncode == 0 and "stopped early at step 25: 2 evaluations without a new best (the best at step 15)" \
+        in r.stdout, r.stdout + r.stderr
+    last, best = (read_checkpoint(str(tmp_path / name)) for name in ("last.pt", "best.pt"))
+    assert (last["step"], best["step"], best["val"], last["best_step"]) == (25, 15, 2.4, 15)
+    r = run_main("train.py", *args, "--resume")  # ended: says so, trains nothing
+    assert "already finished at step 25 (stopped early: raise --patience" in r.stdout
+    assert read_checkpoint(str(tmp_path / "last.pt"))["step"] == 25
+    run_main("train.py", *args[:-1], "3", "--resume")  # more patience: a new best at 30, then 3 worse
+    assert (read_checkpoint(str(tmp_path / "best.pt"))["step"], read_checkpoint(str(tmp_path / "last.pt"))["step"]) == (30, 45)
+    assert run_main("train.py", *args[:-1], "-1").stderr.strip().endswith("--patience must be in [0, 1000000], got -1")
+
+
 # -----------------------------------------------------------------------------
 # Resume
 
