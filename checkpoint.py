@@ -132,7 +132,9 @@ def read_checkpoint(path, finite=True):
     known = {f.name for f in fields(ModelConfig)}
     if set(cfg) - known:
         raise UserError(f"{name}: unknown config fields {sorted(set(cfg) - known)}")
-    if "checksum" in ckpt and weights_checksum(ckpt.get("model", {})) != ckpt["checksum"]:
+    if not is_weights(ckpt.get("model")):  # before the checksum, which reads them (every reader, export too)
+        raise UserError(f"{name}: model must be a dict of weight tensors")
+    if "checksum" in ckpt and weights_checksum(ckpt["model"]) != ckpt["checksum"]:
         raise UserError(f"{name}: the weights do not match their stored checksum (the file is corrupt)")
     check_fields(ckpt, name)
     check_fields_checksum({**ckpt, "config": stored_config}, name)
@@ -145,10 +147,7 @@ def check_finite(ckpt, name):
     """Weights that are all finite: the checksum only says the bytes are as written, and a
     diverged run's are NaN (it sampled newlines and evaluated to nan, exit 0). Every reader
     refuses them: sampling, evaluation, --resume, --distill_from's teacher."""
-    weights = ckpt.get("model")
-    if not isinstance(weights, dict) or not all(isinstance(w, torch.Tensor) for w in weights.values()):
-        raise UserError(f"{name}: model must be a dict of weight tensors")
-    bad = next((k for k, w in weights.items() if w.is_floating_point() and not w.isfinite().all()), None)
+    bad = next((k for k, w in ckpt["model"].items() if w.is_floating_point() and not w.isfinite().all()), None)
     if bad:
         raise UserError(f"{name}: weights {bad} hold NaN or infinite values (a diverged run?)")
 
