@@ -27,7 +27,7 @@ import argparse
 import sys
 
 from cli import ArgumentParser, UserError, run_entry_point
-from train_config import add_train_flags, check_config, configs_from_args, flags_without_effect
+from train_config import add_train_flags, check_config, configs_from_args
 from trainer import Trainer, shutdown_distributed
 
 
@@ -37,8 +37,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         mc, tc, explicit = configs_from_args(args)
-        check_config(mc, tc)
-        flags_without_effect(mc, tc, explicit)
+        check_config(mc, tc, explicit)
         trainer = Trainer(mc, tc, explicit)
         trainer.run()
         del trainer
