@@ -284,10 +284,14 @@ def type_problem(name, value, kind):
     return None
 
 
-def check_config(mc, tc):
-    """Every field's range and the rules between fields; all problems in one UserError."""
+def check_config(mc, tc, given=()):
+    """Every field's range, then the flags in `given` (the names on the command line) that the run
+    would ignore, then the rules between fields; the problems of the first stage that has any,
+    in one UserError. (--n_embd 128 with --distill_from is a flag the run drops, not a width
+    judged against the default --n_head.)"""
     problems = value_problems({**asdict(mc), **asdict(tc)})
     if not problems:  # the rules between fields, once every field is in range
+        flags_without_effect(mc, tc, given)
         problems += model_rules(mc)
         if tc.prefix_prob + tc.block_prob > 1:
             problems.append("--prefix_prob + --block_prob must be <= 1")

@@ -16,7 +16,7 @@ from dataclasses import asdict, fields, replace
 import torch
 import torch.distributed as dist
 
-from checkpoint import read_checkpoint, respelled, save_checkpoint
+from checkpoint import check_training_state, read_checkpoint, respelled, save_checkpoint
 from cli import Progress, UserError
 from corpus import ROOT, encode_splits, load_text
 from devices import autocast, pick_device
@@ -90,10 +90,7 @@ def load_resume_state(mc, tc, explicit_flags):
     if not os.path.exists(path):
         raise UserError(no_run_to_resume(tc.out_dir))
     ckpt = read_checkpoint(path)
-    missing = [k for k in ("optimizer", "step", "train_config", "rng") if k not in ckpt]
-    if missing:
-        raise UserError(f"{path} has no training state ({', '.join(missing)} missing): it is a weights-only "
-                        f"checkpoint; --resume continues a run from the last.pt that train.py writes")
+    check_training_state(ckpt, path)
     changed = [f"--{f.name} {getattr(mc, f.name)} (the run's is {ckpt['config'].get(f.name)})"
                for f in fields(ModelConfig)
                if f.name in explicit_flags and getattr(mc, f.name) != ckpt["config"].get(f.name)]
@@ -204,6 +201,21 @@ class Trainer:
 
     # --- state -----------------------------------------------------------------
     def restore(self, ckpt):
+        """The run's state from its last.pt (each field's type checked by checkpoint's
+        check_training_state); a state that does not fit this run (another optimizer's groups,
+        a random state of another size) is one line, not a traceback."""
+        path = os.path.join(self.tc.out_dir, "last.pt")
+        if len(ckpt["optimizer"]) != len(self.optimizers):
+            raise UserError(f"{path}: optimizer holds {len(ckpt['optimizer'])} state(s); the run's "
+                            f"{self.tc.optimizer} has {len(self.optimizers)}")
+        try:
+            self.restore_state(ckpt)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            reason = f"{e.args[0]!r} missing" if isinstance(e, KeyError) and e.args else \
+                (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            raise UserError(f"{path}: its training state does not fit this run ({reason})") from None
+
+    def restore_state(self, ckpt):
         self.model.load_state_dict(ckpt["model"])
         for opt, state in zip(self.optimizers, ckpt["optimizer"]):
             opt.load_state_dict(state)
