@@ -185,8 +185,10 @@ TRAINING_STATE = {
     "ema": (is_weights, "a dict of weight tensors"),
     "teacher": (is_weights, "a dict of weight tensors"),
     "teacher_round": (lambda v: is_int(v, 0), "an integer >= 0"),
+    "best_step": (lambda v: is_int(v, 0), "an integer >= 0"),  # --patience
+    "evals_since_best": (lambda v: is_int(v, 0), "an integer >= 0"),
 }
-OPTIONAL_STATE = ("elapsed", "ema", "teacher", "teacher_round")
+OPTIONAL_STATE = ("elapsed", "ema", "teacher", "teacher_round", "best_step", "evals_since_best")
 
 
 def check_training_state(ckpt, path):
