@@ -5,6 +5,7 @@ the measurement of record (it times the AR side too); this script times generate
 
     python dev/cache_speed_cpu.py
 """
+import argparse
 import os
 import statistics
 import sys
@@ -33,6 +34,7 @@ def seconds(fn, runs=3):
 
 
 def main():
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     torch.set_num_threads(2)
     model = load_model("weights/model.pt", "cpu")[0].float().eval()
     canvas = torch.full((1, 256), model.config.mask_id)
