@@ -16,7 +16,7 @@ import sample
 import train
 from checkpoint import fields_checksum, load_model, read_checkpoint, save_checkpoint, write_checkpoint
 from cli import UserError
-from conftest import TINY, assert_one_line_error, read_log
+from conftest import TINY, assert_one_line_error, exit_message, read_log
 from model import ModelConfig, Transformer
 
 
@@ -101,10 +101,8 @@ def hand_edited(tiny_ckpt, tmp_path, edit):
 
 
 def sample_error(capsys, argv):
-    with pytest.raises(SystemExit) as stop:
-        sample.main(argv)
-    message = str(stop.value.code)
-    assert message.startswith("sample.py: error: ") and "\n" not in message, message
+    """sample.main(argv)'s exit message: one line, no traceback on stderr either."""
+    message = exit_message(sample.main, argv)
     assert "Traceback" not in capsys.readouterr().err
     return message
 
