@@ -29,9 +29,9 @@ when there is no prompt. --jsonl writes every timing as a JSON record; --plot dr
     python bench.py --plot speed.jsonl --out assets/speed.png   # chars/s against batch, log-log
 """
 
-if __name__ == "__main__":  # Ctrl-C while torch is imported: exit 130, not a traceback
-    import cli
-    cli.exit_on_ctrl_c()
+if __name__ == "__main__":  # Ctrl-C from the first statement on: exit 130, no traceback (cli.run_entry_point)
+    import os, signal
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
 
 import argparse
 import json
@@ -45,7 +45,7 @@ import torch
 
 from ar_sampler import generate_ar, masked_columns
 from checkpoint import DEFAULT_AR, load_model_of_kind
-from cli import ArgumentParser, UserError, field_type
+from cli import ArgumentParser, UserError, field_type, run_entry_point
 from corpus import mask_id_of
 from devices import autocast, capture_graph, sampling_precision
 from sampler import (NAMED_SETTINGS, SamplerConfig, add_sampling_flags, check_for_model, expand_setting, generate,
@@ -406,4 +406,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run_entry_point(main)
+    run_entry_point(main)

@@ -7,6 +7,7 @@ import errno
 import glob
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import asdict, fields
@@ -131,7 +132,9 @@ def read_checkpoint(path, finite=True):
     known = {f.name for f in fields(ModelConfig)}
     if set(cfg) - known:
         raise UserError(f"{name}: unknown config fields {sorted(set(cfg) - known)}")
-    if "checksum" in ckpt and weights_checksum(ckpt.get("model", {})) != ckpt["checksum"]:
+    if not is_weights(ckpt.get("model")):  # before the checksum, which reads them (every reader, export too)
+        raise UserError(f"{name}: model must be a dict of weight tensors")
+    if "checksum" in ckpt and weights_checksum(ckpt["model"]) != ckpt["checksum"]:
         raise UserError(f"{name}: the weights do not match their stored checksum (the file is corrupt)")
     check_fields(ckpt, name)
     check_fields_checksum({**ckpt, "config": stored_config}, name)
@@ -144,12 +147,69 @@ def check_finite(ckpt, name):
     """Weights that are all finite: the checksum only says the bytes are as written, and a
     diverged run's are NaN (it sampled newlines and evaluated to nan, exit 0). Every reader
     refuses them: sampling, evaluation, --resume, --distill_from's teacher."""
-    weights = ckpt.get("model")
-    if not isinstance(weights, dict) or not all(isinstance(w, torch.Tensor) for w in weights.values()):
-        raise UserError(f"{name}: model must be a dict of weight tensors")
-    bad = next((k for k, w in weights.items() if w.is_floating_point() and not w.isfinite().all()), None)
+    bad = next((k for k, w in ckpt["model"].items() if w.is_floating_point() and not w.isfinite().all()), None)
     if bad:
         raise UserError(f"{name}: weights {bad} hold NaN or infinite values (a diverged run?)")
+
+
+def is_int(value, low):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_random_state(value):
+    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8
+
+
+def is_weights(value):
+    return isinstance(value, dict) and all(isinstance(w, torch.Tensor) for w in value.values())
+
+
+# What --resume reads from a run's last.pt beside the weights and the config, as train.py writes
+# it: {field: (test, what it must be)}. train_config's values go through the flags' table
+# (trainer.load_resume_state); ema and teacher only where the run has them.
+TRAINING_STATE = {
+    "step": (lambda v: is_int(v, 0), "an integer >= 0"),
+    "best_val": (lambda v: is_number(v) and not math.isnan(v), "a number (inf before the first evaluation)"),
+    "elapsed": (lambda v: is_number(v) and math.isfinite(v) and v >= 0, "a finite number of seconds >= 0"),
+    "world": (lambda v: is_int(v, 1), "an integer >= 1 (the processes that trained)"),
+    "train_config": (lambda v: isinstance(v, dict), "a dict of TrainConfig fields"),
+    "optimizer": (lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(s, dict) for s in v),
+                  "a list of optimizer state dicts"),
+    "generator": (is_random_state, "a uint8 tensor (the batch generator's state)"),
+    "rng": (lambda v: isinstance(v, dict) and is_random_state(v.get("cpu"))
+            and (v.get("cuda") is None or is_random_state(v["cuda"])), "a dict of uint8 tensors ('cpu', 'cuda')"),
+    "ema": (is_weights, "a dict of weight tensors"),
+    "teacher": (is_weights, "a dict of weight tensors"),
+    "teacher_round": (lambda v: is_int(v, 0), "an integer >= 0"),
+    "best_step": (lambda v: is_int(v, 0), "an integer >= 0"),  # --patience
+    "evals_since_best": (lambda v: is_int(v, 0), "an integer >= 0"),
+}
+OPTIONAL_STATE = ("elapsed", "ema", "teacher", "teacher_round", "best_step", "evals_since_best")
+
+
+def check_training_state(ckpt, path):
+    """The training state of a run's last.pt, each field of the type and range train.py writes:
+    a hand-edited or foreign file is one line naming the field (it was a traceback while the
+    run was set up, or a negative step trained on), and NaN in the EMA or teacher weights is
+    refused as in the model's."""
+    missing = [k for k in TRAINING_STATE if k not in ckpt and k not in OPTIONAL_STATE]
+    if missing:
+        raise UserError(f"{path} has no training state ({', '.join(missing)} missing): not a last.pt as train.py "
+                        f"writes it (a weights-only checkpoint?); --resume continues a run from its last.pt")
+    for name, (test, what) in TRAINING_STATE.items():
+        if name in ckpt and not test(ckpt[name]):
+            shown_value = repr(ckpt[name]) if not isinstance(ckpt[name], (dict, list, torch.Tensor)) \
+                else type(ckpt[name]).__name__
+            raise UserError(f"{path}: {name} must be {what}, got {shown_value[:60]}")
+    for name in ("ema", "teacher"):
+        bad = next((k for k, w in ckpt.get(name, {}).items() if w.is_floating_point() and not w.isfinite().all()),
+                   None)
+        if bad:
+            raise UserError(f"{path}: {name} weights {bad} hold NaN or infinite values (a diverged run?)")
 
 
 def respelled(problems, prefix):

@@ -13,22 +13,39 @@ import typing
 from dataclasses import fields
 
 
-def exit_on_ctrl_c():
-    """Ctrl-C exits at once with status 130, no traceback: each entry point calls it first,
-    for the seconds torch takes to import (a KeyboardInterrupt there prints the import
-    machinery's traceback, or aborts the process when it lands inside torch's C++ code).
-    os._exit: nothing has been written yet. run_entry_point puts Ctrl-C back for main."""
-    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
-
-
 def run_entry_point(main):
     """main(), with Ctrl-C a KeyboardInterrupt again (also for a process started in the
-    background, which inherits SIGINT ignored), and exit 130 without a traceback on it."""
+    background, which inherits SIGINT ignored), and exit 130 without a traceback on it.
+
+    Before main, from its first statement, each entry point has Ctrl-C end the process at once
+    with os._exit(130) (nothing is written yet): a KeyboardInterrupt while torch or this module
+    is imported printed the import machinery's traceback, or aborted the process inside torch's
+    C++ code. What Python runs before the script (its site module) stays out of reach.
+
+    A Ctrl-C that library code turned into another exception is a Ctrl-C too: Python raises a
+    RuntimeError from it when it lands in a class body's __set_name__ (torch._dynamo's
+    dataclasses, imported lazily while the model is built)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main()
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as e:
+        if interrupted(e):
+            sys.exit(130)
+        raise
+
+
+def interrupted(error):
+    """Whether a KeyboardInterrupt is among the exceptions that led to `error` (its causes and
+    contexts, a bounded walk)."""
+    for _ in range(16):
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__cause__ or error.__context__
+        if error is None:
+            return False
+    return False
 
 
 REPO = os.path.dirname(os.path.abspath(__file__))

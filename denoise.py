@@ -371,17 +371,20 @@ class SparseCache(PrefixCache):
     """--cache sparse (orders random, spread, l2r): which positions a step writes does not depend
     on its pass, so it chooses them first and runs the network only on them and on those changed
     since the last full pass; a full pass rebuilds the cache every config.refresh steps."""
+    keep = False  # the cache holds the last full pass's keys/values until the next
 
     def pass_for(self, step, state):
         if step % self.plan.config.refresh == 0:
-            self.kv, self.at_refresh = KVCache(), state.region.clone()
+            self.kv, self.seen = KVCache(keep=self.keep), state.region.clone()
         if not self.kv:
             self.filling = True
             return self.window_pass(self.kv)
         region = state.region
         run = choose_commits(None, region == self.model.config.mask_id, state.counts, state.keys,
                              self.plan.config, state.priority)
-        run |= region != self.at_refresh
+        run |= region != self.seen  # changed since the cache saw them
+        if self.keep:
+            self.seen = region.clone()
         # those first, then spare positions up to the bound (a fixed size for every row)
         n, size = self.block_plan.run_distinct[step], self.block_plan.run_size[step]
         positions = (~run).float().argsort(dim=1, stable=True)[:, :n]
@@ -391,6 +394,13 @@ class SparseCache(PrefixCache):
         return Pass(region.gather(1, positions), self.kv, positions + lo, lo, lo + region.size(1))
 
 
+class DelayedCache(SparseCache):
+    """--cache delayed (dKV-Cache's delayed caching, Ma et al. 2025): as sparse, but each pass
+    writes the keys/values it computed into the cache, so a changed position runs once, in the
+    step after it changed, not in every step up to the next full pass."""
+    keep = True
+
+
 def sparse_pass_size(n, width):
     """The size a sparse pass on n positions runs on: n padded to 8, 16 or a multiple of 32, at most
     the block's width. A generation then has a handful of pass shapes, so torch.compile makes a
@@ -398,13 +408,15 @@ def sparse_pass_size(n, width):
     return min(width, next((b for b in (8, 16) if n <= b), -(-n // 32) * 32))
 
 
-def sparse_run_sizes(counts, reopen, refresh, width):
+def sparse_run_sizes(counts, reopen, refresh, width, delayed=False):
     """(distinct, padded) per step of a block: at most `distinct` positions change or are written
-    before a sparse pass ((written now | changed since the refresh) is at most this; the spare
-    ones up to it get fresh keys/values too, which measured no worse), and the pass runs on
-    `sparse_pass_size` of that (the padding repeats a position: nothing changes)."""
+    before a sparse pass ((written now | changed since the cache saw them: since the refresh, or,
+    delayed, in the step before) is at most this; the spare ones up to it get fresh keys/values
+    too, which measured no worse), and the pass runs on `sparse_pass_size` of that (the padding
+    repeats a position: nothing changes)."""
     changes = [c + 2 * r for c, r in zip(counts, reopen)]  # written, and re-opened ones twice
-    distinct = [min(width, changes[i] + sum(changes[i - i % refresh:i])) for i in range(len(counts))]
+    since = [max(i - i % refresh, i - 1) if delayed else i - i % refresh for i in range(len(counts))]
+    distinct = [min(width, changes[i] + sum(changes[since[i]:i])) for i in range(len(counts))]
     return distinct, [sparse_pass_size(n, width) for n in distinct]
 
 
@@ -426,17 +438,18 @@ class ExactCache(NoCache):
         if self.upto < b.first:  # encode the clean columns [upto, first), appending them to the cache
             a, z = self.upto - b.start, b.first - b.start
             mask = block_causal_mask(z, self.model.config.block_len, canvas.device)[a:]
-            self.kv.append = True
+            self.kv.keep = True
             with autocast(canvas.device, self.plan.precision):
                 self.model(canvas[:, self.upto:b.first], cache=self.kv, start=a, attn_mask=mask)
-            self.kv.append = False
+            self.kv.keep = False
             self.upto = b.first
 
     def pass_for(self, step, state):  # no cache yet at a window's first block: it sees only itself
         return self.block_pass(self.kv or None, self.block_plan.block.block_end)
 
 
-CACHES = {"none": NoCache, "prefix": PrefixCache, "dual": DualCache, "sparse": SparseCache, "exact": ExactCache}
+CACHES = {"none": NoCache, "prefix": PrefixCache, "dual": DualCache, "sparse": SparseCache, "delayed": DelayedCache,
+          "exact": ExactCache}
 
 
 # -----------------------------------------------------------------------------

@@ -28,9 +28,9 @@ with `less -R`). With TERM=dumb (Emacs' shell, some CI logs) it prints plain fra
 another, without escape codes.
 """
 
-if __name__ == "__main__":  # Ctrl-C while torch is imported: exit 130, not a traceback
-    import cli
-    cli.exit_on_ctrl_c()
+if __name__ == "__main__":  # Ctrl-C from the first statement on: exit 130, no traceback (cli.run_entry_point)
+    import os, signal
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
 
 import argparse
 import io
@@ -45,7 +45,7 @@ from typing import NamedTuple
 
 from ar_sampler import generate_ar_steps
 from checkpoint import DEFAULT_AR, load_model
-from cli import ArgumentParser, Progress, UserError, add_progress_flag
+from cli import ArgumentParser, Progress, UserError, add_progress_flag, run_entry_point
 from corpus import mask_id_of
 from sampler import add_sampling_flags, generate_steps, load_for_sampling, make_canvas, sampling_config
 
@@ -593,4 +593,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run_entry_point(main)
+    run_entry_point(main)

@@ -26,9 +26,9 @@ A block-diffusion model (train.py --objective block) scores each block as the su
 L'-blocks' NELBOs, each given every clean character before it in the window.
 """
 
-if __name__ == "__main__":  # Ctrl-C while torch is imported: exit 130, not a traceback
-    import cli
-    cli.exit_on_ctrl_c()
+if __name__ == "__main__":  # Ctrl-C from the first statement on: exit 130, no traceback (cli.run_entry_point)
+    import os, signal
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
 
 import argparse
 import sys
@@ -36,7 +36,7 @@ import time
 from dataclasses import replace
 
 from checkpoint import DEFAULT_CKPT, load_model
-from cli import ArgumentParser, Progress, UserError, add_progress_flag, shown
+from cli import ArgumentParser, Progress, UserError, add_progress_flag, shown, run_entry_point
 from corpus import DATA_DEFAULT, encode_splits, load_text
 from devices import pick_device
 from diffusion import EVAL_ORDERS, Shard, block_scores, format_eval, summarize
@@ -138,4 +138,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run_entry_point(main)
+    run_entry_point(main)

@@ -66,15 +66,16 @@ class KVCache:
     keys/values there and to the stored ones everywhere else. The stored ones go stale as the
     fresh positions change (the attention is bidirectional): rebuild the cache once per block,
     or every few steps (the sparse cache).
-    append=True (autoregressive decoding): a pass on positions [start, start + n), start being the
-    cached length, keeps its fresh keys/values, so the cache grows by n and the next pass runs on
-    the next characters alone.
+    keep=True: a pass keeps its fresh keys/values. Autoregressive decoding: a pass on positions
+    [start, start + n), start being the cached length, grows the cache by n and the next pass runs
+    on the next characters alone. A pass on scattered positions (the delayed cache) writes its
+    keys/values over the stored ones there.
     A block model's exact cache grows the same way, by each committed block (its clean
     keys/values never change)."""
 
-    def __init__(self, append=False):
+    def __init__(self, keep=False):
         self.layers = {}
-        self.append = append
+        self.keep = keep
 
     def __bool__(self):
         return bool(self.layers)
@@ -147,10 +148,12 @@ class Attention(nn.Module):
             elif torch.is_tensor(start):  # scattered positions (B, T): fresh there, stored elsewhere
                 at = start[:, None, :, None].expand(-1, k.size(1), -1, k.size(3))
                 k, v = (old.scatter(2, at, new) for old, new in zip(stored, (k, v)))
+                if cache.keep:
+                    cache.layers[self.layer_idx] = (k, v)
             else:  # fresh keys/values for our positions, the stored ones elsewhere
                 k, v = (torch.cat([old[:, :, :start], new, old[:, :, start + T:]], dim=2)
                         for old, new in zip(stored, (k, v)))
-                if cache.append:
+                if cache.keep:
                     cache.layers[self.layer_idx] = (k, v)
         if mask is not None:
             causal = False

@@ -8,9 +8,9 @@ extension picks the format; none: .png is added), or an existing folder to write
 into; the path written is printed.
 """
 
-if __name__ == "__main__":  # Ctrl-C while torch is imported: exit 130, not a traceback
-    import cli
-    cli.exit_on_ctrl_c()
+if __name__ == "__main__":  # Ctrl-C from the first statement on: exit 130, no traceback (cli.run_entry_point)
+    import os, signal
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
 
 import argparse
 import json
@@ -23,7 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cli import ArgumentParser, UserError  # noqa: E402
+from cli import ArgumentParser, UserError, run_entry_point  # noqa: E402
 
 
 def read(path):
@@ -122,4 +122,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run_entry_point(main)
+    run_entry_point(main)

@@ -33,9 +33,9 @@ left readings, per sample; such rows stay out of --frontier. With copula=ar the 
 the copula's own judgement of its text: low by design, as for "ar".
 """
 
-if __name__ == "__main__":  # Ctrl-C while torch is imported: exit 130, not a traceback
-    import cli
-    cli.exit_on_ctrl_c()
+if __name__ == "__main__":  # Ctrl-C from the first statement on: exit 130, no traceback (cli.run_entry_point)
+    import os, signal
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
 
 import argparse
 import json
@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from ar_sampler import generate_ar
 from copula import CopulaCost, check_copula_vocabulary, generate_with_cost
 from checkpoint import DEFAULT_AR, DEFAULT_CKPT, load_model_of_kind
-from cli import ArgumentParser, Progress, UserError, add_progress_flag, field_type
+from cli import ArgumentParser, Progress, UserError, add_progress_flag, field_type, run_entry_point
 from corpus import DATA_DEFAULT, decode, encode, load_text, split_text
 from devices import autocast, pick_device
 from sampler import NAMED_SETTINGS, SamplerConfig, check_for_model, expand_setting, generate
@@ -422,4 +422,4 @@ def report(args, name, per_seed, real, nfe, speed, cost=None):
 
 
 if __name__ == "__main__":
-    cli.run_entry_point(main)
+    run_entry_point(main)

@@ -17,9 +17,9 @@ separated by a blank line and a line holding `---`. --stats reports to stderr.
 In --prompt, `_` marks a character to generate (infilling) and `\\n` is a newline.
 """
 
-if __name__ == "__main__":  # Ctrl-C while torch is imported: exit 130, not a traceback
-    import cli
-    cli.exit_on_ctrl_c()
+if __name__ == "__main__":  # Ctrl-C from the first statement on: exit 130, no traceback (cli.run_entry_point)
+    import os, signal
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
 
 import argparse
 import os
@@ -27,7 +27,7 @@ import sys
 import time
 
 import torch
-from cli import ArgumentParser, Progress, UserError, add_progress_flag
+from cli import ArgumentParser, Progress, UserError, add_progress_flag, run_entry_point
 from copula import generate_with_cost
 from corpus import decode, mask_id_of
 from sampler import (add_sampling_flags, generate, generate_steps, load_for_sampling, make_canvas, plan_generation,
@@ -115,4 +115,4 @@ def generate_with_progress(model, canvas, config, seed, progress):
 
 
 if __name__ == "__main__":
-    cli.run_entry_point(main)
+    run_entry_point(main)

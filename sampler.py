@@ -121,9 +121,10 @@ SAMPLER_HELP = {
     "cache": "reuse keys/values across steps. With --block, those outside the block for all its steps "
              "(prefix: the left side; dual: both sides, each step runs on the block alone). sparse (order "
              "random, spread or l2r): each step runs only on the positions it writes and those changed since "
-             "the last full pass. exact (block models only): the clean blocks' keys/values, computed once each "
+             "the last full pass; delayed: as sparse, each pass storing the keys/values it computed, so a "
+             "changed position runs once, in the next step (dKV-Cache). exact (block models only): the clean blocks' keys/values, computed once each "
              "(exact: the model is causal across blocks); each step runs on the block alone",
-    "refresh": "with --cache sparse: a full pass every REFRESH steps; >= 1",
+    "refresh": "with --cache sparse or delayed: a full pass every REFRESH steps; >= 1",
     "context_keep": "characters of context kept before a block as the window slides, 0 .. the model's context - 1 "
                     "(default: the context minus the block, or half the context without blocks)",
     "precision": "auto = bf16 where it is native (CUDA; CPUs with AVX-512 BF16 or AMX), fp32 elsewhere",
@@ -179,8 +180,8 @@ def check_options(c):
         raise ValueError(f"--cache must be one of {', '.join(CACHES)}, got {c.cache!r}")
     if c.cache in ("prefix", "dual") and c.block is None:
         raise ValueError(f"--cache {c.cache} needs --block (the cache is rebuilt once per block)")
-    if c.cache == "sparse" and (c.order not in PLANNED_ORDERS or c.threshold is not None):
-        raise ValueError("--cache sparse needs a step schedule (not --threshold) and --order random, spread or l2r "
+    if c.cache in ("sparse", "delayed") and (c.order not in PLANNED_ORDERS or c.threshold is not None):
+        raise ValueError(f"--cache {c.cache} needs a step schedule (not --threshold) and --order random, spread or l2r "
                          "(it picks the positions to write before the pass)")
     if not (integer(c.refresh) and c.refresh >= 1):
         raise ValueError(f"--refresh must be an integer >= 1, got {c.refresh!r}")
@@ -408,8 +409,9 @@ def step_plan(block, n_steps, config, device):
     steps = torch.stack([torch.tensor(commit, dtype=torch.float), torch.tensor(reopen, dtype=torch.float),
                          noise_scale]).to(device)  # one copy to the device
     distinct = run_size = None
-    if config.cache == "sparse":
-        distinct, run_size = sparse_run_sizes(counts, reopen, refresh, block.block_end - block.first)
+    if config.cache in ("sparse", "delayed"):
+        distinct, run_size = sparse_run_sizes(counts, reopen, refresh, block.block_end - block.first,
+                                              config.cache == "delayed")
     return BlockPlan(block, counts, StepCounts(*steps), run_size, distinct)
 
 

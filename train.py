@@ -19,15 +19,15 @@ Every field of ModelConfig and TrainConfig can be set on the command line (--n_l
 --n-layer 4); a preset only changes the defaults. The loop itself is trainer.Trainer.
 """
 
-if __name__ == "__main__":  # Ctrl-C while torch is imported: exit 130, not a traceback
-    import cli
-    cli.exit_on_ctrl_c()
+if __name__ == "__main__":  # Ctrl-C from the first statement on: exit 130, no traceback (cli.run_entry_point)
+    import os, signal
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
 
 import argparse
 import sys
 
-from cli import ArgumentParser, UserError
-from train_config import add_train_flags, check_config, configs_from_args, flags_without_effect
+from cli import ArgumentParser, UserError, run_entry_point
+from train_config import add_train_flags, check_config, configs_from_args
 from trainer import Trainer, shutdown_distributed
 
 
@@ -37,8 +37,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         mc, tc, explicit = configs_from_args(args)
-        check_config(mc, tc)
-        flags_without_effect(mc, tc, explicit)
+        check_config(mc, tc, explicit)
         trainer = Trainer(mc, tc, explicit)
         trainer.run()
         del trainer
@@ -48,4 +47,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run_entry_point(main)
+    run_entry_point(main)

@@ -43,6 +43,7 @@ class TrainConfig:
     block_t_min: float = 0.0
     block_t_max: float = 1.0
     eval_interval: int = 500
+    patience: int = 0
     save_interval: float = 60.0
     eval_mc: int = 4
     eval_seed: int = 1234
@@ -113,6 +114,8 @@ HELP = {
                    "(BD3's clipped rate; evaluation always uses the full NELBO)",
     "block_t_max": "--objective block: the upper end of the training mask rate, in (--block_t_min, 1]",
     "eval_interval": "steps between validation runs (each saves last.pt too)",
+    "patience": "early stopping: end the run after N evaluations in a row without a new best val "
+                "(best.pt keeps the best; 0: train to --max_steps / --time_budget)",
     "save_interval": "seconds between saves of last.pt beside the evaluations', so a crash or kill -9 loses "
                      "at most this much of the run (0: at evaluations only)",
     "eval_mc": "mask draws per validation block (diffusion)",
@@ -223,7 +226,7 @@ RANGES = {
     "lr": (0, 10, False), "muon_lr": (0, 10, False), "min_lr_ratio": (0, 1, True), "cooldown": (0, 1, True),
     "warmup_steps": (0, 10 ** 9, True), "weight_decay": (0, 10, True), "beta2": (0, 0.9999, True),
     "grad_clip": (0, 1e6, False), "ema": (0, 0.99999, True), "prefix_prob": (0, 1, True),
-    "block_prob": (0, 1, True), "eval_interval": (1, 10 ** 9, True), "save_interval": (0, 10 ** 6, True), "eval_mc": (1, 1024, True),
+    "block_prob": (0, 1, True), "eval_interval": (1, 10 ** 9, True), "patience": (0, 10 ** 6, True), "save_interval": (0, 10 ** 6, True), "eval_mc": (1, 1024, True),
     "eval_seed": (0, 2 ** 63 - 1, True), "eval_context": (0, 8191, True), "log_interval": (1, 10 ** 9, True),
     "seed": (0, 2 ** 63 - 1, True), "distill_rounds": (1, 10, True), "distill_round_steps": (1, 10 ** 9, True),
     "distill_start_passes": (2, 4096, True), "t_min": (0, 1, True), "t_max": (0, 1, True),
@@ -297,10 +300,14 @@ def type_problem(name, value, kind):
     return None
 
 
-def check_config(mc, tc):
-    """Every field's range and the rules between fields; all problems in one UserError."""
+def check_config(mc, tc, given=()):
+    """Every field's range, then the flags in `given` (the names on the command line) that the run
+    would ignore, then the rules between fields; the problems of the first stage that has any,
+    in one UserError. (--n_embd 128 with --distill_from is a flag the run drops, not a width
+    judged against the default --n_head.)"""
     problems = value_problems({**asdict(mc), **asdict(tc)})
     if not problems:  # the rules between fields, once every field is in range
+        flags_without_effect(mc, tc, given)
         problems += model_rules(mc)
         if tc.prefix_prob + tc.block_prob > 1:
             problems.append("--prefix_prob + --block_prob must be <= 1")

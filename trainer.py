@@ -16,7 +16,7 @@ from dataclasses import asdict, fields, replace
 import torch
 import torch.distributed as dist
 
-from checkpoint import read_checkpoint, respelled, save_checkpoint
+from checkpoint import check_training_state, read_checkpoint, respelled, save_checkpoint
 from cli import Progress, UserError
 from corpus import ROOT, encode_splits, load_text
 from devices import autocast, pick_device
@@ -91,10 +91,7 @@ def load_resume_state(mc, tc, explicit_flags):
     if not os.path.exists(path):
         raise UserError(no_run_to_resume(tc.out_dir))
     ckpt = read_checkpoint(path)
-    missing = [k for k in ("optimizer", "step", "train_config", "rng") if k not in ckpt]
-    if missing:
-        raise UserError(f"{path} has no training state ({', '.join(missing)} missing): it is a weights-only "
-                        f"checkpoint; --resume continues a run from the last.pt that train.py writes")
+    check_training_state(ckpt, path)
     changed = [f"--{f.name} {getattr(mc, f.name)} (the run's is {ckpt['config'].get(f.name)})"
                for f in fields(ModelConfig)
                if f.name in explicit_flags and getattr(mc, f.name) != ckpt["config"].get(f.name)]
@@ -178,6 +175,7 @@ class Trainer:
         self.optimizers = make_optimizers(self.model, tc, fused=self.bf16 and self.device.type == "cuda")
         self.ema = EMA(self.model, tc.ema) if tc.ema else None
         self.step, self.best_val, self.elapsed_before = 0, float("inf"), 0.0
+        self.best_step, self.evals_since_best = 0, 0  # --patience: early stopping
         self.saved_step = ckpt["step"] if ckpt else None  # the step of the last.pt to fall back on
         self.gen = torch.Generator(device=self.device).manual_seed(tc.seed + 1000 * self.rank)  # batches, masks
         self.use_compile = tc.compile == "on" or (tc.compile == "auto" and self.device.type == "cuda")
@@ -217,12 +215,28 @@ class Trainer:
 
     # --- state -----------------------------------------------------------------
     def restore(self, ckpt):
+        """The run's state from its last.pt (each field's type checked by checkpoint's
+        check_training_state); a state that does not fit this run (another optimizer's groups,
+        a random state of another size) is one line, not a traceback."""
+        path = os.path.join(self.tc.out_dir, "last.pt")
+        if len(ckpt["optimizer"]) != len(self.optimizers):
+            raise UserError(f"{path}: optimizer holds {len(ckpt['optimizer'])} state(s); the run's "
+                            f"{self.tc.optimizer} has {len(self.optimizers)}")
+        try:
+            self.restore_state(ckpt)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            reason = f"{e.args[0]!r} missing" if isinstance(e, KeyError) and e.args else \
+                (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            raise UserError(f"{path}: its training state does not fit this run ({reason})") from None
+
+    def restore_state(self, ckpt):
         self.model.load_state_dict(ckpt["model"])
         for opt, state in zip(self.optimizers, ckpt["optimizer"]):
             opt.load_state_dict(state)
         if self.ema:  # a run resumed with --ema for the first time starts its average here
             self.ema.model.load_state_dict(ckpt.get("ema", ckpt["model"]))
         self.step, self.best_val = ckpt["step"], ckpt["best_val"]
+        self.best_step, self.evals_since_best = ckpt.get("best_step", 0), ckpt.get("evals_since_best", 0)
         self.distill.restore(ckpt)
         self.elapsed_before = ckpt.get("elapsed", 0.0)
         if self.world == 1 and ckpt["world"] == 1:  # bit-exact continuation
@@ -253,10 +267,15 @@ class Trainer:
         extra = {"ema": {k: v.detach().cpu() for k, v in self.ema.model.state_dict().items()}} if self.ema else {}
         extra.update(self.distill.state())
         self.save("last.pt", optimizer=[opt.state_dict() for opt in self.optimizers], generator=self.gen.get_state(),
-                  rng=rng, elapsed=self.elapsed(), **extra)
+                  rng=rng, elapsed=self.elapsed(), best_step=self.best_step,
+                  evals_since_best=self.evals_since_best, **extra)
 
     def elapsed(self):
         return self.elapsed_before + time.time() - self.t_start
+
+    def stopped_early(self):
+        """--patience evaluations in a row brought no new best: the run has passed its best."""
+        return 0 < self.tc.patience <= self.evals_since_best
 
     def progress(self):
         """Fraction of the run done: steps, or wall time under --time_budget, whichever is
@@ -308,6 +327,7 @@ class Trainer:
             raise DivergedError(f"the validation loss is {val} at step {self.step}")
         improved = val < self.best_val
         self.best_val = min(self.best_val, val)
+        self.best_step, self.evals_since_best = (self.step, 0) if improved else (self.best_step, self.evals_since_best + 1)
         best = self.distill.best_extra(improved)  # None: keep the best.pt there is
         if best is not None:
             self.save("best.pt", val=val, val_se=se, **best)
@@ -348,13 +368,17 @@ class Trainer:
             self.t_start = time.time()
             self.time_progress = 0.0
             self.refresh_time_progress()  # a resumed run continues its schedule where it was
-            if self.progress() >= 1:
+            if self.progress() >= 1 or self.stopped_early():
                 self.log(f"{tc.out_dir}/last.pt: this run already finished at step {self.step} "
-                         f"(raise --max_steps or --time_budget to train on)")
+                         + ("(stopped early: raise --patience to train on)" if self.stopped_early() else
+                            "(raise --max_steps or --time_budget to train on)"))
                 return
             self.log_file = self.open_log()
             self.log(self.header())
             self.train_loop()
+            if self.stopped_early():
+                self.log(f"stopped early at step {self.step}: {tc.patience} evaluations without a new best "
+                         f"(the best at step {self.best_step})")
             self.distill.end_rounds(self)  # the last round's student
         finally:
             self.lock.release()
@@ -375,7 +399,7 @@ class Trainer:
         stop = StopRequest()
         previous = {sig: signal.signal(sig, stop.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            while self.progress() < 1 and not stop.requested:
+            while self.progress() < 1 and not stop.requested and not self.stopped_early():
                 lr_mult = lr_factor(self.step, self.progress(), tc)
                 loss_sum += self.train_step(lr_mult)
                 # the clock: after every step with one process (no sync), so the budget is kept to

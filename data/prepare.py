@@ -6,12 +6,18 @@ Fetch Tiny Shakespeare (Karpathy's char-rnn corpus) into data/tiny_shakespeare.t
 
 The file is verified against its sha256 before it is written (--out's folder is created if
 missing). train.py uses the first 90% of it for training and the last 10% for validation.
-Standard library only: it runs before torch is installed.
+Standard library only: it runs before torch is installed. Ctrl-C exits 130 without a traceback
+and leaves no file.
 """
+
+if __name__ == "__main__":  # Ctrl-C from the first statement on: exit 130, no traceback (cli.run_entry_point)
+    import os, signal
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
 
 import argparse
 import hashlib
 import os
+import signal
 import sys
 import urllib.request
 
@@ -91,9 +97,12 @@ def main(argv=None):
         write(data, args.out)
     except ValueError as e:
         sys.exit(f"prepare.py: error: {e}")
+    except KeyboardInterrupt:  # during a download (write's temp file is removed on the way out)
+        sys.exit(130)
     n = len(data.decode("utf-8"))
     print(f"wrote {shown(args.out)}: {n:,} characters, sha256 verified (corpus.split_text holds out the last 10%)")
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C a KeyboardInterrupt again, for main
     main()

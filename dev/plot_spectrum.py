@@ -11,6 +11,10 @@ is plotted at its context. The runs of RESULTS.md's 2026-12-01 entry kept their 
 one file (assets/runs/bd_eval_h200.txt), not one per model: there is no figure of them.
 """
 
+if __name__ == "__main__":  # Ctrl-C from the first statement on: exit 130, no traceback (cli.run_entry_point)
+    import os, signal
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
+
 import argparse
 import os
 import re
@@ -18,16 +22,12 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-if __name__ == "__main__":  # Ctrl-C while matplotlib is imported: exit 130, not a traceback
-    import cli
-    cli.exit_on_ctrl_c()
-
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cli import ArgumentParser, UserError, shown  # noqa: E402
+from cli import ArgumentParser, UserError, shown, run_entry_point  # noqa: E402
 
 RESULT = re.compile(r"val (?:NLL|NELBO) ([0-9.]+) ± ([0-9.]+) nats/char .*\[context (\d+):")
 
@@ -93,4 +93,4 @@ def plot(points, title):
 
 
 if __name__ == "__main__":
-    cli.run_entry_point(main)
+    run_entry_point(main)

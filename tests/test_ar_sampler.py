@@ -121,7 +121,7 @@ def test_append_cache_gives_the_full_pass_logits_of_the_last_position(ar):
     x = torch.randint(0, model.config.vocab_size - 1, (2, 32))
     with torch.inference_mode():
         full = model(x)
-        kv = KVCache(append=True)
+        kv = KVCache(keep=True)
         model(x[:, :10], cache=kv)
         three = model(x[:, 10:13], cache=kv, start=10)  # a causal mask by position
         one = model(x[:, 13:14], cache=kv, start=13)

@@ -1,7 +1,8 @@
 """checkpoint.py: a checkpoint written and read back (its round trip, atomic writes), and a
 missing, truncated, foreign, corrupt or NaN file as one line naming it. Every field read from a
 checkpoint goes through the flags' rules: hand-made checkpoints are one line naming the file and
-the field, never a traceback or a silent load."""
+the field, never a traceback or a silent load; so is a run's last.pt whose training state
+(step, optimizer, random states, EMA) --resume cannot use."""
 
 import os
 import shutil
@@ -15,7 +16,7 @@ import sample
 import train
 from checkpoint import fields_checksum, load_model, read_checkpoint, save_checkpoint, write_checkpoint
 from cli import UserError
-from conftest import TINY, assert_one_line_error, read_log
+from conftest import TINY, assert_one_line_error, exit_message, read_log
 from model import ModelConfig, Transformer
 
 
@@ -100,10 +101,8 @@ def hand_edited(tiny_ckpt, tmp_path, edit):
 
 
 def sample_error(capsys, argv):
-    with pytest.raises(SystemExit) as stop:
-        sample.main(argv)
-    message = str(stop.value.code)
-    assert message.startswith("sample.py: error: ") and "\n" not in message, message
+    """sample.main(argv)'s exit message: one line, no traceback on stderr either."""
+    message = exit_message(sample.main, argv)
     assert "Traceback" not in capsys.readouterr().err
     return message
 
@@ -191,6 +190,54 @@ def test_resume_checks_the_stored_training_config_by_the_flags_table(tiny_run, t
     with pytest.raises(SystemExit) as stop:
         train.main(TINY + ["--data", data_path, "--out_dir", str(out), "--resume", "--max_steps", "900"])
     message = str(stop.value.code)
+    assert str(out / "last.pt") in message and needle in message, message
+    assert "Traceback" not in capsys.readouterr().err and sorted(os.listdir(out)) == ["last.pt"]
+
+
+SHORT = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--block_size", "16", "--batch_size", "4",
+         "--device", "cpu", "--eval_mc", "1", "--eval_interval", "2"]
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """A run of 2 steps on a short text, its last.pt to edit (no data file needed)."""
+    out = tmp_path_factory.mktemp("short")
+    (out / "text.txt").write_text("To be, or not to be, that is the question.\n" * 50)
+    train.main(SHORT + ["--data", str(out / "text.txt"), "--out_dir", str(out), "--max_steps", "2"])
+    return str(out)
+
+
+def nan_weights(ckpt):
+    return {k: torch.full_like(v, float("nan")) for k, v in ckpt["model"].items()}
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda c: c.update(step=-5), "step must be an integer >= 0, got -5"),  # it trained from step -5
+    (lambda c: c.update(step="abc"), "step must be an integer >= 0, got 'abc'"),
+    (lambda c: c.update(best_val="abc"), "best_val must be a number"),
+    (lambda c: c.update(elapsed=float("nan")), "elapsed must be a finite number of seconds >= 0, got nan"),
+    (lambda c: c.update(world=0), "world must be an integer >= 1"),
+    (lambda c: c.update(train_config="abc"), "train_config must be a dict of TrainConfig fields"),
+    (lambda c: c.update(optimizer="abc"), "optimizer must be a list of optimizer state dicts"),
+    (lambda c: c.update(optimizer=[{}]), "its training state does not fit this run ('param_groups' missing)"),
+    (lambda c: c.update(optimizer=c["optimizer"] * 2), "optimizer holds 2 state(s); the run's adamw has 1"),
+    (lambda c: c.update(rng="abc"), "rng must be a dict of uint8 tensors"),
+    (lambda c: c["rng"].update(cpu=torch.zeros(5, dtype=torch.uint8)), "its training state does not fit this run"),
+    (lambda c: c.update(generator=5), "generator must be a uint8 tensor"),
+    (lambda c: c.pop("best_val"), "has no training state (best_val missing)"),
+    (lambda c: c.update(ema=nan_weights(c)), "ema weights"),
+])
+def test_resume_checks_every_field_of_the_training_state(short_run, tmp_path, capsys, edit, needle):
+    out = tmp_path / "run"
+    out.mkdir()
+    ckpt = torch.load(os.path.join(short_run, "last.pt"), weights_only=True)
+    edit(ckpt)  # by hand: the weights and their checksum unchanged
+    torch.save(ckpt, out / "last.pt")
+    with pytest.raises(SystemExit) as stop:
+        train.main(SHORT + ["--data", os.path.join(short_run, "text.txt"), "--out_dir", str(out), "--resume",
+                            "--max_steps", "4"])
+    message = str(stop.value.code)
+    assert message.startswith("train.py: error: ") and "\n" not in message, message
     assert str(out / "last.pt") in message and needle in message, message
     assert "Traceback" not in capsys.readouterr().err and sorted(os.listdir(out)) == ["last.pt"]
 

@@ -95,11 +95,18 @@ def test_distillation_refuses_a_block_model(capsys, tmp_path, text_file):
     assert "is a model of objective block; distillation needs a diffusion model" in message and not out.exists()
 
 
-def test_a_checkpoint_whose_model_is_not_weights_is_one_line(capsys, tmp_path):
+@pytest.mark.parametrize("model", ["abc", {"wte.weight": 5}, None])
+@pytest.mark.parametrize("checksum", [True, False])  # a stored checksum was computed over "abc": a traceback
+def test_a_checkpoint_whose_model_is_not_weights_is_one_line(capsys, tmp_path, model, checksum):
+    from conftest import entry_point
     path = untrained(tmp_path / "odd.pt")
     ckpt = torch.load(path, weights_only=True)
-    ckpt["model"] = "abc"
-    ckpt.pop("checksum")  # by hand, as a foreign tool might write it
+    ckpt["model"] = model
+    if not checksum:
+        ckpt.pop("checksum")  # by hand, as a foreign tool might write it
     torch.save(ckpt, path)
     message = one_line_exit(capsys, sample.main, ["--ckpt", path, "--device", "cpu"], "sample.py")
     assert "model must be a dict of weight tensors" in message
+    export = entry_point("tools/export_weights.py").main  # reads without the NaN check: its own counts them
+    message = one_line_exit(capsys, export, [path, str(tmp_path / "out.pt")], "export_weights.py")
+    assert "model must be a dict of weight tensors" in message and not (tmp_path / "out.pt").exists()

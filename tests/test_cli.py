@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cli import Progress, format_seconds
+from cli import Progress, format_seconds, run_entry_point
 from conftest import ROOT, assert_one_line_error, run_script
 
 
@@ -73,6 +73,25 @@ def test_ctrl_c_in_sample_exits_quietly_with_130(tiny_ckpt, after):
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in stderr and "terminate" not in stderr, stderr
+
+
+def test_a_ctrl_c_that_library_code_turned_into_another_exception_exits_130():
+    class Field:
+        def __set_name__(self, owner, name):
+            raise KeyboardInterrupt  # a Ctrl-C landing here, as in torch._dynamo's lazy import
+
+    def building_a_class():
+        class Source:  # Python 3.11 raises RuntimeError('Error calling __set_name__ ...') from it
+            field = Field()
+
+    def failing():
+        raise RuntimeError("a bug, not a Ctrl-C")
+
+    with pytest.raises(SystemExit) as stop:
+        run_entry_point(building_a_class)
+    assert stop.value.code == 130
+    with pytest.raises(RuntimeError, match="a bug"):  # anything else keeps its traceback
+        run_entry_point(failing)
 
 
 # -----------------------------------------------------------------------------

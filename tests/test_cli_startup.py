@@ -1,7 +1,8 @@
-"""Ctrl-C during start-up (cli.exit_on_ctrl_c, cli.run_entry_point) in the entry points the other
-tests leave out: train.py (importing torch, reading the data, building the model, then the
-loop), tools/export_weights.py and dev/plot_spectrum.py: exit 130, no traceback. Real processes:
-the signal's timing and the exit status are the point."""
+"""Ctrl-C during start-up (each entry point's first statement, cli.run_entry_point): in every
+entry point as its first import begins, and in the entry points the other tests leave out at
+set times: train.py (importing torch, reading the data, building the model, then the loop),
+tools/export_weights.py and dev/plot_spectrum.py: exit 130, no traceback. Real processes: the
+signal's timing and the exit status are the point."""
 import os
 import signal
 import subprocess
@@ -15,6 +16,35 @@ from conftest import ROOT
 from model import ModelConfig, Transformer
 
 TEXT = "To be, or not to be, that is the question.\n" * 2000
+
+# A sitecustomize (Python imports it before the script) that sends this process SIGINT as the
+# script imports its first module after os and signal, which its first statement imports to
+# install the handler: the moment a Ctrl-C 0.1 s after start lands in, made certain. Before,
+# that moment was `import cli`, and the KeyboardInterrupt printed the import's traceback.
+INTERRUPT_AT_FIRST_IMPORT = """
+import os, signal, sys
+
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if getattr(sys.modules.get("__main__"), "__file__", None) and name not in ("os", "signal"):
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, Interrupt())
+"""
+ENTRY_POINTS = ("train.py", "sample.py", "evaluate.py", "quality.py", "bench.py", "diffusion_process.py",
+                "plot_curve.py", os.path.join("tools", "export_weights.py"), os.path.join("dev", "plot_spectrum.py"),
+                os.path.join("data", "prepare.py"))
+
+
+@pytest.mark.parametrize("script", ENTRY_POINTS)
+def test_ctrl_c_at_the_first_import_exits_130_without_a_traceback(tmp_path, script):
+    (tmp_path / "sitecustomize.py").write_text(INTERRUPT_AT_FIRST_IMPORT)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    r = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 130 and r.stdout == "" and r.stderr == "", (r.returncode, r.stderr[-2000:])
 
 
 def interrupted(argv, after):

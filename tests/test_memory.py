@@ -8,6 +8,7 @@ import torch
 import memory
 import train
 from cli import UserError
+from conftest import train_error
 from model import ModelConfig
 from train_config import TrainConfig
 
@@ -20,15 +21,6 @@ def text_file(tmp_path):
     path = tmp_path / "text.txt"
     path.write_text("To be, or not to be, that is the question.\n" * 50)
     return str(path)
-
-
-def train_error(capsys, argv):
-    with pytest.raises(SystemExit) as stop:
-        train.main(argv)
-    message = str(stop.value.code)
-    assert message.startswith("train.py: error: ") and "\n" not in message, message
-    assert "Traceback" not in capsys.readouterr().err
-    return message
 
 
 @pytest.mark.parametrize("flags, asked", [

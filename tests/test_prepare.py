@@ -28,3 +28,18 @@ def test_prepare_out_under_a_file_is_one_line_error(tmp_path, data_path, run_mai
     r = run_main("data/prepare.py", "--from", data_path, "--out", tmp_path / "file.txt" / "out.txt")
     assert_one_line_error(r, "prepare.py: error: cannot write", "is a file")
     assert os.listdir(tmp_path) == ["file.txt"]
+
+
+def test_ctrl_c_while_downloading_or_writing_exits_130_and_leaves_no_file(tmp_path, data_path, run_main,
+                                                                          monkeypatch):
+    from conftest import entry_point
+    prepare = entry_point("data/prepare.py")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(prepare, "fetch", interrupted)  # Ctrl-C during the download
+    r = run_main("data/prepare.py", "--out", tmp_path / "ts.txt")
+    assert r.returncode == 130 and "Traceback" not in r.stderr and os.listdir(tmp_path) == []
+    monkeypatch.setattr(prepare.os, "replace", interrupted)  # during the write: its temp file is removed
+    r = run_main("data/prepare.py", "--from", data_path, "--out", tmp_path / "ts.txt")
+    assert r.returncode == 130 and "Traceback" not in r.stderr and os.listdir(tmp_path) == []

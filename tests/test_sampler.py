@@ -1,4 +1,5 @@
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from conftest import VOCAB, perturbed_model
 from corpus import decode, encode
 from devices import native_bf16
 from model import KVCache
-from sampler import (SamplerConfig, commit_schedule, generate, generate_steps, plan_blocks,
+from sampler import (SamplerConfig, commit_schedule, generate, generate_steps, plan_blocks, plan_generation,
                      split_steps)
 
 
@@ -304,15 +305,16 @@ def test_block_decoding_writes_only_inside_the_current_block_left_to_right(tiny_
     assert (state.canvas != mask_id).all() and decode(state.canvas[0, :5].tolist(), chars) == "KING:"
 
 
+@pytest.mark.parametrize("cache", ["sparse", "delayed"])
 @pytest.mark.parametrize("order,block", [("random", None), ("spread", None), ("l2r", None), ("random", 16)])
-def test_sparse_cache_runs_full_passes_every_refresh_and_fills_every_mask(tiny_model, order, block):
+def test_sparse_cache_runs_full_passes_every_refresh_and_fills_every_mask(tiny_model, order, block, cache):
     model, chars = tiny_model
     c = canvas_for(chars, "KING:", 32, batch=2)  # the tiny model's context
     calls = []
     hook = model.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(args[0].size(1)),
                                            with_kwargs=True)
     try:
-        out, nfe = generate(model, c, opts(steps=16, temperature=1.0, order=order, remask=0.5, block=block, cache="sparse", refresh=4), 3)
+        out, nfe = generate(model, c, opts(steps=16, temperature=1.0, order=order, remask=0.5, block=block, cache=cache, refresh=4), 3)
     finally:
         hook.remove()
     assert nfe == len(calls) == 16
@@ -325,13 +327,45 @@ def test_sparse_cache_runs_full_passes_every_refresh_and_fills_every_mask(tiny_m
     assert (out != len(chars)).all() and decode(out[0, :5].tolist(), chars) == "KING:"
 
 
+@pytest.mark.parametrize("cache", ["sparse", "delayed"])
 @pytest.mark.parametrize("order", ["random", "l2r"])
-def test_sparse_cache_with_refresh_1_is_the_uncached_sampler(tiny_model, order):
+def test_sparse_cache_with_refresh_1_is_the_uncached_sampler(tiny_model, order, cache):
     model, chars = tiny_model
     c = canvas_for(chars, "KING:", 40, batch=2)
     plain, _ = generate(model, c, opts(steps=10, temperature=1.0, remask=0.5, order=order), 5)
-    every_step, _ = generate(model, c, opts(steps=10, temperature=1.0, remask=0.5, order=order, cache="sparse", refresh=1), 5)
+    every_step, _ = generate(model, c, opts(steps=10, temperature=1.0, remask=0.5, order=order, cache=cache, refresh=1), 5)
     assert torch.equal(plain, every_step)
+
+
+@pytest.mark.parametrize("cache", ["sparse", "delayed"])
+def test_a_sparse_pass_runs_what_it_writes_and_what_changed_since_the_cache_saw_it(tiny_model, cache):
+    # sparse: the cache holds the last full pass's keys/values, so every position changed since
+    # then runs again at every step; delayed: each pass stores what it computed, so a changed
+    # position runs in the step after its change, and the passes are smaller
+    model, chars = tiny_model
+    c = canvas_for(chars, "KING:", 32, batch=2)  # one window, the block from column 5
+    starts, sizes = [], []
+
+    def record(mod, args, kwargs):
+        starts.append(kwargs.get("start")), sizes.append(args[0].size(1))
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    config = opts(steps=24, temperature=1.0, order="random", remask=0.5, cache=cache, refresh=8)
+    try:
+        steps = [(s.committed.clone(), s.reopened.clone()) for s in generate_steps(model, c, config, 3)]
+    finally:
+        hook.remove()
+    for i, start in enumerate(starts):
+        if i % 8 == 0:
+            assert sizes[i] == 32, "a full pass every refresh"
+            continue
+        ran = torch.zeros(c.shape, dtype=torch.bool).scatter(1, start, True)
+        since = i - 1 if cache == "delayed" else i - i % 8
+        changed = torch.stack([w | r for w, r in steps[since:i]]).any(0)
+        assert (ran | ~(steps[i][0] | changed)).all(), f"step {i}: a position it writes or that changed did not run"
+    # the host's bound on a pass's positions: the delayed cache's is about half the sparse one's
+    bound = {kind: sum(plan_generation(model, c, replace(config, cache=kind), 3).blocks[0].run_distinct[1:8])
+             for kind in ("sparse", "delayed")}
+    assert bound["delayed"] < 0.6 * bound["sparse"], bound
 
 
 @pytest.mark.parametrize("steps", [None, 7])

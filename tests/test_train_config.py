@@ -96,6 +96,14 @@ def test_distillation_refuses_a_shape_flag(capsys, tmp_path, data_path, tiny_ckp
     assert "--block_size does not apply with --distill_from" in message and not os.listdir(tmp_path)
 
 
+def test_a_shape_flag_with_distillation_is_named_before_its_value_is_judged(capsys, tmp_path, data_path):
+    # --n_embd 128 with the default 6 heads broke the rotary rule, and that was the answer
+    message = train_error(capsys, ["--distill_from", str(tmp_path / "teacher.pt"), "--data", data_path, "--out_dir",
+                                   str(tmp_path / "run"), "--device", "cpu", "--n_embd", "128"])
+    assert "--n_embd does not apply with --distill_from" in message and "rotary" not in message
+    assert not os.listdir(tmp_path)
+
+
 @pytest.mark.parametrize("flags, needle", [
     (["--objective", "gan"], "--objective"),
     (["--n_embd", "100", "--n_head", "3"], "n_head"),

@@ -143,34 +143,80 @@ def test_a_loss_that_becomes_nan_stops_the_run_and_keeps_the_last_good_checkpoin
     assert read_checkpoint(str(tmp_path / "best.pt"))["step"] == 10
 
 
-def test_resumed_time_budget_run_keeps_its_schedule_and_a_finished_run_stops(tmp_path, small_data, monkeypatch,
-                                                                             run_main):
+def step_clock(monkeypatch, seconds_per_step):
+    """The trainer's wall clock made to pass `seconds_per_step` per training step and nothing
+    else, so a --time_budget test stops at the same step whatever the machine's load."""
+    import types
+    clock = types.SimpleNamespace(now=1e9)
+    real_step = trainer.Trainer.train_step
+
+    def timed_step(self, lr_mult):
+        clock.now += seconds_per_step
+        return real_step(self, lr_mult)
+    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(time=lambda: clock.now))
+    monkeypatch.setattr(trainer.Trainer, "train_step", timed_step)
+
+
+def test_resumed_time_budget_run_keeps_its_schedule_and_a_finished_run_stops(tmp_path, small_data, run_main):
     args = TINY + ["--data", small_data, "--out_dir", str(tmp_path), "--max_steps", "100000", "--time_budget", "0.2",
                    "--eval_interval", "100000", "--log_interval", "5"]
-    interrupt_at(monkeypatch, 20)  # well inside the 12 s budget
-    with pytest.raises(SystemExit):
-        train.main(args)
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as mp:  # 0.25 s a step: the 12 s budget ends at step 48
+        step_clock(mp, 0.25)
+        interrupt_at(mp, 20)
+        with pytest.raises(SystemExit):
+            train.main(args)
     lr_before = [r["lr"] for r in read_log(str(tmp_path)) if "lr" in r][-1]
-    train.main(args + ["--resume"])
+    with pytest.MonkeyPatch.context() as mp:
+        step_clock(mp, 0.25)
+        train.main(args + ["--resume"])
     lrs = [r["lr"] for r in read_log(str(tmp_path)) if "lr" in r and r["step"] >= 20]  # after warm-up
-    assert all(b <= a for a, b in zip(lrs, lrs[1:])), "the rate only falls after warm-up, across the resume"
+    assert all(b < a for a, b in zip(lrs, lrs[1:])), "the rate only falls after warm-up, across the resume"
     assert lrs[-1] < lr_before
     finished = read_checkpoint(str(tmp_path / "last.pt"))
+    assert finished["step"] == 48, "the budget is kept across the resume"
     r = run_main("train.py", *args, "--resume")
     assert r.returncode == 0 and "already finished" in r.stdout, r.stdout + r.stderr
     assert read_checkpoint(str(tmp_path / "last.pt"))["step"] == finished["step"]
 
 
-def test_time_budget_is_kept_to_the_step_between_rare_progress_lines(tmp_path, small_data):
-    # no progress line and no evaluation before the end: the budget (3 s) must still stop the
-    # run, long before its 1,500 steps (~30 s here)
+def test_time_budget_is_kept_to_the_step_between_rare_progress_lines(tmp_path, small_data, monkeypatch):
+    # no progress line and no evaluation before the end: the budget (3 s at 0.125 s a step) must
+    # still stop the run at its 24th step, not at the next log line or at 1,500 steps
+    step_clock(monkeypatch, 0.125)
     args = TINY + ["--data", small_data, "--out_dir", str(tmp_path), "--max_steps", "1500", "--time_budget", "0.05",
                    "--eval_interval", "100000", "--log_interval", "100000"]
     train.main(args)
     last = read_checkpoint(str(tmp_path / "last.pt"))
-    assert 0 < last["step"] < 1500
-    assert 3.0 <= last["elapsed"] < 3.0 + 3.0, last["elapsed"]  # + the step that crossed it and the final eval
+    assert last["step"] == 24 and last["elapsed"] == 3.0, (last["step"], last["elapsed"])
+
+
+def scripted_evaluations(monkeypatch, vals):
+    """The validation NELBO of the run's evaluations, in order, instead of measured ones."""
+    it = iter(vals)
+    monkeypatch.setattr(trainer, "run_evaluation", lambda model, val_ids, tc, shard: (next(it), 0.01))
+
+
+def test_patience_stops_a_run_past_its_best_and_resume_keeps_the_count(tmp_path, small_data, run_main, monkeypatch):
+    args = TINY + ["--data", small_data, "--out_dir", str(tmp_path), "--max_steps", "100", "--eval_interval", "5",
+                   "--log_interval", "5", "--patience", "2"]
+    # evaluations at 5, 10, 15 (best), 20: worse once; a Ctrl-C at step 22, then 25: worse twice
+    scripted_evaluations(monkeypatch, [3.0, 2.5, 2.4, 2.6, 2.7, 2.0, 2.1, 2.2, 2.3])
+    with pytest.MonkeyPatch.context() as mp:
+        interrupt_at(mp, 22)
+        with pytest.raises(SystemExit):
+            train.main(args)
+    assert read_checkpoint(str(tmp_path / "last.pt"))["evals_since_best"] == 1
+    r = run_main("train.py", *args, "--resume")
+    assert r.returncode == 0 and "stopped early at step 25: 2 evaluations without a new best (the best at step 15)" \
+        in r.stdout, r.stdout + r.stderr
+    last, best = (read_checkpoint(str(tmp_path / name)) for name in ("last.pt", "best.pt"))
+    assert (last["step"], best["step"], best["val"], last["best_step"]) == (25, 15, 2.4, 15)
+    r = run_main("train.py", *args, "--resume")  # ended: says so, trains nothing
+    assert "already finished at step 25 (stopped early: raise --patience" in r.stdout
+    assert read_checkpoint(str(tmp_path / "last.pt"))["step"] == 25
+    run_main("train.py", *args[:-1], "3", "--resume")  # more patience: a new best at 30, then 3 worse
+    assert (read_checkpoint(str(tmp_path / "best.pt"))["step"], read_checkpoint(str(tmp_path / "last.pt"))["step"]) == (30, 45)
+    assert run_main("train.py", *args[:-1], "-1").stderr.strip().endswith("--patience must be in [0, 1000000], got -1")
 
 
 # -----------------------------------------------------------------------------

@@ -9,6 +9,10 @@ inf, also after rounding to bf16), a target that is the source itself, a target 
 cannot be written to.
 """
 
+if __name__ == "__main__":  # Ctrl-C from the first statement on: exit 130, no traceback (cli.run_entry_point)
+    import os, signal
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
+
 import argparse
 import os
 import sys
@@ -16,14 +20,10 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-if __name__ == "__main__":  # Ctrl-C while torch is imported: exit 130, not a traceback
-    import cli
-    cli.exit_on_ctrl_c()
-
 import torch  # noqa: E402
 
 from checkpoint import read_checkpoint, write_checkpoint  # noqa: E402
-from cli import ArgumentParser, UserError  # noqa: E402
+from cli import ArgumentParser, UserError, run_entry_point  # noqa: E402
 from distill import Distillation  # noqa: E402
 from dmmd import DMMDistillation  # noqa: E402
 
@@ -83,4 +83,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run_entry_point(main)
+    run_entry_point(main)
