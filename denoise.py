@@ -382,7 +382,7 @@ class SparseCache(PrefixCache):
         region = state.region
         run = choose_commits(None, region == self.model.config.mask_id, state.counts, state.keys,
                              self.plan.config, state.priority)
-        run |= region != self.seen  # changed since the cache saw them
+        run |= self.near(region != self.seen)  # changed since the cache saw them
         if self.keep:
             self.seen = region.clone()
         # those first, then spare positions up to the bound (a fixed size for every row)
@@ -392,6 +392,12 @@ class SparseCache(PrefixCache):
             positions = torch.cat([positions, positions[:, -1:].expand(-1, size - n)], dim=1)
         lo = self.block_plan.block.first - self.block_plan.block.start
         return Pass(region.gather(1, positions), self.kv, positions + lo, lo, lo + region.size(1))
+
+    def near(self, changed):
+        """changed (B, W) widened by config.halo positions each side: a stored key/value goes stale
+        first where the text next to it changed (a character model attends mostly nearby)."""
+        h = self.plan.config.halo
+        return F.max_pool1d(changed.float().unsqueeze(1), 2 * h + 1, 1, h).squeeze(1) > 0 if h else changed
 
 
 class DelayedCache(SparseCache):
@@ -408,15 +414,15 @@ def sparse_pass_size(n, width):
     return min(width, next((b for b in (8, 16) if n <= b), -(-n // 32) * 32))
 
 
-def sparse_run_sizes(counts, reopen, refresh, width, delayed=False):
+def sparse_run_sizes(counts, reopen, refresh, width, delayed=False, halo=0):
     """(distinct, padded) per step of a block: at most `distinct` positions change or are written
     before a sparse pass ((written now | changed since the cache saw them: since the refresh, or,
-    delayed, in the step before) is at most this; the spare ones up to it get fresh keys/values
-    too, which measured no worse), and the pass runs on `sparse_pass_size` of that (the padding
-    repeats a position: nothing changes)."""
+    delayed, in the step before; with a halo, each of those and `halo` each side) is at most this;
+    the spare ones up to it get fresh keys/values too, which measured no worse), and the pass runs
+    on `sparse_pass_size` of that (the padding repeats a position: nothing changes)."""
     changes = [c + 2 * r for c, r in zip(counts, reopen)]  # written, and re-opened ones twice
     since = [max(i - i % refresh, i - 1) if delayed else i - i % refresh for i in range(len(counts))]
-    distinct = [min(width, changes[i] + sum(changes[since[i]:i])) for i in range(len(counts))]
+    distinct = [min(width, changes[i] + (2 * halo + 1) * sum(changes[since[i]:i])) for i in range(len(counts))]
     return distinct, [sparse_pass_size(n, width) for n in distinct]
 
 

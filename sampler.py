@@ -10,17 +10,15 @@ This file holds what the host decides: the options, and the plan made before the
 sampling scripts' command line. The steps themselves, which only queue device work, are
 denoise.py's; the autoregressive baseline's sampler is ar_sampler.py's.
 
-Every option lives in SamplerConfig: its field defaults are the defaults of `python sample.py`
-(chosen with quality.py), its checks are the sampler's rules, and the CLIs build their flags
-from its fields. From Python:
+Every option lives in SamplerConfig: its field defaults are `python sample.py`'s (chosen with
+quality.py), its checks the sampler's rules; the CLIs build their flags from its fields. In Python:
 
     from sampler import SamplerConfig, generate
     canvas, nfe = generate(model, canvas, SamplerConfig(), seed=0)     # what sample.py writes
     generate(model, canvas, SamplerConfig.from_options(threshold=0.9), seed=0)
 
-A model from checkpoint.load_model carries its checkpoint's step count, if it stores one (a
-distilled student's): a config without steps or a threshold takes it (SamplerConfig.for_model),
-in generate as in sample.py.
+A model from checkpoint.load_model carries its checkpoint's step count if it stores one (a distilled
+student's); a config without steps or a threshold takes it (SamplerConfig.for_model).
 """
 
 import math
@@ -67,6 +65,7 @@ class SamplerConfig:
     block: Optional[int] = None
     cache: str = "none"
     refresh: int = 8
+    halo: int = 0
     context_keep: Optional[int] = None
     precision: str = "auto"
     compile: Optional[str] = None
@@ -125,6 +124,7 @@ SAMPLER_HELP = {
              "changed position runs once, in the next step (dKV-Cache). exact (block models only): the clean blocks' keys/values, computed once each "
              "(exact: the model is causal across blocks); each step runs on the block alone",
     "refresh": "with --cache sparse or delayed: a full pass every REFRESH steps; >= 1",
+    "halo": "with --cache sparse or delayed: each pass also runs the HALO positions each side of a changed one; >= 0",
     "context_keep": "characters of context kept before a block as the window slides, 0 .. the model's context - 1 "
                     "(default: the context minus the block, or half the context without blocks)",
     "precision": "auto = bf16 where it is native (CUDA; CPUs with AVX-512 BF16 or AMX), fp32 elsewhere",
@@ -185,6 +185,8 @@ def check_options(c):
                          "(it picks the positions to write before the pass)")
     if not (integer(c.refresh) and c.refresh >= 1):
         raise ValueError(f"--refresh must be an integer >= 1, got {c.refresh!r}")
+    if not (integer(c.halo) and c.halo >= 0) or (c.halo and c.cache not in ("sparse", "delayed")):
+        raise ValueError(f"--halo must be an integer >= 0, with --cache sparse or delayed; got {c.halo!r}, --cache {c.cache}")
     if c.schedule not in SCHEDULES:
         raise ValueError(f"--schedule must be linear or cosine, got {c.schedule!r}")
     if c.remask_by not in REMASK_BY:
@@ -411,7 +413,7 @@ def step_plan(block, n_steps, config, device):
     distinct = run_size = None
     if config.cache in ("sparse", "delayed"):
         distinct, run_size = sparse_run_sizes(counts, reopen, refresh, block.block_end - block.first,
-                                              config.cache == "delayed")
+                                              config.cache == "delayed", config.halo)
     return BlockPlan(block, counts, StepCounts(*steps), run_size, distinct)
 
 

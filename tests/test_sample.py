@@ -90,6 +90,8 @@ def test_a_reader_that_leaves_early_ends_sampling_quietly(tiny_ckpt):
     (["--cache", "dual"], ["--cache dual needs --block"]),
     (["--cache", "sparse", "--order", "confidence"], ["--cache sparse needs", "random, spread or l2r"]),
     (["--cache", "sparse", "--refresh", "0"], ["--refresh must be an integer >= 1"]),
+    (["--halo", "2"], ["--halo must be", "with --cache sparse or delayed", "--cache none"]),
+    (["--cache", "delayed", "--halo", "-1"], ["--halo must be an integer >= 0"]),
     (["--order", "sideways"], ["--order", "invalid choice"]),
     (["--num-samples", "100000"], ["--num-samples must be in 1..10000"]),
     (["--cuda-graph", "--device", "cpu"], ["--cuda-graph needs a CUDA device"]),

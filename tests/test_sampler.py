@@ -337,11 +337,13 @@ def test_sparse_cache_with_refresh_1_is_the_uncached_sampler(tiny_model, order, 
     assert torch.equal(plain, every_step)
 
 
+@pytest.mark.parametrize("halo", [0, 2])
 @pytest.mark.parametrize("cache", ["sparse", "delayed"])
-def test_a_sparse_pass_runs_what_it_writes_and_what_changed_since_the_cache_saw_it(tiny_model, cache):
+def test_a_sparse_pass_runs_what_it_writes_and_what_changed_since_the_cache_saw_it(tiny_model, cache, halo):
     # sparse: the cache holds the last full pass's keys/values, so every position changed since
     # then runs again at every step; delayed: each pass stores what it computed, so a changed
-    # position runs in the step after its change, and the passes are smaller
+    # position runs in the step after its change, and the passes are smaller; a halo runs the
+    # `halo` positions each side of a changed one too (within the block: the prompt never runs again)
     model, chars = tiny_model
     c = canvas_for(chars, "KING:", 32, batch=2)  # one window, the block from column 5
     starts, sizes = [], []
@@ -349,7 +351,7 @@ def test_a_sparse_pass_runs_what_it_writes_and_what_changed_since_the_cache_saw_
     def record(mod, args, kwargs):
         starts.append(kwargs.get("start")), sizes.append(args[0].size(1))
     hook = model.register_forward_pre_hook(record, with_kwargs=True)
-    config = opts(steps=24, temperature=1.0, order="random", remask=0.5, cache=cache, refresh=8)
+    config = opts(steps=24, temperature=1.0, order="random", remask=0.5, cache=cache, refresh=8, halo=halo)
     try:
         steps = [(s.committed.clone(), s.reopened.clone()) for s in generate_steps(model, c, config, 3)]
     finally:
@@ -361,11 +363,17 @@ def test_a_sparse_pass_runs_what_it_writes_and_what_changed_since_the_cache_saw_
         ran = torch.zeros(c.shape, dtype=torch.bool).scatter(1, start, True)
         since = i - 1 if cache == "delayed" else i - i % 8
         changed = torch.stack([w | r for w, r in steps[since:i]]).any(0)
-        assert (ran | ~(steps[i][0] | changed)).all(), f"step {i}: a position it writes or that changed did not run"
+        need = steps[i][0] | changed
+        for row, column in changed.nonzero().tolist():
+            need[row, max(5, column - halo):column + halo + 1] = True
+        assert (ran | ~need).all(), f"step {i}: a position it writes, that changed or next to a change did not run"
     # the host's bound on a pass's positions: the delayed cache's is about half the sparse one's
     bound = {kind: sum(plan_generation(model, c, replace(config, cache=kind), 3).blocks[0].run_distinct[1:8])
              for kind in ("sparse", "delayed")}
     assert bound["delayed"] < 0.6 * bound["sparse"], bound
+    if halo:  # a halo runs more: the bound grows with it
+        plain = sum(plan_generation(model, c, replace(config, halo=0), 3).blocks[0].run_distinct[1:8])
+        assert sum(plan_generation(model, c, config, 3).blocks[0].run_distinct[1:8]) > plain
 
 
 @pytest.mark.parametrize("steps", [None, 7])
