@@ -55,6 +55,18 @@ def run_script(script, *args, timeout=300, **kwargs):
                           capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
+def run_scripts(commands, timeout=300):
+    """run_script for each (script, *args) of `commands`, the processes started together (each
+    spends its first seconds importing torch; two cores take two at a time): CompletedProcesses."""
+    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for script, *args in commands]
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
+
+
 def entry_point(script):
     """The module of an entry point, imported once: a file at the root by its name (the module a
     test's `import sample` gives), tools/, data/ and dev/ scripts from their path."""

@@ -12,21 +12,21 @@ import time
 import pytest
 
 from cli import Progress, format_seconds, run_entry_point
-from conftest import ROOT, assert_one_line_error, run_script
+from conftest import ROOT, assert_one_line_error, run_scripts
 
 
 # -----------------------------------------------------------------------------
 # Every entry point as a real process
 
 def test_every_cli_has_help():
-    for script, *flags in (("train.py",), ("sample.py",), ("diffusion_process.py",), ("data/prepare.py",),
-                           ("bench.py",), ("bench.py", "--sample"), ("quality.py",), ("plot_curve.py",),
-                           ("tools/export_weights.py",), ("evaluate.py",)):
-        r = run_script(script, *flags, "--help")
-        assert r.returncode == 0 and "usage" in r.stdout, (script, r.stderr)
+    commands = [("train.py",), ("sample.py",), ("diffusion_process.py",), ("data/prepare.py",), ("bench.py",),
+                ("bench.py", "--sample"), ("quality.py",), ("plot_curve.py",), ("tools/export_weights.py",),
+                ("evaluate.py",)]
+    for command, r in zip(commands, run_scripts([(*command, "--help") for command in commands])):
+        assert r.returncode == 0 and "usage" in r.stdout, (command, r.stderr)
 
 
-@pytest.mark.parametrize("script, args, status, needle", [
+BAD_INPUT = [
     ("train.py", ["--data", "MISSING"], 1, "data file not found"),
     ("sample.py", ["--ckpt", "MISSING"], 1, "not found"),
     ("sample.py", ["--bogus"], 2, "unrecognized arguments"),  # argparse's errors: one line too
@@ -37,12 +37,18 @@ def test_every_cli_has_help():
     ("plot_curve.py", ["MISSING"], 1, "cannot read"),
     ("tools/export_weights.py", ["MISSING", "OUT.pt"], 1, "not found"),
     ("data/prepare.py", ["--from", "MISSING", "--out", "OUT.txt"], 1, "cannot read"),
-])
-def test_bad_input_to_a_real_process_is_one_line_and_a_non_zero_exit(tmp_path, script, args, status, needle):
-    args = [str(tmp_path / a) if a.startswith(("MISSING", "OUT")) else a for a in args]
-    r = run_script(script, *args)
-    assert_one_line_error(r, f"{os.path.basename(script)}: error: ", needle)
-    assert r.returncode == status and r.stdout == "" and os.listdir(tmp_path) == []
+]
+
+
+def test_bad_input_to_a_real_process_is_one_line_and_a_non_zero_exit(tmp_path):
+    folders = [tmp_path / str(i) for i in range(len(BAD_INPUT))]  # one each: nothing may be written there
+    commands = []
+    for folder, (script, args, _, _) in zip(folders, BAD_INPUT):
+        folder.mkdir()
+        commands.append((script, *[str(folder / a) if a.startswith(("MISSING", "OUT")) else a for a in args]))
+    for folder, (script, args, status, needle), r in zip(folders, BAD_INPUT, run_scripts(commands)):
+        assert_one_line_error(r, f"{os.path.basename(script)}: error: ", needle)
+        assert r.returncode == status and r.stdout == "" and os.listdir(folder) == [], (script, args)
 
 
 @pytest.mark.parametrize("script, args, delay", [

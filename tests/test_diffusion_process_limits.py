@@ -5,7 +5,6 @@ cache=exact setting too). Each is one line, before any work, and nothing is writ
 import io
 
 import pytest
-import torch
 from PIL import Image
 
 import diffusion_process
