@@ -10,7 +10,7 @@ import torch
 
 from checkpoint import load_model, save_checkpoint
 from cli import UserError
-from conftest import assert_one_line_error, run_script
+from conftest import assert_one_line_error
 from copula import copula_model, generate_with_cost
 from corpus import encode
 from denoise import Noise, draw_characters, uniform
@@ -180,26 +180,26 @@ def test_a_copula_checkpoint_that_does_not_fit_is_refused(tmp_path, tiny_model, 
         copula_model(model, SamplerConfig(copula="ar", copula_ckpt=path), chars)
 
 
-def test_sample_py_reports_the_copulas_passes_and_refuses_a_bad_copula(tiny_ckpt, tiny_ar_ckpt, tmp_path):
+def test_sample_py_reports_the_copulas_passes_and_refuses_a_bad_copula(tiny_ckpt, tiny_ar_ckpt, run_main):
     base = ["--ckpt", tiny_ckpt, "--prompt", "ROMEO:", "--length", "20", "--steps", "2", "--seed", "1"]
-    r = run_script("sample.py", *base, "--order", "l2r", "--remask", "0", "--copula", "ar",
-                   "--copula-ckpt", tiny_ar_ckpt, "--stats")
+    r = run_main("sample.py", *base, "--order", "l2r", "--remask", "0", "--copula", "ar",
+                 "--copula-ckpt", tiny_ar_ckpt, "--stats")
     assert r.returncode == 0, r.stderr
     assert "[stats] 2 forward passes (NFE) +14 ar +0 ref" in r.stderr
-    assert_one_line_error(run_script("sample.py", *base, "--copula", "ar", "--copula-ckpt", tiny_ckpt),
+    assert_one_line_error(run_main("sample.py", *base, "--copula", "ar", "--copula-ckpt", tiny_ckpt),
                           "is a diffusion model")
-    assert_one_line_error(run_script("sample.py", *base, "--copula", "l2r", "--cache", "sparse"), "--cache none")
+    assert_one_line_error(run_main("sample.py", *base, "--copula", "l2r", "--cache", "sparse"), "--cache none")
 
 
-def test_quality_py_scores_a_copula_beside_its_passes(tiny_ckpt, tiny_ar_ckpt, data_path, tmp_path):
+def test_quality_py_scores_a_copula_beside_its_passes(tiny_ckpt, tiny_ar_ckpt, data_path, tmp_path, run_main):
     jsonl = tmp_path / "q.jsonl"
-    r = run_script("quality.py", "--ckpt", tiny_ckpt, "--ar", tiny_ar_ckpt, "--data", data_path, "--prompts", "2",
-                   "--prompt-chars", "16", "--settings", "steps=4,order=l2r,remask=0,copula=ar", "--jsonl", jsonl)
+    r = run_main("quality.py", "--ckpt", tiny_ckpt, "--ar", tiny_ar_ckpt, "--data", data_path, "--prompts", "2",
+                 "--prompt-chars", "16", "--settings", "steps=4,order=l2r,remask=0,copula=ar", "--jsonl", jsonl)
     assert r.returncode == 0, r.stderr
     assert "| 4 +16 ar +0 ref |" in r.stdout  # 16 characters in 4 steps: one AR pass each
     assert '"copula_passes": 16' in jsonl.read_text()
-    assert_one_line_error(run_script("quality.py", "--ckpt", tiny_ckpt, "--ar", tiny_ar_ckpt, "--data", data_path,
-                                     "--settings", "copula=l2r,cache=dual,block=8"), "setting", "--cache none")
+    assert_one_line_error(run_main("quality.py", "--ckpt", tiny_ckpt, "--ar", tiny_ar_ckpt, "--data", data_path,
+                                   "--settings", "copula=l2r,cache=dual,block=8"), "setting", "--cache none")
 
 
 def test_the_frontier_leaves_copula_rows_out(tmp_path):
