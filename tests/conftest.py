@@ -205,6 +205,22 @@ def interrupt_at(monkeypatch, step, where="batch"):
     monkeypatch.setattr(owner, name, wrapper)
 
 
+def straight_and_resumed(monkeypatch, args_for, data, tmp_path, step):
+    """One run straight through (tmp_path/straight) and the same run stopped by a real SIGINT during
+    `step`, then resumed (tmp_path/split); args_for(out_dir) is its train.py argv. Returns the
+    last.pt of each, and the split run's as the interrupt left it: (straight, resumed, stopped)."""
+    import train
+    from checkpoint import read_checkpoint
+    train.main(args_for(tmp_path / "straight"))
+    interrupt_at(monkeypatch, step)
+    with pytest.raises(SystemExit):
+        train.main(args_for(tmp_path / "split"))
+    monkeypatch.undo()
+    stopped = read_checkpoint(str(tmp_path / "split" / "last.pt"))
+    train.main(["--resume", "--out_dir", str(tmp_path / "split"), "--data", data, "--device", "cpu"])
+    return (*(read_checkpoint(str(tmp_path / run / "last.pt")) for run in ("straight", "split")), stopped)
+
+
 # Random tiny networks, no training: every weight perturbed (output projections start at zero)
 
 VOCAB = 66  # 65 characters and the mask

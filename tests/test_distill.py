@@ -6,7 +6,7 @@ import torch
 import train
 import trainer
 from checkpoint import load_model, read_checkpoint
-from conftest import interrupt_at
+from conftest import straight_and_resumed
 from distill import distill_loss, divergence, teacher_targets
 from train_config import TrainConfig
 from trainer import Trainer
@@ -88,14 +88,9 @@ def test_one_round_brings_the_students_one_pass_closer_to_the_teachers_two(tiny_
 def test_distillation_resume_is_bit_exact_and_rounds_save_students(tiny_ckpt, distill_data, tmp_path, monkeypatch):
     """Interrupted in round 2 (after the teacher changed), resumed: the same student, teacher,
     optimiser state and round files as the run straight through."""
-    train.main(distill_args(tiny_ckpt, distill_data, tmp_path / "straight"))
-    interrupt_at(monkeypatch, 8)  # a real SIGINT during step 8
-    with pytest.raises(SystemExit):
-        train.main(distill_args(tiny_ckpt, distill_data, tmp_path / "split"))
-    monkeypatch.undo()
-    assert read_checkpoint(str(tmp_path / "split" / "last.pt"))["teacher_round"] == 1
-    train.main(["--resume", "--out_dir", str(tmp_path / "split"), "--data", distill_data, "--device", "cpu"])
-    a, b = (read_checkpoint(str(tmp_path / run / "last.pt")) for run in ("straight", "split"))
+    a, b, stopped = straight_and_resumed(monkeypatch, lambda out: distill_args(tiny_ckpt, distill_data, out),
+                                         distill_data, tmp_path, 8)
+    assert stopped["teacher_round"] == 1
     assert a["step"] == b["step"] == 12 and a["teacher_round"] == b["teacher_round"]
     for part in ("model", "teacher"):
         for name in a[part]:

@@ -7,10 +7,9 @@ from collections import Counter
 import pytest
 import torch
 
-import train
 import trainer
 from checkpoint import load_model, read_checkpoint
-from conftest import interrupt_at, random_tiny_model, train_error
+from conftest import random_tiny_model, straight_and_resumed, train_error
 from dmmd import dmmd_terms, moment_gap, student_step, without_noise_input
 from model import ModelConfig, Transformer
 from sampler import SamplerConfig, generate
@@ -168,14 +167,9 @@ def test_dmmd_resume_is_bit_exact_and_rounds_save_students(tiny_ckpt, dmmd_data,
     """Interrupted in round 2, resumed: the same student, teacher, auxiliary model and its
     optimiser state, and the same round files as the run straight through. A student (it has a
     noise input) is not distilled by D-MMD again."""
-    train.main(dmmd_args(tiny_ckpt, dmmd_data, tmp_path / "straight"))
-    interrupt_at(monkeypatch, 8)  # a real SIGINT during step 8
-    with pytest.raises(SystemExit):
-        train.main(dmmd_args(tiny_ckpt, dmmd_data, tmp_path / "split"))
-    monkeypatch.undo()
-    assert read_checkpoint(str(tmp_path / "split" / "last.pt"))["teacher_round"] == 1
-    train.main(["--resume", "--out_dir", str(tmp_path / "split"), "--data", dmmd_data, "--device", "cpu"])
-    a, b = (read_checkpoint(str(tmp_path / run / "last.pt")) for run in ("straight", "split"))
+    a, b, stopped = straight_and_resumed(monkeypatch, lambda out: dmmd_args(tiny_ckpt, dmmd_data, out),
+                                         dmmd_data, tmp_path, 8)  # a real SIGINT during step 8
+    assert stopped["teacher_round"] == 1
     assert a["step"] == b["step"] == 12 and a["train_config"]["distill_method"] == "dmmd"
     for part in ("model", "teacher", "aux"):
         for name in a[part]:
