@@ -147,9 +147,14 @@ def check_finite(ckpt, name):
     """Weights that are all finite: the checksum only says the bytes are as written, and a
     diverged run's are NaN (it sampled newlines and evaluated to nan, exit 0). Every reader
     refuses them: sampling, evaluation, --resume, --distill_from's teacher."""
-    bad = next((k for k, w in ckpt["model"].items() if w.is_floating_point() and not w.isfinite().all()), None)
+    bad = first_nonfinite(ckpt["model"])
     if bad:
         raise UserError(f"{name}: weights {bad} hold NaN or infinite values (a diverged run?)")
+
+
+def first_nonfinite(weights):
+    """The name of the first floating-point tensor of `weights` holding NaN or inf, else None."""
+    return next((k for k, w in weights.items() if w.is_floating_point() and not w.isfinite().all()), None)
 
 
 def is_int(value, low):
@@ -206,8 +211,7 @@ def check_training_state(ckpt, path):
                 else type(ckpt[name]).__name__
             raise UserError(f"{path}: {name} must be {what}, got {shown_value[:60]}")
     for name in ("ema", "teacher"):
-        bad = next((k for k, w in ckpt.get(name, {}).items() if w.is_floating_point() and not w.isfinite().all()),
-                   None)
+        bad = first_nonfinite(ckpt.get(name, {}))
         if bad:
             raise UserError(f"{path}: {name} weights {bad} hold NaN or infinite values (a diverged run?)")
 
