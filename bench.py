@@ -39,25 +39,23 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 
 import torch
 
 from ar_sampler import generate_ar, masked_columns
 from checkpoint import DEFAULT_AR, load_model_of_kind
-from cli import ArgumentParser, UserError, field_type, run_entry_point
+from cli import ArgumentParser, UserError, parse_fields, run_entry_point
 from corpus import mask_id_of
 from devices import autocast, capture_graph, sampling_precision
-from sampler import (NAMED_SETTINGS, SamplerConfig, add_sampling_flags, check_for_model, expand_setting, generate,
-                     load_for_sampling, make_canvas, sampling_config)
+from sampler import (ENGINE_FIELDS, NAMED_SETTINGS, SamplerConfig, add_sampling_flags, check_for_model, expand_setting,
+                     generate, load_for_sampling, make_canvas, sampling_seed)
 from train_config import add_train_flags, check_config, configs_from_args
 from trainer import Trainer, shutdown_distributed
 
 MAX_BATCH = 4096  # samples at once: a larger batch needs more memory than a GPU has
 PATHS = {"fast": ("fast: bf16 + compile + fused AdamW", ["--precision", "auto", "--compile", "auto"]),
          "plain": ("plain: fp32 eager", ["--precision", "fp32", "--compile", "off"])}
-# a --settings entry may change any field of SamplerConfig but the engine's (the command line's)
-SETTING_TYPES = {f.name: field_type(f) for f in fields(SamplerConfig) if f.name not in ("compile", "cuda_graph")}
 
 
 def time_training(trainer, steps, warmup=3):
@@ -96,18 +94,9 @@ def parse_batch_sizes(text):
 
 def setting_overrides(text):
     """'cache=sparse,refresh=4' -> {field: value}, checked against SamplerConfig's fields
-    ('default': none; a name of sampler.NAMED_SETTINGS: its fields); a threshold brings confidence order and no remasking, as from_options does."""
-    given = {}
-    for part in expand_setting(text).split(","):
-        if part == "default":
-            continue
-        key, _, value = part.partition("=")
-        if key not in SETTING_TYPES:
-            raise UserError(f"unknown setting {key!r} in {text!r} (known: default, {', '.join(SETTING_TYPES)})")
-        try:
-            given[key] = None if value == "none" else SETTING_TYPES[key](value)
-        except ValueError:
-            raise UserError(f"bad value {value!r} for {key} in {text!r}") from None
+    ('default': none; a name of sampler.NAMED_SETTINGS: its fields); a threshold brings
+    confidence order and no remasking, as from_options does."""
+    given = parse_fields(expand_setting(text), SamplerConfig, ENGINE_FIELDS)
     if given.get("threshold") is not None:
         given = {"order": "confidence", "remask": 0.0, "steps": None, **given}
     return given
@@ -211,8 +200,8 @@ def sample_benchmark(argv):
         if not (1 <= args.runs <= 1000 and 0 <= args.warmup <= 1000):
             raise UserError("--runs must be in 1..1000 and --warmup in 0..1000")
         args.seed = 0 if args.seed is None else args.seed
-        config, seed = sampling_config(args)
-        device, model, chars, config = load_for_sampling(args, config)
+        seed = sampling_seed(args)
+        device, model, chars, config = load_for_sampling(args)
         settings = [(text, *config_for_setting(config, text)) for text in args.settings]
         check_settings_for_model(model, settings)
         ar = None if args.ar == "none" else load_model_of_kind(args.ar, device, causal=True)[0]

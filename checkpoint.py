@@ -224,9 +224,9 @@ def respelled(problems, prefix):
 
 def check_fields(ckpt, path):
     """Every field read from the checkpoint beside the weights, by the rules of the flags that
-    set it: the model config by train_config's RANGES and rules, the sampler's step count by
+    set it: the model config by train_config's RANGES and rules, the sampler setting by
     SamplerConfig's, and a vocabulary of distinct characters that the config's size fits."""
-    from sampler import SamplerConfig  # imported here: both modules import this one
+    from sampler import ENGINE_FIELDS, SamplerConfig  # imported here: both modules import this one
     from train_config import model_problems
     problems = model_problems(ckpt["config"])
     if problems:
@@ -240,11 +240,12 @@ def check_fields(ckpt, path):
     if len(chars) + 1 != ckpt["config"].get("vocab_size", ModelConfig.vocab_size):
         raise UserError(f"{path}: vocabulary of {len(chars)} characters does not match config.vocab_size")
     sampler = ckpt.get("sampler", {})
-    if not isinstance(sampler, dict) or set(sampler) - {"steps"}:
-        raise UserError(f"{path}: sampler must be a dict such as {{'steps': 16}} (the step count a distilled "
-                        f"student was made for), got {sampler!r}")
+    known = [f.name for f in fields(SamplerConfig) if f.name not in ENGINE_FIELDS]
+    if not isinstance(sampler, dict) or set(sampler) - set(known):
+        raise UserError(f"{path}: sampler must be a dict such as {{'steps': 16, 'temperature': 0.9}} (the setting "
+                        f"a distilled student was measured at) over {', '.join(known)}; got {sampler!r}")
     try:
-        SamplerConfig(steps=sampler.get("steps"))
+        SamplerConfig.from_options(sampler)
     except ValueError as e:
         raise UserError(f"{path}: {respelled([str(e)], 'sampler.')}") from None
 

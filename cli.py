@@ -116,6 +116,25 @@ def add_config_flags(parser, cls, helps, choices=None, bare=None, defaults=None)
                             metavar=metavar, help=text, **extra)
 
 
+def parse_fields(text, cls, exclude=()):
+    """'steps=16,temperature=0.9' -> {field: value} over the fields of the dataclass `cls` but
+    `exclude`, each value read as its field's type ('none': None; an entry 'default' adds
+    nothing). Anything else is one UserError that quotes `text`."""
+    types = {f.name: field_type(f) for f in fields(cls) if f.name not in exclude}
+    given = {}
+    for part in text.split(","):
+        if part == "default":
+            continue
+        key, _, value = part.partition("=")
+        if key not in types:
+            raise UserError(f"unknown setting {key!r} in {text!r} (known: default, {', '.join(types)})")
+        try:
+            given[key] = None if value == "none" else types[key](value)
+        except ValueError:
+            raise UserError(f"bad value {value!r} for {key} in {text!r}") from None
+    return given
+
+
 def config_values(cls, args):
     """{field: value} of the flags the user gave (the others are None in `args`)."""
     return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}

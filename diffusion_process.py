@@ -47,7 +47,7 @@ from ar_sampler import generate_ar_steps
 from checkpoint import DEFAULT_AR, load_model
 from cli import ArgumentParser, Progress, UserError, add_progress_flag, run_entry_point
 from corpus import mask_id_of
-from sampler import add_sampling_flags, generate_steps, load_for_sampling, make_canvas, sampling_config
+from sampler import add_sampling_flags, generate_steps, load_for_sampling, make_canvas, sampling_seed
 
 SCREEN_MASK = "░"  # how a masked position looks on screen
 WRAP = 80          # columns before a long line wraps
@@ -550,10 +550,10 @@ def load_ar_baseline(path, canvas, chars, device):
     return ar
 
 
-def record_panels(args, config, seed):
+def record_panels(args, seed):
     """[(label, Recording)]: the diffusion model's run and, with --compare, the autoregressive
     baseline's on the same canvas (the same temperature, top-k/top-p and precision)."""
-    device, model, chars, config = load_for_sampling(args, config)
+    device, model, chars, config = load_for_sampling(args)
     canvas = make_canvas(args.prompt, args.length, chars, 1, device)
     ar = load_ar_baseline(args.compare, canvas, chars, device) if args.compare else None
     diffusion = Recording(generate_steps(model, canvas, config, seed), canvas, chars,
@@ -575,9 +575,9 @@ def summary(panels):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        config, seed = sampling_config(args)
+        seed = sampling_seed(args)
         check_output(args)
-        panels = record_panels(args, config, seed)
+        panels = record_panels(args, seed)
         if args.terminal:
             play_terminal(panels, args.fps, args.hold)
         elif args.save:

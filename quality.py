@@ -45,7 +45,6 @@ import re
 import sys
 import time
 from collections import Counter
-from dataclasses import fields
 
 import torch
 import torch.nn.functional as F
@@ -53,10 +52,10 @@ import torch.nn.functional as F
 from ar_sampler import generate_ar
 from copula import CopulaCost, check_copula_vocabulary, generate_with_cost
 from checkpoint import DEFAULT_AR, DEFAULT_CKPT, load_model_of_kind
-from cli import ArgumentParser, Progress, UserError, add_progress_flag, field_type, run_entry_point
+from cli import ArgumentParser, Progress, UserError, add_progress_flag, parse_fields, run_entry_point
 from corpus import DATA_DEFAULT, decode, encode, load_text, split_text
 from devices import autocast, pick_device
-from sampler import NAMED_SETTINGS, SamplerConfig, check_for_model, expand_setting, generate
+from sampler import ENGINE_FIELDS, NAMED_SETTINGS, SamplerConfig, check_for_model, expand_setting, generate
 
 DEFAULT_SETTINGS = ["default", "steps=256", "steps=32", "threshold=0.9", "temperature=1.0", "temperature=0.6",
                     "order=noisy", "remask=1.0", "top_p=0.9", "block=32", "block=32,cache=prefix",
@@ -69,29 +68,19 @@ BAND_DISTINCT = 0.85   # at least this fraction of distinct word bigrams
 BAND_AR_NLL = 0.10     # AR NLL within this fraction of real text's, either side
 BAND_ENTROPY = 0.15    # character entropy within this many bits of real text's
 BAND_RUNS = 0.05       # at most this fraction of samples with runs more than real text has
-# a setting may change any field of SamplerConfig but the CUDA-only ones, with the field's type
-TYPES = {f.name: field_type(f) for f in fields(SamplerConfig) if f.name not in ("compile", "cuda_graph")}
 
 
-def parse_setting(text):
-    """'steps=64,temperature=0.8' -> a SamplerConfig: sample.py's defaults with these changed
-    (a leading 'ar' is the AR sampler's marker, read by is_ar; a name of sampler.NAMED_SETTINGS
-    stands for its fields)."""
-    given, parts = {}, expand_setting(text).split(",")
+def parse_setting(text, checkpoint_defaults=None):
+    """'steps=64,temperature=0.8' -> a SamplerConfig: sample.py's defaults for this checkpoint
+    (`checkpoint_defaults`: model.sampler_defaults) with these changed (a leading 'ar' is the AR
+    sampler's marker, read by is_ar; a name of sampler.NAMED_SETTINGS stands for its fields)."""
+    parts = expand_setting(text).split(",")
     if "ar" in parts[1:]:
         raise UserError(f"'ar' comes first in a setting, got {text!r}")
-    for part in parts:
-        if part in ("default", "ar"):
-            continue
-        key, _, value = part.partition("=")
-        if key not in TYPES:
-            raise UserError(f"unknown setting {key!r} in {text!r} (known: default, {', '.join(TYPES)})")
-        try:
-            given[key] = None if value == "none" else TYPES[key](value)
-        except ValueError:
-            raise UserError(f"bad value {value!r} for {key} in {text!r}") from None
+    rest = [p for p in parts if p != "ar"]
+    given = parse_fields(",".join(rest), SamplerConfig, ENGINE_FIELDS) if rest else {}
     try:
-        return SamplerConfig.from_options(**given)
+        return SamplerConfig.from_options(checkpoint_defaults, **given)
     except ValueError as e:
         raise UserError(f"setting {text!r}: {e}") from None
 
@@ -325,7 +314,7 @@ def main(argv=None):
         ar_model, ar_chars, _ = load_model_of_kind(args.ar, device, causal=True)
         if ar_chars != chars:
             raise UserError(f"{args.ar} is not an autoregressive model with the same vocabulary")
-        settings = [(s, parse_setting(s)) for s in args.settings]
+        settings = [(s, parse_setting(s, model.sampler_defaults)) for s in args.settings]
         check_settings(settings, model, chars)
         T = model.config.block_size
         if not 0 < args.prompt_chars < T:

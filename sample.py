@@ -31,7 +31,7 @@ from cli import ArgumentParser, Progress, UserError, add_progress_flag, run_entr
 from copula import generate_with_cost
 from corpus import decode, mask_id_of
 from sampler import (add_sampling_flags, generate, generate_steps, load_for_sampling, make_canvas, plan_generation,
-                     sampling_config)
+                     sampling_seed)
 
 MAX_SAMPLES = 10_000
 BATCH = 64  # samples per forward pass: bounds memory, which grows with the batch
@@ -50,12 +50,12 @@ def main(argv=None):
     add_progress_flag(p)
     args = p.parse_args(argv)
     try:
-        config, seed = sampling_config(args)
+        seed = sampling_seed(args)
         if not 1 <= args.num_samples <= MAX_SAMPLES:
             raise UserError(f"--num-samples must be in 1..{MAX_SAMPLES}, got {args.num_samples}")
         if not 0 <= args.warmup <= 1000:
             raise UserError(f"--warmup must be in 0..1000, got {args.warmup}")
-        device, model, chars, config = load_for_sampling(args, config)
+        device, model, chars, config = load_for_sampling(args)
         canvas = make_canvas(args.prompt, args.length, chars, min(args.num_samples, BATCH), device)
         n_new = int((canvas[0] == mask_id_of(chars)).sum())
         for _ in range(args.warmup):

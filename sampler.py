@@ -14,11 +14,12 @@ Every option lives in SamplerConfig: its field defaults are `python sample.py`'s
 quality.py), its checks the sampler's rules; the CLIs build their flags from its fields. In Python:
 
     from sampler import SamplerConfig, generate
-    canvas, nfe = generate(model, canvas, SamplerConfig(), seed=0)     # what sample.py writes
+    canvas, nfe = generate(model, canvas, seed=0)     # what sample.py writes with this model
     generate(model, canvas, SamplerConfig.from_options(threshold=0.9), seed=0)
 
-A model from checkpoint.load_model carries its checkpoint's step count if it stores one (a distilled
-student's); a config without steps or a threshold takes it (SamplerConfig.for_model).
+A model from checkpoint.load_model carries its checkpoint's sampler setting (a distilled student's,
+model.sampler_defaults): it replaces the defaults where the flags (from_options's arguments) are
+silent, and a config without steps or a threshold takes its step count (SamplerConfig.for_model).
 """
 
 import math
@@ -74,18 +75,18 @@ class SamplerConfig:
     copula_ckpt: Optional[str] = None
 
     @classmethod
-    def from_options(cls, **given):
-        """The defaults changed by `given` (None = not given). A threshold replaces the step
-        count and, unless they are given, takes confidence order and no remasking."""
+    def from_options(cls, checkpoint_defaults=None, **given):
+        """The defaults, then a checkpoint's setting (model.sampler_defaults), then `given` (None: not
+        given). A threshold replaces the step count and, unless given, brings confidence order, no remasking."""
+        base = dict(checkpoint_defaults or {})
         given = {k: v for k, v in given.items() if v is not None}
         if "threshold" in given:
-            given = {"order": "confidence", "remask": 0.0, **given}
-        return cls(**given)
+            base.update(order="confidence", remask=0.0, steps=None)
+        return cls(**{**base, **given})
 
     def for_model(self, model):
-        """This config with the step count the model's checkpoint stores (a distilled student's,
-        model.sampler_defaults), unless it sets steps or a threshold: what generate runs, and
-        what sample.py runs without --steps or --threshold."""
+        """This config with the step count the model's checkpoint stores (model.sampler_defaults),
+        unless it sets steps or a threshold: what generate runs."""
         steps = getattr(model, "sampler_defaults", {}).get("steps")
         if steps is None or self.steps is not None or self.threshold is not None:
             return self
@@ -120,9 +121,9 @@ SAMPLER_HELP = {
     "cache": "reuse keys/values across steps. With --block, those outside the block for all its steps "
              "(prefix: the left side; dual: both sides, each step runs on the block alone). sparse (order "
              "random, spread or l2r): each step runs only on the positions it writes and those changed since "
-             "the last full pass; delayed: as sparse, each pass storing the keys/values it computed, so a "
-             "changed position runs once, in the next step (dKV-Cache). exact (block models only): the clean blocks' keys/values, computed once each "
-             "(exact: the model is causal across blocks); each step runs on the block alone",
+             "the last full pass; delayed: as sparse, each pass storing the keys/values it computed, so a changed "
+             "position runs once, in the next step (dKV-Cache). exact (block models only, causal across blocks): "
+             "the clean blocks' keys/values, computed once each; each step runs on the block alone",
     "refresh": "with --cache sparse or delayed: a full pass every REFRESH steps; >= 1",
     "halo": "with --cache sparse or delayed: each pass also runs the HALO positions each side of a changed one; >= 0",
     "context_keep": "characters of context kept before a block as the window slides, 0 .. the model's context - 1 "
@@ -138,6 +139,7 @@ SAMPLER_CHOICES = {"schedule": SCHEDULES, "order": ORDERS, "remask_by": REMASK_B
                    "precision": PRECISIONS, "compile": COMPILE_MODES, "copula": COPULAS}
 # --settings names (bench.py, quality.py), more fields may follow ("fast32,cache=sparse"): fast32, 32
 # passes in the quality band (RESULTS 2026-12-03, the frontier); sparse2, the sparse cache nearest the band
+ENGINE_FIELDS = ("compile", "cuda_graph")  # how a setting runs, not what it writes: no --settings field
 NAMED_SETTINGS = {"fast32": "steps=32,schedule=linear,temperature=0.9,order=spread,remask=0.5,remask_by=pmi",
                   "sparse2": "cache=sparse,refresh=2,temperature=0.9,order=spread,remask=0.5,remask_by=pmi"}
 
@@ -225,7 +227,6 @@ def commit_schedule(n, steps, schedule="linear"):
         prev = done[-1] if done else 0
         done.append(min(max(d, prev + 1), n - (steps - i)))  # >= 1 per step, room for the rest
     return [b - a for a, b in zip([0] + done[:-1], done)]
-
 
 
 # -----------------------------------------------------------------------------
@@ -460,17 +461,17 @@ def generate_steps(model, canvas, config=None, seed=0):
     compile: a torch.compile mode for the whole step, forward pass and sampling together.
     Yields a denoise.StepRecord after every pass: canvas (B, N) after the step, committed (B, N)
     bool (written this step), reopened (B, N) bool (masked again this step), nfe, window (start,
-    end), block (first, end).
+    end), block (first, end). No config: sample.py's for this model (its checkpoint's setting).
     """
-    config = config or SamplerConfig()
+    config = config or SamplerConfig.from_options(getattr(model, "sampler_defaults", {}))
     return denoise_canvas(model, canvas, plan_generation(model, canvas, config, seed))
 
 
 def generate(model, canvas, config=None, seed=0):
     """Run the sampler to the end. Returns (canvas, nfe): the written (B, N) ids and the forward
     passes it took. With config.cuda_graph (CUDA, with steps), the whole generation is one CUDA
-    graph (`generate_graphed`)."""
-    config = config or SamplerConfig()
+    graph (`generate_graphed`). No config: sample.py's for this model (its checkpoint's setting)."""
+    config = config or SamplerConfig.from_options(getattr(model, "sampler_defaults", {}))
     if config.cuda_graph:
         return generate_graphed(model, canvas, config, seed)
     last = last_step(generate_steps(model, canvas, config, seed))
@@ -549,18 +550,19 @@ def add_sampling_flags(parser, cuda_graph=True):
     add_config_flags(parser, SamplerConfig, helps, SAMPLER_CHOICES, bare={"compile": "default"})
 
 
-def sampling_config(args):
-    """(SamplerConfig, seed) from the parsed flags: the config's defaults changed by the flags
-    given, the CLI's own limits checked; every problem is one UserError."""
+def sampling_seed(args):
+    """The seed, after the sampling flags are checked by their own rules (before any checkpoint
+    loads; load_for_sampling builds the config): every problem is one UserError."""
     if args.length is not None and not 1 <= args.length <= MAX_LENGTH:
         raise UserError(f"--length must be in 1..{MAX_LENGTH}, got {args.length}")
     seed = random.randrange(SEED_RANGE) if args.seed is None else args.seed
     if not 0 <= seed < SEED_RANGE:
         raise UserError(f"--seed must be in 0..{SEED_RANGE - 1}, got {seed}")
     try:
-        return SamplerConfig.from_options(**config_values(SamplerConfig, args)), seed
+        SamplerConfig.from_options(**config_values(SamplerConfig, args))
     except ValueError as e:
         raise UserError(str(e)) from None
+    return seed
 
 
 def make_canvas(prompt, length, chars, num_samples, device):
@@ -581,17 +583,15 @@ def make_canvas(prompt, length, chars, num_samples, device):
     return torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
 
 
-def load_for_sampling(args, config):
-    """(device, diffusion model, vocabulary, config) for the sampling CLIs. A checkpoint may
-    carry the step count it was made for (ckpt["sampler"]["steps"]: a distilled student's);
-    the config takes it when the command line gives neither --steps nor --threshold
-    (SamplerConfig.for_model, which generate applies as well)."""
+def load_for_sampling(args):
+    """(device, diffusion model, vocabulary, config) for the sampling CLIs; the config: the defaults,
+    then the checkpoint's setting (model.sampler_defaults: a student's measured one), then the flags."""
     device = pick_device(args.device)
-    if config.cuda_graph and device.type != "cuda":
+    if getattr(args, "cuda_graph", None) and device.type != "cuda":  # the animation has no --cuda-graph
         raise UserError(f"--cuda-graph needs a CUDA device; this run is on {device.type}")
     model, chars, _ = load_model_of_kind(args.ckpt, device, causal=False)
-    config = config.for_model(model)  # generate would too: the config returned is the one that runs
     try:
+        config = SamplerConfig.from_options(model.sampler_defaults, **config_values(SamplerConfig, args))
         check_for_model(model, config)
     except ValueError as e:
         raise UserError(f"{shown(args.ckpt)}: {e}") from None

@@ -3,7 +3,7 @@
 #   bash dev/gpu_plan_i28_ship.sh "$OUT"
 # 1. The n0 run of dev/gpu_plan_i28_dmmd.sh (no noise input, lr 1e-4: in band at 16 passes on
 #    2026-12-07) at two training seeds at once: 1337 (the measured run's) and 2.
-# 2. Each student16.pt to bf16 (tools/export_weights.py), split in parts of 15 MB for the trip back
+# 2. Each student16.pt to bf16 with its sampler setting (tools/export_weights.py --sampler), split in parts of 15 MB for the trip back
 #    (join them here: cat dmmd16_s1337.pt.part.* > weights/student16.pt; the sha256 is in the log).
 # 3. quality.py on each bf16 student at 16 passes, spread order, temperature 0.9 and 1.0, 64 prompts,
 #    seeds 0,1,2 (the protocol of RESULTS.md 2026-12-07).
@@ -25,7 +25,8 @@ done
 wait
 for seed in 1337 2; do
     { echo "== seed $seed: python train.py $common --seed $seed" | tr -s ' \n' ' '; echo; cat "$scratch/train_s$seed.txt"; } >> "$log"
-    python tools/export_weights.py "$scratch/s$seed/student16.pt" "$scratch/dmmd16_s$seed.pt" >> "$log" 2>&1 &&
+    python tools/export_weights.py "$scratch/s$seed/student16.pt" "$scratch/dmmd16_s$seed.pt" \
+        --sampler steps=16,order=spread,remask=0,temperature=0.9,schedule=linear >> "$log" 2>&1 &&
         split -b 15M "$scratch/dmmd16_s$seed.pt" "$out/dmmd16_s$seed.pt.part." &&
         (cd "$scratch" && sha256sum "dmmd16_s$seed.pt") >> "$log"
 done

@@ -130,8 +130,11 @@ EDITS = {
     "config not a dict": (lambda c: c.update(config="abc"), "config must be a dict"),
     "sampler steps -1": (lambda c: c.update(sampler={"steps": -1}), "sampler.steps must be an integer >= 1, got -1"),
     "sampler steps abc": (lambda c: c.update(sampler={"steps": "abc"}), "sampler.steps must be an integer >= 1"),
-    "sampler abc": (lambda c: c.update(sampler="abc"), "sampler must be a dict such as {'steps': 16}"),
+    "sampler abc": (lambda c: c.update(sampler="abc"), "sampler must be a dict such as {'steps': 16, 'temperature': 0.9}"),
     "sampler unknown field": (lambda c: c.update(sampler={"stpes": 4}), "sampler must be a dict"),
+    "sampler engine field": (lambda c: c.update(sampler={"cuda_graph": True}), "sampler must be a dict"),
+    "sampler temperature": (lambda c: c.update(sampler={"steps": 4, "temperature": -1.0}),
+                            "sampler.temperature must be >= 0, got -1.0"),
 }
 
 

@@ -26,6 +26,40 @@ def test_export_keeps_what_sampling_needs_in_bf16(tiny_run, tmp_path, run_main):
     assert os.path.getsize(out) < os.path.getsize(os.path.join(tiny_run, "last.pt")) / 3
 
 
+def test_export_stores_the_measured_sampler_setting_that_sample_py_then_uses(tiny_ckpt, tmp_path, run_main):
+    out = tmp_path / "student.pt"
+    r = run_main("tools/export_weights.py", tiny_ckpt, out, "--sampler", "steps=5,order=l2r,temperature=0.5,top_k=none")
+    assert r.returncode == 0, r.stderr
+    assert read_checkpoint(str(out))["sampler"] == {"steps": 5, "order": "l2r", "temperature": 0.5, "top_k": None}
+    flags = ["--prompt", "KING:", "--length", "40", "--seed", "1", "--device", "cpu", "--stats"]
+    stored = run_main("sample.py", "--ckpt", out, *flags)
+    assert "[stats] 5 forward passes" in stored.stderr, stored.stderr
+    spelled = run_main("sample.py", "--ckpt", tiny_ckpt, *flags, "--steps", "5", "--order", "l2r", "--temperature", "0.5")
+    assert stored.stdout == spelled.stdout, "the stored setting is the flags' defaults"
+    hotter = run_main("sample.py", "--ckpt", out, *flags, "--temperature", "1.0")
+    assert hotter.stdout == run_main("sample.py", "--ckpt", tiny_ckpt, *flags, "--steps", "5", "--order", "l2r",
+                                     "--temperature", "1.0").stdout, "a flag given wins over the stored setting"
+    adaptive = run_main("sample.py", "--ckpt", out, *flags, "--threshold", "0.9")
+    assert adaptive.returncode == 0 and "[stats] 5 forward passes" not in adaptive.stderr, "a threshold replaces the steps"
+
+
+@pytest.mark.parametrize("setting, needle", [("colour=red", "unknown setting 'colour'"),
+                                             ("steps=many", "bad value 'many' for steps"),
+                                             ("remask=-1", "--remask must be >= 0"),
+                                             ("cuda_graph=true", "unknown setting 'cuda_graph'")])
+def test_export_refuses_a_sampler_setting_the_sampler_refuses(tiny_ckpt, tmp_path, run_main, setting, needle):
+    r = run_main("tools/export_weights.py", tiny_ckpt, tmp_path / "out.pt", "--sampler", setting)
+    assert_one_line_error(r, "export_weights.py: error:", needle)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_checkpoint_whose_sampler_setting_this_sampler_lacks_is_one_line_error(tiny_ckpt, tmp_path, run_main):
+    ckpt = read_checkpoint(tiny_ckpt)
+    write_checkpoint({**ckpt, "sampler": {"steps": 5, "beam_width": 4}}, str(tmp_path / "future.pt"))
+    r = run_main("sample.py", "--ckpt", tmp_path / "future.pt", "--length", "20", "--device", "cpu")
+    assert_one_line_error(r, "sample.py: error:", "future.pt: sampler must be a dict", "beam_width")
+
+
 @pytest.fixture
 def keep(tmp_path):
     """A file the export must not touch."""
