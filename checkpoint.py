@@ -190,10 +190,13 @@ TRAINING_STATE = {
     "ema": (is_weights, "a dict of weight tensors"),
     "teacher": (is_weights, "a dict of weight tensors"),
     "teacher_round": (lambda v: is_int(v, 0), "an integer >= 0"),
+    "aux": (is_weights, "a dict of weight tensors"),  # --distill_method dmmd's auxiliary model
+    "aux_optimizer": (lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(s, dict) for s in v),
+                      "a list of optimizer state dicts"),
     "best_step": (lambda v: is_int(v, 0), "an integer >= 0"),  # --patience
     "evals_since_best": (lambda v: is_int(v, 0), "an integer >= 0"),
 }
-OPTIONAL_STATE = ("elapsed", "ema", "teacher", "teacher_round", "best_step", "evals_since_best")
+OPTIONAL_STATE = ("elapsed", "ema", "teacher", "teacher_round", "aux", "aux_optimizer", "best_step", "evals_since_best")
 
 
 def check_training_state(ckpt, path):
@@ -210,7 +213,7 @@ def check_training_state(ckpt, path):
             shown_value = repr(ckpt[name]) if not isinstance(ckpt[name], (dict, list, torch.Tensor)) \
                 else type(ckpt[name]).__name__
             raise UserError(f"{path}: {name} must be {what}, got {shown_value[:60]}")
-    for name in ("ema", "teacher"):
+    for name in ("ema", "teacher", "aux"):
         bad = first_nonfinite(ckpt.get(name, {}))
         if bad:
             raise UserError(f"{path}: {name} weights {bad} hold NaN or infinite values (a diverged run?)")

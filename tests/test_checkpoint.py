@@ -229,6 +229,8 @@ def nan_weights(ckpt):
     (lambda c: c.update(generator=5), "generator must be a uint8 tensor"),
     (lambda c: c.pop("best_val"), "has no training state (best_val missing)"),
     (lambda c: c.update(ema=nan_weights(c)), "ema weights"),
+    (lambda c: c.update(aux=nan_weights(c)), "aux weights"),  # D-MMD's auxiliary model
+    (lambda c: c.update(aux_optimizer="abc"), "aux_optimizer must be a list of optimizer state dicts"),
 ])
 def test_resume_checks_every_field_of_the_training_state(short_run, tmp_path, capsys, edit, needle):
     out = tmp_path / "run"
