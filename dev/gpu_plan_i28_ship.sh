@@ -10,7 +10,7 @@
 # Writes 7 files to "$1": 4 parts, i28_ship_log.txt, i28_ship_quality.txt, i28_ship_quality.jsonl.
 set -uo pipefail
 out=${1:-assets/runs}
-scratch=${SCRATCH:-/tmp/i28_ship}
+scratch=${SCRATCH:-out/i28_ship}  # relative: the shipped train_config keeps its out_dir
 mkdir -p "$out" "$scratch"
 export TINY_SHAKESPEARE=${TINY_SHAKESPEARE:-data/tiny_shakespeare.txt} PYTHONUNBUFFERED=1
 log="$out/i28_ship_log.txt"
