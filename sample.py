@@ -88,8 +88,15 @@ def main(argv=None):
         total = n_new * args.num_samples
         copula = f" {cost} (copula, last batch)" if cost else ""
         print(f"[stats] {nfe} forward passes (NFE){copula} for {n_new} new chars x {args.num_samples} samples "
-              f"in {seconds:.3f}s = {total / seconds:,.0f} chars/s | device {device} | seed {seed}",
-              file=sys.stderr)
+              f"in {seconds:.3f}s = {total / seconds:,.0f} chars/s | device {device} | seed {seed}"
+              + stored_setting(model), file=sys.stderr)
+
+
+def stored_setting(model):
+    """The --stats line's note of the checkpoint's own sampler setting, where it has one (it
+    replaced the defaults wherever the flags were silent)."""
+    setting = ",".join(f"{k}={v}" for k, v in model.sampler_defaults.items())
+    return f" | the checkpoint's setting: {setting}" if setting else ""
 
 
 def planned_passes(model, canvas, config, seed):

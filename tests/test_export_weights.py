@@ -34,6 +34,7 @@ def test_export_stores_the_measured_sampler_setting_that_sample_py_then_uses(tin
     flags = ["--prompt", "KING:", "--length", "40", "--seed", "1", "--device", "cpu", "--stats"]
     stored = run_main("sample.py", "--ckpt", out, *flags)
     assert "[stats] 5 forward passes" in stored.stderr, stored.stderr
+    assert "the checkpoint's setting: steps=5,order=l2r,temperature=0.5\n" in stored.stderr
     spelled = run_main("sample.py", "--ckpt", tiny_ckpt, *flags, "--steps", "5", "--order", "l2r", "--temperature", "0.5")
     assert stored.stdout == spelled.stdout, "the stored setting is the flags' defaults"
     hotter = run_main("sample.py", "--ckpt", out, *flags, "--temperature", "1.0")
