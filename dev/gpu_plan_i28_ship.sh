@@ -7,7 +7,8 @@
 #    (join them here: cat dmmd16_s1337.pt.part.* > weights/student16.pt; the sha256 is in the log).
 # 3. quality.py on each bf16 student at 16 passes, spread order, temperature 0.9 and 1.0, 64 prompts,
 #    seeds 0,1,2 (the protocol of RESULTS.md 2026-12-07).
-# Writes 7 files to "$1": 4 parts, i28_ship_log.txt, i28_ship_quality.txt, i28_ship_quality.jsonl.
+# Writes 7 files to "$1": 4 parts, i28_ship_log.txt, i28_ship_quality.txt, i28_ship_quality.jsonl
+# (SHIP_SEEDS="1337": the parts of that seed's student only, 5 files).
 set -uo pipefail
 out=${1:-assets/runs}
 scratch=${SCRATCH:-out/i28_ship}  # relative: the shipped train_config keeps its out_dir
@@ -27,7 +28,7 @@ for seed in 1337 2; do
     { echo "== seed $seed: python train.py $common --seed $seed" | tr -s ' \n' ' '; echo; cat "$scratch/train_s$seed.txt"; } >> "$log"
     python tools/export_weights.py "$scratch/s$seed/student16.pt" "$scratch/dmmd16_s$seed.pt" \
         --sampler steps=16,order=spread,remask=0,temperature=0.9,schedule=linear >> "$log" 2>&1 &&
-        split -b 15M "$scratch/dmmd16_s$seed.pt" "$out/dmmd16_s$seed.pt.part." &&
+        { [[ " ${SHIP_SEEDS:-1337 2} " != *" $seed "* ]] || split -b 15M "$scratch/dmmd16_s$seed.pt" "$out/dmmd16_s$seed.pt.part."; } &&
         (cd "$scratch" && sha256sum "dmmd16_s$seed.pt") >> "$log"
 done
 for seed in 1337 2; do
