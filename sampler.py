@@ -137,9 +137,9 @@ SAMPLER_HELP = {
 }
 SAMPLER_CHOICES = {"schedule": SCHEDULES, "order": ORDERS, "remask_by": REMASK_BY, "cache": tuple(CACHES),
                    "precision": PRECISIONS, "compile": COMPILE_MODES, "copula": COPULAS}
+ENGINE_FIELDS = ("compile", "cuda_graph")  # how a setting runs, not what it writes: no --settings field
 # --settings names (bench.py, quality.py), more fields may follow ("fast32,cache=sparse"): fast32, 32
 # passes in the quality band (RESULTS 2026-12-03, the frontier); sparse2, the sparse cache nearest the band
-ENGINE_FIELDS = ("compile", "cuda_graph")  # how a setting runs, not what it writes: no --settings field
 NAMED_SETTINGS = {"fast32": "steps=32,schedule=linear,temperature=0.9,order=spread,remask=0.5,remask_by=pmi",
                   "sparse2": "cache=sparse,refresh=2,temperature=0.9,order=spread,remask=0.5,remask_by=pmi"}
 
