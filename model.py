@@ -213,7 +213,7 @@ class Transformer(nn.Module):
         self.register_buffer("cos", angles.cos()[None, :, None, :], persistent=False)
         self.register_buffer("sin", angles.sin()[None, :, None, :], persistent=False)
         # what its checkpoint recommends to the sampler ({"steps": N}: a distilled student's passes);
-        # set by checkpoint.load_model, read by sampler.SamplerConfig.for_model
+        # set by checkpoint.load_model, read by sampler.SamplerConfig.from_options and default_steps
         self.sampler_defaults = {}
         self.reset_parameters()
 

@@ -19,7 +19,7 @@ quality.py), its checks the sampler's rules; the CLIs build their flags from its
 
 A model from checkpoint.load_model carries its checkpoint's sampler setting (a distilled student's,
 model.sampler_defaults): it replaces the defaults where the flags (from_options's arguments) are
-silent, and a config without steps or a threshold takes its step count (SamplerConfig.for_model).
+silent; its steps, per 256 characters, replace PASSES_PER_256 when the config has no step count.
 """
 
 import math
@@ -54,7 +54,7 @@ class SamplerConfig:
     """Every option of the diffusion sampler. The defaults are sample.py's, chosen with
     quality.py on 64 validation prompts (RESULTS.md). A threshold replaces the step count and
     needs confidences: build such a config with `from_options`, which applies that rule."""
-    steps: Optional[int] = None  # None: PASSES_PER_256 per 256 characters written (`default_steps`)
+    steps: Optional[int] = None  # None: PASSES_PER_256 (or the checkpoint's) per 256 characters (`default_steps`)
     threshold: Optional[float] = None
     temperature: float = 0.95
     top_k: Optional[int] = None
@@ -76,21 +76,14 @@ class SamplerConfig:
 
     @classmethod
     def from_options(cls, checkpoint_defaults=None, **given):
-        """The defaults, then a checkpoint's setting (model.sampler_defaults), then `given` (None: not
-        given). A threshold replaces the step count and, unless given, brings confidence order, no remasking."""
-        base = dict(checkpoint_defaults or {})
+        """The defaults, then a checkpoint's setting (model.sampler_defaults; its steps are per 256
+        characters, read by `default_steps`), then `given` (None: not given). A threshold replaces
+        the step count and, unless given, brings confidence order and no remasking."""
+        base = {k: v for k, v in (checkpoint_defaults or {}).items() if k != "steps"}
         given = {k: v for k, v in given.items() if v is not None}
         if "threshold" in given:
             base.update(order="confidence", remask=0.0, steps=None)
         return cls(**{**base, **given})
-
-    def for_model(self, model):
-        """This config with the step count the model's checkpoint stores (model.sampler_defaults),
-        unless it sets steps or a threshold: what generate runs."""
-        steps = getattr(model, "sampler_defaults", {}).get("steps")
-        if steps is None or self.steps is not None or self.threshold is not None:
-            return self
-        return replace(self, steps=steps)
 
     def __post_init__(self):
         check_options(self)
@@ -329,7 +322,6 @@ def plan_generation(model, canvas, config, seed):
     """The host's part of generation, done before any step: the blocks and their step counts
     (on the device), the prior. After it, the steps only queue device work, which is what
     lets `generate` capture them whole as a CUDA graph."""
-    config = config.for_model(model)  # one rule for every path to the steps: plain, stepwise, CUDA graph
     remask_by = config.remask_by if config.remask else "prob"  # nothing re-opened: no ranking (nor prior pass)
     prior = char_prior(model, config.precision) if remask_by == "pmi" else None
     if canvas.dim() != 2 or canvas.is_floating_point():
@@ -347,7 +339,7 @@ def plan_generation(model, canvas, config, seed):
                          aligned=bool(model.config.block_len))  # host sync
     sizes = [b.n_masked for b in blocks]
     if config.threshold is None:
-        steps = split_steps(config.steps or default_steps(sum(sizes)), sizes)
+        steps = split_steps(config.steps or default_steps(sum(sizes), model), sizes)
     else:
         steps = [None] * len(blocks)
     plans = [step_plan(b, n, config, canvas.device) for b, n in zip(blocks, steps)]
@@ -361,11 +353,13 @@ def plan_generation(model, canvas, config, seed):
 PASSES_PER_256 = 64  # the default's passes per 256 characters written (quality.py chose 64 for 256)
 
 
-def default_steps(n_masked):
-    """Forward passes when --steps is not given: PASSES_PER_256 per 256 characters to write, and
-    never fewer than PASSES_PER_256, so a long text gets as many passes per character as a
-    window does (a fixed 64 would leave a long text a fraction of a pass per character)."""
-    return max(PASSES_PER_256, math.ceil(PASSES_PER_256 * n_masked / 256))
+def default_steps(n_masked, model=None):
+    """Forward passes when --steps is not given: P per 256 characters to write and never fewer
+    than P, so a long text gets as many passes per character as a window does (a fixed count
+    would leave a long text a fraction of a pass per character). P: the step count the model's
+    checkpoint stores (a distilled student's, what it learned for a window), else PASSES_PER_256."""
+    per_256 = getattr(model, "sampler_defaults", {}).get("steps", PASSES_PER_256)
+    return max(per_256, math.ceil(per_256 * n_masked / 256))
 
 
 def block_model_block(model, config):
@@ -510,7 +504,6 @@ def generate_graphed(model, canvas, config, seed=0):
     the capture."""
     if canvas.device.type != "cuda":
         raise ValueError(f"--cuda-graph needs a CUDA device, not {canvas.device.type}")
-    config = config.for_model(model)  # the graph's key: the config that runs
     masked_cols = tuple((canvas[0] == model.config.mask_id).nonzero().flatten().tolist())
     graphs = GRAPHS.setdefault(model, {})
     key = (tuple(canvas.shape), masked_cols, config)

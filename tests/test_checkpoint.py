@@ -273,19 +273,24 @@ def student(tiny_ckpt, tmp_path_factory):
 def test_generate_takes_the_checkpoints_step_count_as_sample_py_does(student, capsys):
     from checkpoint import load_model
     from corpus import decode
-    from sampler import SamplerConfig, generate, make_canvas
+    from sampler import SamplerConfig, default_steps, generate, make_canvas, plan_generation
     model, chars, _ = load_model(student)
     assert model.sampler_defaults == {"steps": 5}
     canvas = make_canvas("KING:", 30, chars, 1, "cpu")
     out, nfe = generate(model, canvas, SamplerConfig(), seed=0)
     assert nfe == 5 and generate(model, canvas, seed=0)[1] == 5, "no config: the defaults, with the stored steps"
     assert generate(model, canvas, SamplerConfig(steps=7), seed=0)[1] == 7, "steps given: they win"
-    assert SamplerConfig.from_options(threshold=0.9).for_model(model).steps is None, "a threshold: no step count"
+    adaptive = SamplerConfig.from_options(model.sampler_defaults, threshold=0.9)
+    assert sum(b.steps.n_steps for b in plan_generation(model, canvas, adaptive, 0).blocks) == 25, \
+        "a threshold: at most one pass per character, no step count"
+    assert default_steps(200, model) == 5 and default_steps(1024, model) == 20, \
+        "the stored count is per 256 characters: a long text gets as many passes per character"
     sample.main(["--ckpt", student, "--prompt", "KING:", "--length", "30", "--seed", "0", "--device", "cpu"])
     assert capsys.readouterr().out == decode(out[0].tolist(), chars) + "\n", "the same text as sample.py"
 
 
 def test_a_model_whose_checkpoint_stores_no_step_count_keeps_the_default(tiny_model):
-    from sampler import SamplerConfig
+    from sampler import PASSES_PER_256, SamplerConfig, default_steps
     model, _ = tiny_model
-    assert model.sampler_defaults == {} and SamplerConfig().for_model(model) == SamplerConfig()
+    assert model.sampler_defaults == {} and SamplerConfig.from_options(model.sampler_defaults) == SamplerConfig()
+    assert default_steps(100, model) == PASSES_PER_256 and default_steps(1024, model) == 4 * PASSES_PER_256

@@ -110,7 +110,8 @@ def test_ar_anywhere_but_first_is_refused():
 def test_a_setting_starts_from_the_checkpoints_own_sampler_setting():
     from sampler import SamplerConfig
     student = {"steps": 16, "temperature": 0.9, "schedule": "linear"}
-    assert quality.parse_setting("default", student) == SamplerConfig(steps=16, temperature=0.9, schedule="linear")
+    # its steps are per 256 characters (sampler.default_steps reads them from the model): not a fixed count
+    assert quality.parse_setting("default", student) == SamplerConfig(temperature=0.9, schedule="linear")
     assert quality.parse_setting("temperature=1.0", student).temperature == 1.0
     adaptive = quality.parse_setting("threshold=0.9", student)
     assert (adaptive.steps, adaptive.order, adaptive.schedule) == (None, "confidence", "linear")
