@@ -19,7 +19,10 @@ from corpus import ROOT
 from model import ModelConfig, Transformer
 
 CHECKPOINT_FORMAT = "tiny-diffusion/1"
-DEFAULT_CKPT = os.path.join(ROOT, "weights", "model.pt")  # the shipped diffusion model
+DEFAULT_CKPT = os.path.join(ROOT, "weights", "model.pt")  # the shipped diffusion model (likelihood: evaluate.py)
+# what sample.py, bench.py --sample and diffusion_process.py write with: the 16-pass D-MMD student
+# of DEFAULT_CKPT, with its measured sampler setting stored (RESULTS.md, 2026-12-08)
+DEFAULT_SAMPLER_CKPT = os.path.join(ROOT, "weights", "student16.pt")
 DEFAULT_AR = os.path.join(ROOT, "weights", "ar_baseline.pt")  # and its autoregressive baseline
 
 

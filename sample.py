@@ -1,7 +1,9 @@
 """
-Generate text with a trained tiny-diffusion checkpoint (default: the shipped weights/model.pt).
+Generate text with a trained tiny-diffusion checkpoint (default: the shipped weights/student16.pt,
+a D-MMD student of weights/model.pt that writes in 16 passes, at the setting stored with it).
 
-    python sample.py                                   # 256 new characters
+    python sample.py                                   # 256 new characters, 16 passes
+    python sample.py --ckpt weights/model.pt           # the 64-pass teacher, at SamplerConfig's defaults
     python sample.py --prompt "ROMEO:" --length 500 --num-samples 3 --seed 1
     python sample.py --prompt "ROMEO:\\nBut soft, what light through yonder ______ breaks?"
     python sample.py --threshold 0.9 --stats           # adaptive number of forward passes
@@ -9,8 +11,9 @@ Generate text with a trained tiny-diffusion checkpoint (default: the shipped wei
     python sample.py --compile --cuda-graph --num-samples 640   # CUDA: one graph per generation
     python sample.py --steps 16 --copula l2r --stats   # each step's characters drawn jointly (copula.py)
 
-Every sampler option is a field of sampler.SamplerConfig, whose defaults are the ones here;
-from Python, generate(model, canvas, SamplerConfig(), seed) writes what this script writes.
+Every sampler option is a field of sampler.SamplerConfig; a checkpoint's stored setting replaces
+its defaults where a flag is silent. From Python, generate(model, canvas, seed=seed) writes what
+this script writes.
 
 stdout carries only the text: each sample in full, prompt included; several samples are
 separated by a blank line and a line holding `---`. --stats reports to stderr.

@@ -30,7 +30,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from checkpoint import DEFAULT_CKPT, load_model_of_kind
+from checkpoint import DEFAULT_SAMPLER_CKPT, load_model_of_kind
 from cli import UserError, add_config_flags, config_values, shown
 from copula import (COPULA_HELP, COPULAS, check_copula_model, check_copula_options, check_copula_vocabulary,
                     make_copula)
@@ -529,7 +529,8 @@ SEED_RANGE = 2 ** 31  # seeds 0 .. 2**31 - 1: sample i of a batch uses seed + i,
 def add_sampling_flags(parser, cuda_graph=True):
     """The flags the sampling scripts share: what to sample from and what to write, and one flag
     per SamplerConfig field (the animation, which shows every step, goes without --cuda-graph)."""
-    parser.add_argument("--ckpt", default=DEFAULT_CKPT, help="checkpoint (default: weights/model.pt)")
+    parser.add_argument("--ckpt", default=DEFAULT_SAMPLER_CKPT, help="checkpoint (default: weights/student16.pt, the "
+                        "16-pass D-MMD student of weights/model.pt); its stored setting replaces the defaults below")
     parser.add_argument("--prompt", default="", help="text to start from; `_` marks characters to fill in, "
                                                      "`\\n` is a newline")
     parser.add_argument("--length", type=int, default=None,

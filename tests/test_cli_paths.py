@@ -48,7 +48,7 @@ def test_a_missing_default_file_is_named_without_this_machines_path(tmp_path, mo
     assert needle in str(e.value) and ROOT not in str(e.value)
 
 
-@pytest.mark.parametrize("name", ["model.pt", "ar_baseline.pt"])
+@pytest.mark.parametrize("name", ["model.pt", "ar_baseline.pt", "student16.pt"])
 def test_the_shipped_weights_store_no_path_of_the_training_machine(name):
     raw = torch.load(os.path.join(ROOT, "weights", name), weights_only=True)
     assert raw["train_config"]["data"] == "data/tiny_shakespeare.txt"
