@@ -56,6 +56,16 @@ def test_the_shipped_weights_store_no_path_of_the_training_machine(name):
     assert not [p for p in paths if os.path.isabs(p) or p.startswith(".")], paths
 
 
+def test_the_shipped_student_is_the_measured_one_with_its_measured_setting():
+    from checkpoint import DEFAULT_SAMPLER_CKPT, load_model
+    model, _, ckpt = load_model(DEFAULT_SAMPLER_CKPT)
+    # the 16-pass D-MMD student of training seed 1337 (2026-12-08, one H100), in band at this setting
+    assert ckpt["checksum"] == "46ddc1c4a8dd07cb0bdbe5676c8b6a946f966656426629b926d31cb4cdaa1cab"
+    assert model.sampler_defaults == {"steps": 16, "order": "spread", "remask": 0.0, "temperature": 0.95,
+                                      "schedule": "linear"}
+    assert ckpt["train_config"]["distill_from"] == "weights/model.pt" and ckpt["config"]["noise_dim"] == 0
+
+
 def test_the_reexported_model_keeps_its_weights_and_checks_its_fields():
     from checkpoint import read_checkpoint, weights_checksum
     ckpt = read_checkpoint(os.path.join(ROOT, "weights", "model.pt"))
