@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 28 item 4 / issue 27: the speed of the 16-pass D-MMD student, on one CUDA GPU, after
-# dev/gpu_plan_i28_ship.sh on the same warm machine (its student is in out/i28_ship):
+# Issue 28 item 4 / issue 27: the speed of the shipped 16-pass D-MMD student (weights/student16.pt)
+# on one CUDA GPU:
 #   bash dev/gpu_plan_i28_bench.sh "$OUT"          (CKPT=... for another student)
 # 1. bench.py --sample --compile --cuda-graph at batch 1..256: the student at its stored setting
 #    (16 passes) beside the graphed AR baseline and the bare passes, in one process (the timing,
@@ -12,7 +12,7 @@ set -uo pipefail
 out=${1:-assets/runs}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-ckpt=${CKPT:-out/i28_ship/dmmd16_s1337.pt}
+ckpt=${CKPT:-weights/student16.pt}
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 tag=$(echo "$gpu" | grep -o 'H[0-9]00' | head -1 | tr A-Z a-z); tag=${tag:-gpu}
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
