@@ -10,8 +10,8 @@ This file holds what the host decides: the options, and the plan made before the
 sampling scripts' command line. The steps themselves, which only queue device work, are
 denoise.py's; the autoregressive baseline's sampler is ar_sampler.py's.
 
-Every option lives in SamplerConfig: its field defaults are `python sample.py`'s (chosen with
-quality.py), its checks the sampler's rules; the CLIs build their flags from its fields. In Python:
+Every option lives in SamplerConfig: its field defaults are `python sample.py --ckpt weights/model.pt`'s
+(chosen with quality.py), its checks the sampler's rules; the CLIs build their flags from its fields. In Python:
 
     from sampler import SamplerConfig, generate
     canvas, nfe = generate(model, canvas, seed=0)     # what sample.py writes with this model
@@ -51,8 +51,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """Every option of the diffusion sampler. The defaults are sample.py's, chosen with
-    quality.py on 64 validation prompts (RESULTS.md). A threshold replaces the step count and
+    """Every option of the diffusion sampler. The defaults are sample.py's for a checkpoint that
+    stores no setting (the teacher), chosen with quality.py on 64 validation prompts (RESULTS.md). A threshold replaces the step count and
     needs confidences: build such a config with `from_options`, which applies that rule."""
     steps: Optional[int] = None  # None: PASSES_PER_256 (or the checkpoint's) per 256 characters (`default_steps`)
     threshold: Optional[float] = None

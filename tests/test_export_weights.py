@@ -47,6 +47,7 @@ def test_export_stores_the_measured_sampler_setting_that_sample_py_then_uses(tin
 @pytest.mark.parametrize("setting, needle", [("colour=red", "unknown setting 'colour'"),
                                              ("steps=many", "bad value 'many' for steps"),
                                              ("remask=-1", "--remask must be >= 0"),
+                                             ("steps=0", "--steps must be an integer >= 1"),
                                              ("cuda_graph=true", "unknown setting 'cuda_graph'")])
 def test_export_refuses_a_sampler_setting_the_sampler_refuses(tiny_ckpt, tmp_path, run_main, setting, needle):
     r = run_main("tools/export_weights.py", tiny_ckpt, tmp_path / "out.pt", "--sampler", setting)

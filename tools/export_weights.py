@@ -4,7 +4,7 @@ Strip a training checkpoint down to what sampling needs, with bf16 weights (half
     python tools/export_weights.py out/gpu/best.pt weights/model.pt
     python tools/export_weights.py out/gpu/best.pt weights/      # a folder: weights/best.pt
     python tools/export_weights.py out/dmmd/student16.pt weights/student16.pt \
-        --sampler steps=16,order=spread,remask=0,temperature=0.9,schedule=linear
+        --sampler steps=16,order=spread,remask=0,temperature=0.95,schedule=linear
 
 --sampler stores the setting the model was measured in band at (quality.py's field=value form);
 sample.py, bench.py --sample and quality.py's 'default' use it wherever their flags are silent.
@@ -71,7 +71,7 @@ def sampler_setting(text):
     """--sampler's {field: value}, checked by the sampler's own rules."""
     setting = parse_fields(text, SamplerConfig, ENGINE_FIELDS)
     try:
-        SamplerConfig.from_options(setting)
+        SamplerConfig.from_options(setting, steps=setting.get("steps"))  # stored steps: per 256 characters
     except ValueError as e:
         raise UserError(f"--sampler {text!r}: {e}") from None
     return setting
