@@ -48,8 +48,8 @@ from checkpoint import DEFAULT_AR, load_model_of_kind
 from cli import ArgumentParser, UserError, parse_fields, run_entry_point
 from corpus import mask_id_of
 from devices import autocast, capture_graph, sampling_precision
-from sampler import (ENGINE_FIELDS, NAMED_SETTINGS, SamplerConfig, add_sampling_flags, check_for_model, expand_setting,
-                     generate, load_for_sampling, make_canvas, sampling_seed)
+from sampler import (ENGINE_FIELDS, NAMED_SETTINGS, THRESHOLD_BRINGS, SamplerConfig, add_sampling_flags,
+                     check_for_model, expand_setting, generate, load_for_sampling, make_canvas, sampling_seed)
 from train_config import add_train_flags, check_config, configs_from_args
 from trainer import Trainer, shutdown_distributed
 
@@ -98,7 +98,7 @@ def setting_overrides(text):
     confidence order and no remasking, as from_options does."""
     given = parse_fields(expand_setting(text), SamplerConfig, ENGINE_FIELDS)
     if given.get("threshold") is not None:
-        given = {"order": "confidence", "remask": 0.0, "steps": None, **given}
+        given = {**THRESHOLD_BRINGS, **given}
     return given
 
 

@@ -251,7 +251,7 @@ def check_fields(ckpt, path):
         raise UserError(f"{path}: sampler must be a dict such as {{'steps': 16, 'temperature': 0.9}} (the setting "
                         f"a distilled student was measured at) over {', '.join(known)}; got {sampler!r}")
     try:
-        SamplerConfig.from_options(sampler, steps=sampler.get("steps"))  # its steps: per 256 characters
+        SamplerConfig.check_stored(sampler)
     except ValueError as e:
         raise UserError(f"{path}: {respelled([str(e)], 'sampler.')}") from None
 

@@ -52,8 +52,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 @dataclass(frozen=True)
 class SamplerConfig:
     """Every option of the diffusion sampler. The defaults are sample.py's for a checkpoint that
-    stores no setting (the teacher), chosen with quality.py on 64 validation prompts (RESULTS.md). A threshold replaces the step count and
-    needs confidences: build such a config with `from_options`, which applies that rule."""
+    stores no setting (the teacher), chosen with quality.py on 64 validation prompts (RESULTS.md).
+    A threshold replaces the step count and needs confidences: `from_options` applies that rule."""
     steps: Optional[int] = None  # None: PASSES_PER_256 (or the checkpoint's) per 256 characters (`default_steps`)
     threshold: Optional[float] = None
     temperature: float = 0.95
@@ -82,8 +82,13 @@ class SamplerConfig:
         base = {k: v for k, v in (checkpoint_defaults or {}).items() if k != "steps"}
         given = {k: v for k, v in given.items() if v is not None}
         if "threshold" in given:
-            base.update(order="confidence", remask=0.0, steps=None)
+            base.update(THRESHOLD_BRINGS)
         return cls(**{**base, **given})
+
+    @classmethod
+    def check_stored(cls, setting):
+        """A checkpoint's stored setting by the sampler's rules, steps included (ValueError)."""
+        cls.from_options(setting, steps=setting.get("steps"))
 
     def __post_init__(self):
         check_options(self)
@@ -130,6 +135,7 @@ SAMPLER_HELP = {
 }
 SAMPLER_CHOICES = {"schedule": SCHEDULES, "order": ORDERS, "remask_by": REMASK_BY, "cache": tuple(CACHES),
                    "precision": PRECISIONS, "compile": COMPILE_MODES, "copula": COPULAS}
+THRESHOLD_BRINGS = {"order": "confidence", "remask": 0.0, "steps": None}  # unless given: from_options
 ENGINE_FIELDS = ("compile", "cuda_graph")  # how a setting runs, not what it writes: no --settings field
 # --settings names (bench.py, quality.py), more fields may follow ("fast32,cache=sparse"): fast32, 32
 # passes in the quality band (RESULTS 2026-12-03, the frontier); sparse2, the sparse cache nearest the band

@@ -71,7 +71,7 @@ def sampler_setting(text):
     """--sampler's {field: value}, checked by the sampler's own rules."""
     setting = parse_fields(text, SamplerConfig, ENGINE_FIELDS)
     try:
-        SamplerConfig.from_options(setting, steps=setting.get("steps"))  # stored steps: per 256 characters
+        SamplerConfig.check_stored(setting)
     except ValueError as e:
         raise UserError(f"--sampler {text!r}: {e}") from None
     return setting
