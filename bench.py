@@ -45,7 +45,7 @@ import torch
 
 from ar_sampler import generate_ar, masked_columns
 from checkpoint import DEFAULT_AR, load_model_of_kind
-from cli import ArgumentParser, UserError, parse_fields, run_entry_point
+from cli import ArgumentParser, UserError, parse_fields, read_jsonl, run_entry_point
 from corpus import mask_id_of
 from devices import autocast, capture_graph, sampling_precision
 from sampler import (ENGINE_FIELDS, NAMED_SETTINGS, THRESHOLD_BRINGS, SamplerConfig, add_sampling_flags,
@@ -325,12 +325,7 @@ def read_results(paths):
     """{'sampler [engine] | device': [(batch, chars/s)]} from JSONL files; skipped rows left out."""
     lines = {}
     for path in paths:
-        try:
-            with open(path) as f:
-                records = [json.loads(line) for line in f if line.strip()]
-        except (OSError, ValueError) as e:
-            raise UserError(f"--plot {path}: {getattr(e, 'strerror', None) or e}") from None
-        for r in records:
+        for r in read_jsonl(path, "--plot"):
             if "chars_per_s" in r:
                 lines.setdefault(f"{r['sampler']} [{r['engine']}] | {r['device_name']}", []).append(
                     (r["batch"], r["chars_per_s"]))

@@ -14,7 +14,7 @@ from dataclasses import asdict, fields
 
 import torch
 
-from cli import UserError, shown, special_file
+from cli import UserError, require_file, shown
 from corpus import ROOT
 from model import ModelConfig, Transformer
 
@@ -114,13 +114,7 @@ def read_checkpoint(path, finite=True):
     cli.shown writes it: the default weights/model.pt, not this machine's path to it).
     finite=False leaves NaN weights to the caller (tools/export_weights.py counts them itself,
     after rounding to bf16)."""
-    name = shown(path)
-    if os.path.isdir(path):
-        raise UserError(f"checkpoint {name} is a folder: give a .pt file")
-    if special_file(path):
-        raise UserError(f"checkpoint {name} is {special_file(path)}, not a file: give a .pt file")
-    if not os.path.isfile(path):
-        raise UserError(f"checkpoint not found: {name}")
+    name = require_file(path, "checkpoint", "give a .pt file", f"checkpoint not found: {shown(path)}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

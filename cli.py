@@ -4,6 +4,7 @@ dataclass's fields (a field's default is the flag's default, one help line per f
 """
 
 import argparse
+import json
 import os
 import signal
 import stat
@@ -73,6 +74,29 @@ def special_file(path):
     kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
     return next((what for test, what in kinds if test(mode)), None)
+
+
+def require_file(path, label, give, missing):
+    """shown(path), or one UserError unless `path` is a regular file: a folder or a FIFO/socket/
+    device says "{label} {name} is ...: {give}"; a path that does not exist says `missing`."""
+    name = shown(path)
+    if os.path.isdir(path):
+        raise UserError(f"{label} {name} is a folder: {give}")
+    if special_file(path):
+        raise UserError(f"{label} {name} is {special_file(path)}, not a file: {give}")
+    if not os.path.isfile(path):
+        raise UserError(missing)
+    return name
+
+
+def read_jsonl(path, flag):
+    """The records of a JSONL file (blank lines skipped); a file that cannot be read or is not
+    JSON lines is one UserError naming the flag that gave it."""
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError) as e:
+        raise UserError(f"{flag} {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
 class UserError(Exception):

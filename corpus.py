@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from cli import UserError, shown, special_file
+from cli import UserError, require_file, shown
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MASK_GLYPH = "_"  # how a masked position is written in prompts and shown on screen
@@ -20,13 +20,8 @@ TRAIN_FRACTION = 0.9  # first 90% of the file trains, the last 10% is held out, 
 def load_text(path):
     """The training text as a str; every problem is one UserError (naming the file as cli.shown
     writes it: the default data/tiny_shakespeare.txt, not this machine's path to it)."""
-    name = shown(path)
-    if os.path.isdir(path):
-        raise UserError(f"--data {name} is a folder: give the text file")
-    if special_file(path):
-        raise UserError(f"--data {name} is {special_file(path)}, not a file: give the text file")
-    if not os.path.isfile(path):
-        raise UserError(f"data file not found: {name} (run: python data/prepare.py)")
+    name = require_file(path, "--data", "give the text file",
+                        f"data file not found: {shown(path)} (run: python data/prepare.py)")
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()

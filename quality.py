@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from ar_sampler import generate_ar
 from copula import CopulaCost, check_copula_vocabulary, generate_with_cost
 from checkpoint import DEFAULT_AR, DEFAULT_CKPT, load_model_of_kind
-from cli import ArgumentParser, Progress, UserError, add_progress_flag, parse_fields, run_entry_point
+from cli import ArgumentParser, Progress, UserError, add_progress_flag, parse_fields, read_jsonl, run_entry_point
 from corpus import DATA_DEFAULT, decode, encode, load_text, split_text
 from devices import autocast, pick_device
 from sampler import ENGINE_FIELDS, NAMED_SETTINGS, SamplerConfig, check_for_model, expand_setting, generate
@@ -211,12 +211,7 @@ def frontier_rows(paths):
     setting keeps its diversity."""
     by_nfe, real = {}, None
     for path in paths:
-        try:
-            with open(path) as f:
-                rows = [json.loads(line) for line in f if line.strip()]
-        except (OSError, ValueError) as e:
-            raise UserError(f"--frontier {path}: {getattr(e, 'strerror', None) or e}") from None
-        for r in rows:
+        for r in read_jsonl(path, "--frontier"):
             if not isinstance(r, dict) or "mean" not in r:
                 raise UserError(f"--frontier {path}: not a quality.py --jsonl file")
             if r["setting"] == "real validation text":
