@@ -8,6 +8,6 @@ export PYTHONUNBUFFERED=1 TINY_SHAKESPEARE=${TINY_SHAKESPEARE:-data/tiny_shakesp
 dev=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 echo "$dev; $(python -c 'import torch; print("torch", torch.__version__)')" | tee "$out/i29_step_device.txt"
 timeout 100 python bench.py --paths fast --steps 50 2>&1 | grep -v Warning | tee "$out/i29_step_bench.txt"
-for v in ${VARIANTS:-shipped graph no-dropout no-attn-dropout bf16-residual graph-bf16-residual flash batch512}; do
+for v in ${VARIANTS:-shipped bf16-residual bf16-weights bf16-weights-residual no-dropout bound}; do
     timeout 60 python dev/step_variants.py --variant $v 2>&1 | tail -1
 done | tee "$out/i29_step_variants.txt"

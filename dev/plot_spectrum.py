@@ -7,7 +7,10 @@ spectrum from the autoregressive model (L' = 1) through block diffusion to the d
     python dev/plot_spectrum.py 1=bd_ar_eval0.txt 4=bd_4_eval0.txt ... 1=bd_ar_eval128.txt ... --out spectrum.png
 
 Each argument is L'=FILE, FILE an evaluate.py output; its first result line (the --ckpt model)
-is plotted at its context. The runs of RESULTS.md's 2026-12-01 entry kept their evaluations in
+is plotted at its context. A dev/gpu_plan_arms.sh score file (eval_NAME.txt) gives one point per
+context, its NELBO sections':
+
+    python dev/plot_spectrum.py 1=OUT/eval_ar_s1.txt 4=OUT/eval_b4_s1.txt ... 256=OUT/eval_full_s1.txt The runs of RESULTS.md's 2026-12-01 entry kept their evaluations in
 one file (assets/runs/bd_eval_h200.txt), not one per model: there is no figure of them.
 """
 
@@ -32,21 +35,31 @@ from cli import ArgumentParser, UserError, shown, run_entry_point  # noqa: E402
 RESULT = re.compile(r"val (?:NLL|NELBO) ([0-9.]+) ± ([0-9.]+) nats/char .*\[context (\d+):")
 
 
-def read_point(arg):
-    """(L', context, mean, se) from one L'=FILE argument."""
+SECTION = re.compile(r"^== context \d+ --(.*)$")  # dev/gpu_plan_arms.sh's score files
+
+
+def read_points(arg):
+    """[(L', context, mean, se)] from one L'=FILE argument: its first result line, or the first
+    of each NELBO section (--order any) of a score file."""
     length, sep, path = arg.partition("=")
     if not sep or not length.isdigit() or int(length) < 1:
         raise UserError(f"expected L'=FILE with L' >= 1, got {arg!r}")
     try:
         with open(path, encoding="utf-8") as f:
-            found = next((m for m in map(RESULT.search, f) if m), None)
+            found, section = [], None
+            for line in f:
+                if m := SECTION.match(line):
+                    section = m[1].strip()
+                elif (section in (None, "order any") and (m := RESULT.search(line))
+                      and (not found or section is not None and int(m[3]) not in {int(x[3]) for x in found})):
+                    found.append(m)
     except UnicodeDecodeError:
         raise UserError(f"{path} is not an evaluate.py output (not UTF-8 text)") from None
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
-    if found is None:
+    if not found:
         raise UserError(f"{path} has no evaluate.py result line")
-    return int(length), int(found[3]), float(found[1]), float(found[2])
+    return [(int(length), int(m[3]), float(m[1]), float(m[2])) for m in found]
 
 
 def main(argv=None):
@@ -58,7 +71,7 @@ def main(argv=None):
     p.add_argument("--title", default="Block diffusion on Tiny Shakespeare: val NELBO vs block length")
     args = p.parse_args(argv)
     try:
-        points = [read_point(a) for a in args.points]
+        points = [point for a in args.points for point in read_points(a)]
         out = os.path.join(args.out, "block_spectrum.png") if os.path.isdir(args.out) else args.out
         fig = plot(points, args.title)
         try:

@@ -22,7 +22,21 @@ def test_each_point_is_read_at_its_block_length_and_context(tmp_path, capsys):
     plot_spectrum.main(args + ["--out", str(tmp_path)])
     assert (tmp_path / "block_spectrum.png").read_bytes()[:4] == b"\x89PNG"
     assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'block_spectrum.png'} (3 points)"
-    assert plot_spectrum.read_point(args[2]) == (4, 128, 1.48, 0.005)
+    assert plot_spectrum.read_points(args[2]) == [(4, 128, 1.48, 0.005)]
+
+
+def test_a_score_file_gives_its_nelbo_at_each_context(tmp_path):
+    """dev/gpu_plan_arms.sh's eval_NAME.txt: the --ckpt line of each NELBO section, not the paired
+    model's line, nor the left-to-right sections."""
+    text = ""
+    for ctx, nelbo, l2r in ((0, 1.47, 1.43), (128, 1.44, 1.40)):
+        text += (f"== context {ctx} --order any\nm.pt: val NELBO {nelbo:.4f} ± 0.0050 nats/char [context {ctx}: x]\n"
+                 f"ar.pt: val NLL 1.4400 ± 0.0100 nats/char [context {ctx}: x]\n"
+                 f"== context {ctx} --order l2r\nm.pt: val left-to-right NLL (exact) {l2r:.4f} ± 0.0040 nats/char "
+                 f"[context {ctx}: x]\n")
+    (tmp_path / "eval_full_s1.txt").write_text(text)
+    assert plot_spectrum.read_points(f"256={tmp_path / 'eval_full_s1.txt'}") == [(256, 0, 1.47, 0.005),
+                                                                              (256, 128, 1.44, 0.005)]
 
 
 @pytest.mark.parametrize("make_arg, needle", [

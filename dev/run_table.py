@@ -1,0 +1,156 @@
+"""
+The run table of dev/gpu_plan_arms.sh: one row per run (steps, minutes, best step, val at each
+context under each protocol, paired with the AR run of the same seed), then one row per arm over
+its seeds (the mean paired difference, its standard error and the seed spread), as Markdown.
+
+    python dev/run_table.py OUT                   # OUT as the plan wrote it: runs/, eval_*.txt, device.txt
+    python dev/run_table.py OUT --save table.md
+
+Columns, nats/char: "NELBO C" is the run's val NELBO (NLL for the AR run) at context C, "l2r C"
+its exact left-to-right NLL (diffusion and mixed runs), "as AR C" a mixed run's network read as an
+AR model; "− AR" is the paired difference against the AR run on the same blocks, ± its standard
+error over blocks. Over seeds: the mean of the paired differences, ± sqrt(sum se²)/n, and the
+seed spread (half the range between seeds).
+"""
+
+if __name__ == "__main__":  # Ctrl-C from the first statement on: exit 130, no traceback (cli.run_entry_point)
+    import os, signal
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
+
+import argparse
+import glob
+import math
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from cli import ArgumentParser, UserError, read_jsonl, run_entry_point, shown  # noqa: E402
+
+SECTION = re.compile(r"^== context (\d+) --(order any|order l2r|as-ar)\s*$")
+RESULT = re.compile(r"val (?:NLL|NELBO|left-to-right NLL \(exact\)) ([0-9.]+) ± ([0-9.]+) nats/char")
+PAIRED = re.compile(r"^paired difference .*: ([+-][0-9.]+) ± ([0-9.]+) nats/char")
+PROTOCOL = {"order any": "NELBO", "order l2r": "l2r", "as-ar": "as AR"}
+
+
+def read_eval(path):
+    """{(protocol, context): (value, se, paired diff or None, its se)} from one eval_NAME.txt."""
+    scores, key, found = {}, None, None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if m := SECTION.match(line):
+                key, found = (PROTOCOL[m[2]], int(m[1])), None
+            elif key and found is None and (m := RESULT.search(line)):  # the section's first result: --ckpt
+                found = scores[key] = (float(m[1]), float(m[2]), None, None)
+            elif key and found and (m := PAIRED.match(line)):
+                scores[key] = found[:2] + (float(m[1]), float(m[2]))
+    if not scores:
+        raise UserError(f"{shown(path)} has no dev/gpu_plan_arms.sh scores")
+    return scores
+
+
+def read_run(folder):
+    """(steps, minutes, best step) of a run folder's log.jsonl."""
+    rows = [r for r in read_jsonl(os.path.join(folder, "log.jsonl"), "run log") if isinstance(r, dict)]
+    steps = max((r["step"] for r in rows if "step" in r), default=0)
+    minutes = max((r["time"] for r in rows if "time" in r), default=0.0) / 60
+    evals = [r for r in rows if "val" in r]
+    best = min(evals, key=lambda r: r["val"])["step"] if evals else None
+    return steps, minutes, best
+
+
+def split_name(name):
+    """('mixed', 2) from 'mixed_s2'."""
+    arm, _, seed = name.rpartition("_s")
+    return (arm, int(seed)) if arm and seed.isdigit() else (name, None)
+
+
+def columns(runs):
+    """The (protocol, context) pairs any run has, in a fixed order."""
+    keys = {k for _, _, scores in runs for k in scores}
+    return sorted(keys, key=lambda k: (["NELBO", "l2r", "as AR"].index(k[0]), k[1]))
+
+
+def fmt(x, se=None, sign=False):
+    if x is None:
+        return ""
+    s = f"{x:+.4f}" if sign else f"{x:.4f}"
+    return s if se is None else f"{s} ± {se:.4f}"
+
+
+def table(out):
+    names = sorted((os.path.basename(p)[len("eval_"):-len(".txt")] for p in glob.glob(os.path.join(out, "eval_*.txt"))),
+                   key=lambda n: (split_name(n)[0] not in ("ar", "full"), split_name(n)[0] != "ar", n))  # ar, full first
+    if not names:
+        raise UserError(f"{shown(out)} has no eval_*.txt: run dev/gpu_plan_arms.sh first")
+    scores = {name: read_eval(os.path.join(out, f"eval_{name}.txt")) for name in names}
+    runs = [(name, read_run(os.path.join(out, "runs", name)), scores[name]) for name in names]
+    cols = columns(runs)
+    head = ["run", "seed", "steps", "min", "best step"]
+    for proto, ctx in cols:
+        head += [f"{proto} C={ctx}"] + ([f"− AR C={ctx}"] if proto != "as AR" else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    by_arm = {}
+    for name, (steps, minutes, best), scores in runs:
+        arm, seed = split_name(name)
+        cells = [arm, "" if seed is None else str(seed), f"{steps:,}", f"{minutes:.1f}", f"{best:,}" if best else ""]
+        for key in cols:
+            v, se, d, dse = scores.get(key, (None,) * 4)
+            cells.append(fmt(v, se))
+            if key[0] != "as AR":
+                cells.append(fmt(d, dse, sign=True))
+            if d is not None:
+                by_arm.setdefault((arm, key), []).append((d, dse))
+        lines.append("| " + " | ".join(cells) + " |")
+    if by_arm:
+        lines += summary(names, cols, by_arm)
+    device = os.path.join(out, "device.txt")
+    if os.path.isfile(device):
+        with open(device, encoding="utf-8") as f:
+            lines += ["", "Device: " + "; ".join(line.strip() for line in f if line.strip())]
+    return "\n".join(lines) + "\n"
+
+
+def summary(names, cols, by_arm):
+    """One row per arm: its paired differences against AR over seeds."""
+    lines = ["", "| arm | " + " | ".join(f"{p} − AR C={c}" for p, c in cols if p != "as AR") + " |",
+             "|---|" + "---|" * sum(p != "as AR" for p, _ in cols)]
+    for arm in dict.fromkeys(split_name(n)[0] for n in names):
+        cells = [arm]
+        for key in (k for k in cols if k[0] != "as AR"):
+            pairs = by_arm.get((arm, key), [])
+            if not pairs:
+                cells.append("")
+                continue
+            mean = sum(d for d, _ in pairs) / len(pairs)
+            se = math.sqrt(sum(s * s for _, s in pairs)) / len(pairs)
+            spread = (max(d for d, _ in pairs) - min(d for d, _ in pairs)) / 2
+            cells.append(f"{mean:+.4f} ± {se:.4f}" + (f" (n={len(pairs)}, spread {spread:.4f})" if len(pairs) > 1 else ""))
+        if any(cells[1:]):
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(argv=None):
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="the folder dev/gpu_plan_arms.sh wrote")
+    p.add_argument("--save", metavar="FILE", help="also write the table to FILE")
+    args = p.parse_args(argv)
+    try:
+        if not os.path.isdir(args.out):
+            raise UserError(f"{shown(args.out)} is not a folder")
+        text = table(args.out)
+        if args.save:
+            try:
+                with open(args.save, "w", encoding="utf-8") as f:
+                    f.write(text)
+            except OSError as e:
+                raise UserError(f"cannot write {shown(args.save)}: {e.strerror}") from None
+    except UserError as e:
+        sys.exit(f"run_table.py: error: {e}")
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    run_entry_point(main)
