@@ -16,7 +16,8 @@ flags, at each batch size: --warmup untimed runs (compilation, CUDA-graph captur
 median of --runs timed runs; and, for scale, the same number of full forward passes of the
 model alone, on the same engine. --settings times several diffusion settings in one run (each
 over the flags; a setting the engine refuses runs on the best engine it accepts and says
-so). Beside them the autoregressive baseline (--ar,
+so); a setting may name other weights first, "ckpt=PATH,steps=64,cache=exact" (a block model
+beside the full-window one, say), timed on the same canvases. Beside them the autoregressive baseline (--ar,
 default weights/ar_baseline.pt; none skips it): the same number of new characters, one per
 pass, with its static key/value cache and the same --compile / --cuda-graph, after a newline
 when there is no prompt. --jsonl writes every timing as a JSON record; --plot draws them.
@@ -26,6 +27,7 @@ when there is no prompt. --jsonl writes every timing as a JSON record; --plot dr
     python bench.py --sample --compile --compile-mode reduce-overhead
     python bench.py --sample --compile --cuda-graph --batch-sizes 1,4,16,64,256 --jsonl speed.jsonl
     python bench.py --sample --settings default fast32 sparse2   # named settings (sampler.NAMED_SETTINGS)
+    python bench.py --sample --settings default ckpt=weights/model.pt ckpt=out/b16/best.pt,cache=exact
     python bench.py --plot speed.jsonl --out assets/speed.png   # chars/s against batch, log-log
 """
 
@@ -45,7 +47,7 @@ import torch
 
 from ar_sampler import generate_ar, masked_columns
 from checkpoint import DEFAULT_AR, load_model_of_kind
-from cli import ArgumentParser, UserError, parse_fields, read_jsonl, run_entry_point
+from cli import ArgumentParser, UserError, parse_fields, read_jsonl, run_entry_point, shown
 from corpus import mask_id_of
 from devices import autocast, capture_graph, sampling_precision
 from sampler import (ENGINE_FIELDS, NAMED_SETTINGS, THRESHOLD_BRINGS, SamplerConfig, add_sampling_flags,
@@ -127,15 +129,41 @@ def config_for_setting(base, text):
     return None, refused
 
 
-def check_settings_for_model(model, settings):
-    """The rules that depend on the checkpoint (--cache exact needs a block model, a block model
-    takes no other cache), for every setting before anything is timed."""
-    for text, config, _ in settings:
+def split_ckpt(text):
+    """(path or None, the rest) of a --settings entry: 'ckpt=out/b16/best.pt,cache=exact' ->
+    ('out/b16/best.pt', 'cache=exact'); the rest is 'default' when nothing follows the path."""
+    first, _, rest = text.partition(",")
+    if not first.startswith("ckpt="):
+        return None, text
+    if not first[len("ckpt="):]:
+        raise UserError(f"setting {text!r}: ckpt= needs a path")
+    return first[len("ckpt="):], rest or "default"
+
+
+def settings_with_models(args, model, chars, config):
+    """[(label, path, model, config, note)] for every --settings entry: the flags' weights, or
+    the weights it names (loaded once each, with their own stored setting under the flags);
+    every rule that depends on the checkpoint (--cache exact needs a block model, ...) checked
+    before anything is timed."""
+    loaded = {args.ckpt: (model, config)}
+    settings = []
+    for text in args.settings:
+        path, rest = split_ckpt(text)
+        path = path or args.ckpt
+        if path not in loaded:
+            _, other, other_chars, other_config = load_for_sampling(argparse.Namespace(**{**vars(args), "ckpt": path}))
+            if other_chars != chars:
+                raise UserError(f"setting {text!r}: {shown(path)} has another vocabulary than {shown(args.ckpt)}")
+            loaded[path] = (other, other_config)
+        weights, base = loaded[path]
+        setting, note = config_for_setting(base, rest)
         try:
-            if config is not None:
-                check_for_model(model, config)
+            if setting is not None:
+                check_for_model(weights, setting)
         except ValueError as e:
             raise UserError(f"setting {text!r}: {e}") from None
+        settings.append((rest, path, weights, setting, note))
+    return settings
 
 
 def median_time(fn, runs, warmup, device):
@@ -153,7 +181,7 @@ def median_time(fn, runs, warmup, device):
     return statistics.median(times)
 
 
-FORWARDS = {}
+FORWARDS = {}  # (model, compile mode) -> its forward
 
 
 def bare_passes(model, canvas, config, nfe, mask_id):
@@ -161,9 +189,10 @@ def bare_passes(model, canvas, config, nfe, mask_id):
     with the config's engine (compiled, and captured as one CUDA graph, if it is)."""
     device = canvas.device
     precision = sampling_precision(config.precision, device)
-    if config.compile not in FORWARDS:
-        FORWARDS[config.compile] = torch.compile(model, mode=config.compile) if config.compile else model
-    forward = FORWARDS[config.compile]
+    key = (id(model), config.compile)
+    if key not in FORWARDS:
+        FORWARDS[key] = torch.compile(model, mode=config.compile) if config.compile else model
+    forward = FORWARDS[key]
     full = canvas.masked_fill(canvas == mask_id, 0)[:, :model.config.block_size]
 
     def passes():
@@ -182,7 +211,8 @@ def sample_parser():
                    help="diffusion sampler settings timed in turn, each 'default' or field=value[,field=value] "
                         "over the flags above (e.g. --settings default cache=sparse), or a name, "
                         f"{', '.join(NAMED_SETTINGS)} (sampler.NAMED_SETTINGS), fields may follow; one the engine "
-                        "(--compile, --cuda-graph) refuses runs on the best engine it accepts, and says so")
+                        "(--compile, --cuda-graph) refuses runs on the best engine it accepts, and says so; "
+                        "'ckpt=PATH,...' times other weights (e.g. a block model with cache=exact)")
     p.add_argument("--runs", type=int, default=5, help="timed runs, 1..1000; the median is reported (default %(default)s)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs first, 0..1000 (default %(default)s)")
     p.add_argument("--ar", default=DEFAULT_AR, help="autoregressive baseline timed beside the diffusion model, "
@@ -202,16 +232,15 @@ def sample_benchmark(argv):
         args.seed = 0 if args.seed is None else args.seed
         seed = sampling_seed(args)
         device, model, chars, config = load_for_sampling(args)
-        settings = [(text, *config_for_setting(config, text)) for text in args.settings]
-        check_settings_for_model(model, settings)
+        settings = settings_with_models(args, model, chars, config)
         ar = None if args.ar == "none" else load_model_of_kind(args.ar, device, causal=True)[0]
         canvases = {batch: make_canvas(args.prompt, args.length, chars, batch, device) for batch in batch_sizes}
         log = open_log(args.jsonl)
     except UserError as e:
         sys.exit(f"bench.py: error: {e}")
-    shown = " ".join(f"{k}={v}" for k, v in vars(config).items() if v not in (None, "none", 0.0, False))
+    described = " ".join(f"{k}={v}" for k, v in vars(config).items() if v not in (None, "none", 0.0, False))
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"sampling {shown} | device {device} ({name}) | torch {torch.__version__} | median of {args.runs} runs "
+    print(f"sampling {described} | device {device} ({name}) | torch {torch.__version__} | median of {args.runs} runs "
           f"after {args.warmup} warm-up", flush=True)
     common = {"device": str(device), "device_name": name, "torch": torch.__version__, "runs": args.runs,
               "warmup": args.warmup, "precision": sampling_precision(config.precision, device), "seed": seed}
@@ -220,9 +249,9 @@ def sample_benchmark(argv):
         canvas = canvases[batch]
         n_new = int((canvas[0] == mask_id_of(chars)).sum())
         best = None
-        for text, setting, note in settings:
-            record = time_diffusion(model, canvas, setting, seed, timing) if setting else {"skipped": note}
-            record.update(common, batch=batch, n_new=n_new, sampler=f"diffusion {text}",
+        for text, path, weights, setting, note in settings:
+            record = time_diffusion(weights, canvas, setting, seed, timing) if setting else {"skipped": note}
+            record.update(common, batch=batch, n_new=n_new, sampler=f"diffusion {text}", ckpt=shown(path),
                           engine=engine_name(setting) if setting else None, note=note if setting else None)
             print_record(record)
             write_record(log, record)
@@ -230,7 +259,8 @@ def sample_benchmark(argv):
                 best = record
         if ar is not None:
             record = time_ar(ar, ar_canvas_for(canvas, chars), config, seed, timing)
-            record.update(common, batch=batch, n_new=n_new, sampler="autoregressive", engine=engine_name(config),
+            record.update(common, batch=batch, n_new=n_new, sampler="autoregressive", ckpt=shown(args.ar),
+                          engine=engine_name(config),
                           note=None)
             print_record(record, best)
             write_record(log, record)
@@ -253,8 +283,14 @@ def time_ar(ar, canvas, config, seed, timing):
     return {"seconds": seconds, "nfe": len(masked_columns(ar, canvas)), "passes_seconds": None}
 
 
+def model_name(record):
+    """The weights' file name without .pt; records written before the ckpt field timed weights/model.pt."""
+    return os.path.splitext(os.path.basename(record.get("ckpt", "weights/model.pt")))[0]
+
+
 def print_record(r, diffusion=None):
-    head = f"batch {r['batch']:>4} | {r['sampler']:<28}"
+    sampler = r["sampler"] if r["sampler"] == "autoregressive" else f"{r['sampler']} ({model_name(r)})"
+    head = f"batch {r['batch']:>4} | {sampler:<38}"
     if "skipped" in r:
         print(f"{head} skipped: {r['skipped']}", flush=True)
         return
@@ -267,7 +303,7 @@ def print_record(r, diffusion=None):
     else:
         line += f", NFE {r['nfe']}"
     if diffusion is not None:
-        line += f" | {diffusion['sampler']} {r['seconds'] / diffusion['seconds']:.2f}x as fast"
+        line += f" | {diffusion['sampler']} ({model_name(diffusion)}) {r['seconds'] / diffusion['seconds']:.2f}x as fast"
     print(f"{line} | {r['engine']}" + (f" ({r['note']})" if r.get("note") else ""), flush=True)
 
 
@@ -302,12 +338,13 @@ def plot_results(argv):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for label, points in sorted(lines.items()):
         batches, speeds = zip(*sorted(points))
-        ax.plot(batches, speeds, marker="o", label=label)
-    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="new characters / s",
-           title=f"sampling speed, 256 new characters ({', '.join(sorted({k.split(' | ')[-1] for k in lines}))})")
+        ax.plot(batches, speeds, marker="o", label=label, linestyle="--" if label.endswith("threads") else "-")
+    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="new characters / s")
+    ax.set_title("sampling speed, 256 new characters\n" + "; ".join(sorted({k.split(" | ")[-1] for k in lines})),
+                 fontsize=10)
     batches = sorted({b for points in lines.values() for b, _ in points})
     ax.set_xticks(batches, [str(b) for b in batches])  # the batch sizes timed, not 2 x 10^0
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -315,9 +352,8 @@ def plot_results(argv):
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # over a few decades they overlap
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=120)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # beside: no line hidden
+    fig.savefig(args.out, dpi=120, bbox_inches="tight")
     print(f"wrote {args.out}")
 
 
@@ -327,7 +363,8 @@ def read_results(paths):
     for path in paths:
         for r in read_jsonl(path, "--plot"):
             if "chars_per_s" in r:
-                lines.setdefault(f"{r['sampler']} [{r['engine']}] | {r['device_name']}", []).append(
+                sampler = r["sampler"] if r["sampler"] == "autoregressive" else f"{r['sampler']} ({model_name(r)})"
+                lines.setdefault(f"{sampler} [{r['engine']}] | {r['device_name']}", []).append(
                     (r["batch"], r["chars_per_s"]))
     if not lines:
         raise UserError("--plot: no timed records in " + ", ".join(paths))

@@ -3,6 +3,7 @@ line's engine, one JSON record per timing) and --plot; bad input as one line. CU
 skipped without a GPU."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -84,9 +85,14 @@ def test_sweep_writes_one_record_per_batch_and_sampler(tmp_path, tiny_ckpt, tiny
 def test_plot_draws_chars_per_second_against_batch(tmp_path, tiny_ckpt, tiny_ar_ckpt):
     sweep(tmp_path, tiny_ckpt, tiny_ar_ckpt)
     lines = bench.read_results([str(tmp_path / "speed.jsonl")])
+    model = os.path.splitext(os.path.basename(tiny_ckpt))[0]  # a line says which weights it timed
     assert sorted(lines) == ["autoregressive [eager] | cpu, %d threads" % torch.get_num_threads(),
-                             "diffusion default [eager] | cpu, %d threads" % torch.get_num_threads()]
+                             f"diffusion default ({model}) [eager] | cpu, %d threads" % torch.get_num_threads()]
     assert all([b for b, _ in points] == [1, 2] for points in lines.values())
+    old = tmp_path / "old.jsonl"  # records written before the ckpt field timed weights/model.pt
+    old.write_text(json.dumps({"sampler": "diffusion default", "engine": "eager", "device_name": "cpu",
+                               "batch": 1, "chars_per_s": 10.0}) + "\n")
+    assert list(bench.read_results([str(old)])) == ["diffusion default (model) [eager] | cpu"]
     bench.main(["--plot", str(tmp_path / "speed.jsonl"), "--out", str(tmp_path / "speed.png")])
     assert (tmp_path / "speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -120,3 +126,43 @@ def test_a_cache_under_compile_and_cuda_graph_keeps_both():
 def test_a_setting_refused_by_the_graph_keeps_the_compiler():
     config, note = bench.config_for_setting(SamplerConfig(steps=8, cuda_graph=True, compile="default"), "threshold=0.9")
     assert config.compile == "default" and not config.cuda_graph and "ran with compile default, not" in note
+
+
+def block_model_like(tmp_path, tiny_ckpt):
+    """A block model (L' = 4) with the tiny checkpoint's vocabulary and context."""
+    from checkpoint import load_model, save_checkpoint
+    from conftest import perturbed_model
+    model, chars, _ = load_model(tiny_ckpt, "cpu")
+    path = str(tmp_path / "block4.pt")
+    save_checkpoint(path, perturbed_model(4, block_size=model.config.block_size), chars)
+    return path
+
+
+def test_a_setting_can_time_other_weights_on_the_same_canvases(tmp_path, tiny_ckpt, tiny_ar_ckpt):
+    block = block_model_like(tmp_path, tiny_ckpt)
+    records = sweep(tmp_path, tiny_ckpt, tiny_ar_ckpt, "--settings", "default", f"ckpt={block},cache=exact",
+                    f"ckpt={block}")
+    diffusion = [r for r in records if r["sampler"] != "autoregressive"]
+    assert [(r["batch"], r["sampler"], os.path.basename(r["ckpt"])) for r in diffusion] == [
+        (b, s, m) for b in (1, 2) for s, m in (("diffusion default", os.path.basename(tiny_ckpt)),
+                                               ("diffusion cache=exact", "block4.pt"),
+                                               ("diffusion default", "block4.pt"))]
+    assert all(r["n_new"] == 20 and r["chars_per_s"] > 0 for r in diffusion)
+    lines = bench.read_results([str(tmp_path / "speed.jsonl")])
+    assert sum("(block4)" in label for label in lines) == 2
+
+
+@pytest.mark.parametrize("setting, needle", [
+    ("ckpt=", "ckpt= needs a path"),
+    ("ckpt={block},cache=sparse", "cache"),
+    ("ckpt={missing}", "not found"),
+])
+def test_a_setting_with_bad_weights_is_a_one_line_error(tmp_path, tiny_ckpt, tiny_ar_ckpt, setting, needle, capsys):
+    setting = setting.format(block=block_model_like(tmp_path, tiny_ckpt), missing=tmp_path / "none.pt")
+    with pytest.raises(SystemExit, match=needle):
+        sweep(tmp_path, tiny_ckpt, tiny_ar_ckpt, "--settings", "default", setting)
+
+
+def test_a_setting_with_another_vocabulary_is_a_one_line_error(tmp_path, tiny_ckpt, tiny_ar_ckpt, block_ckpt):
+    with pytest.raises(SystemExit, match="another vocabulary"):
+        sweep(tmp_path, tiny_ckpt, tiny_ar_ckpt, "--settings", f"ckpt={block_ckpt}")
