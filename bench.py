@@ -358,17 +358,22 @@ def plot_results(argv):
 
 
 def read_results(paths):
-    """{'sampler [engine] | device': [(batch, chars/s)]} from JSONL files; skipped rows left out."""
+    """{'sampler [engine] | device': [(batch, chars/s)]} from JSONL files; skipped rows left out.
+    A line timed at one batch size in several files (the AR baseline beside each diffusion
+    model's sweep, say) keeps the last file's point, and says so on stderr."""
     lines = {}
     for path in paths:
         for r in read_jsonl(path, "--plot"):
             if "chars_per_s" in r:
                 sampler = r["sampler"] if r["sampler"] == "autoregressive" else f"{r['sampler']} ({model_name(r)})"
-                lines.setdefault(f"{sampler} [{r['engine']}] | {r['device_name']}", []).append(
-                    (r["batch"], r["chars_per_s"]))
+                points = lines.setdefault(f"{sampler} [{r['engine']}] | {r['device_name']}", {})
+                if r["batch"] in points:
+                    print(f"bench.py --plot: {sampler} on {r['device_name']} at batch {r['batch']} again in {path}: "
+                          "its point replaces the earlier one", file=sys.stderr)
+                points[r["batch"]] = r["chars_per_s"]
     if not lines:
         raise UserError("--plot: no timed records in " + ", ".join(paths))
-    return lines
+    return {label: sorted(points.items()) for label, points in lines.items()}
 
 
 def ar_canvas_for(canvas, chars):

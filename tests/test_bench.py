@@ -93,6 +93,9 @@ def test_plot_draws_chars_per_second_against_batch(tmp_path, tiny_ckpt, tiny_ar_
     old.write_text(json.dumps({"sampler": "diffusion default", "engine": "eager", "device_name": "cpu",
                                "batch": 1, "chars_per_s": 10.0}) + "\n")
     assert list(bench.read_results([str(old)])) == ["diffusion default (model) [eager] | cpu"]
+    again = tmp_path / "again.jsonl"  # the same line at the same batch in a second file: the last one counts
+    again.write_text(old.read_text().replace("10.0", "20.0"))
+    assert bench.read_results([str(old), str(again)]) == {"diffusion default (model) [eager] | cpu": [(1, 20.0)]}
     bench.main(["--plot", str(tmp_path / "speed.jsonl"), "--out", str(tmp_path / "speed.png")])
     assert (tmp_path / "speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
