@@ -15,7 +15,9 @@
 #   prefix0   full with --prefix_prob 0              prefix0.5 full with --prefix_prob 0.5
 #   b4 b16 b64   full with --objective block --block_len L', evaluated every ${EVAL_INTERVAL:-500}
 #             steps and stopped after ${PATIENCE:-4} evaluations without a new best (they over-fit)
-#   e.g. 'combo=--loss_weights none --prefix_prob 0.5', 'ar20=--preset gpu-ar --max_steps 4000 --dropout 0.3'
+#   e.g. 'combo=--loss_weights none --prefix_prob 0.5'; the AR side re-tuned for the same minutes:
+#   'ar_d3=--preset gpu-ar --max_steps 1000000 --patience 8 --dropout 0.3 --attn_dropout 0.3 --embd_dropout 0.3'
+#   (a schedule on wall time, stopped 8 evaluations past its best; scored like ar, paired with it)
 # Every run (an arm at a seed of the comma list SEEDS) trains for at most MINUTES (--time_budget,
 # counted across resumes; the schedule follows whichever of it and --max_steps ends the run first)
 # on a GPU of its own, never two at once on one GPU (the budget is a whole GPU's): GPU g takes runs
