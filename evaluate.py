@@ -11,8 +11,9 @@ model its exact NLL, both in nats/char, on the same blocks: the first window who
 blocks of T - C characters each given the C characters before it (C = --context; 0 is
 isolated windows). The diffusion estimate averages --mc mask draws per block (k ~ U{1..L}
 masked positions, stratified, a fixed --seed: the same masks on any device). The standard
-error is over blocks; with --paired the second model is scored on the same blocks and the
-paired difference (first - second) gets its own standard error.
+error is over blocks; with --paired each further model is scored on the same blocks and each
+paired difference (--ckpt's minus that model's) gets its own standard error (several: --paired
+AR.pt BASE.pt, a lever's run against the AR model and against its base recipe in one call).
 
 --order l2r reads a diffusion model in one order instead: each character predicted from the
 clean characters before it in the window, with MASK at it and after it. That is an exact NLL
@@ -82,8 +83,8 @@ def describe_estimator(causal, args):
 def main(argv=None):
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default=DEFAULT_CKPT, help="checkpoint to score (default: weights/model.pt)")
-    p.add_argument("--paired", default=None, metavar="CKPT",
-                   help="also score this checkpoint on the same blocks and report the paired difference")
+    p.add_argument("--paired", nargs="+", default=[], metavar="CKPT",
+                   help="also score these checkpoints on the same blocks and report each paired difference")
     p.add_argument("--context", type=int, default=0, metavar="C",
                    help="characters of clean context before every block after the first, 0 .. the model's context - 1 "
                         "(default %(default)s)")
@@ -102,7 +103,7 @@ def main(argv=None):
         check_args(args)
         device = pick_device(args.device)
         text = load_text(args.data)
-        paths = [args.ckpt] + ([args.paired] if args.paired else [])
+        paths = [args.ckpt] + args.paired
         models = [load_for_evaluation(path, device, args.context, args.as_ar and i == 0, args.order)
                   for i, path in enumerate(paths)]  # all checked first
         if len({m.config.block_size for m, _ in models}) > 1:
@@ -126,10 +127,10 @@ def main(argv=None):
                   f"[context {args.context}: {len(lengths)} blocks; {how}; {device}, {time.time() - t0:.1f}s]",
                   flush=True)
             results.append((per_block, lengths))
-        if args.paired:
-            (xa, la), (xb, _) = results
+        (xa, la) = results[0]
+        for other, (xb, _) in zip(args.paired, results[1:]):
             diff, se = summarize(xa - xb, la)  # the same blocks, so the difference is paired
-            print(f"paired difference {shown(args.ckpt)} - {shown(args.paired)}: {diff:+.4f} ± {se:.4f} nats/char "
+            print(f"paired difference {shown(args.ckpt)} - {shown(other)}: {diff:+.4f} ± {se:.4f} nats/char "
                   f"over {len(la)} blocks")
     except UserError as e:
         sys.exit(f"evaluate.py: error: {e}")

@@ -31,9 +31,10 @@
 #
 # Scoring (each finished run once, on its GPU after its training, or in a later call):
 #   evaluate.py at CONTEXTS (default "0 128"), --mc ${MC:-32} --seed 1: NELBO (NLL for AR), paired
-#   with the ar run of the same seed (when ar is among the ARMs a run waits for it, so that every
-#   row is paired); plain and mixed diffusion runs also --order l2r (exact, left to right) paired
-#   with ar; mixed runs also --as-ar. One file per run: OUT/eval_ARM_sSEED.txt.
+#   with the ar run of the same seed, and a lever's run (any arm but ar, full and the AR side's)
+#   also with the full run of its seed (when ar or full is among the ARMs a run waits for it, so
+#   that every row is paired); plain and mixed diffusion runs also --order l2r (exact, left to
+#   right), paired alike; mixed runs also --as-ar. One file per run: OUT/eval_ARM_sSEED.txt.
 set -uo pipefail
 out=${1:?OUT}; minutes=${2:?MINUTES}; seeds=${3:?SEEDS}; shift 3
 [ $# -gt 0 ] || { echo "give at least one ARM" >&2; exit 2; }
@@ -48,6 +49,7 @@ else  # a CPU dry run of the plan (with SMOKE_FLAGS for a tiny model)
 fi
 python -c 'import torch; print("torch", torch.__version__)' >> "$out/device.txt"
 case " $* " in *" ar "*) with_ar=1 ;; *) with_ar="" ;; esac
+case " $* " in *" full "*) with_full=1 ;; *) with_full="" ;; esac
 
 flags() {  # flags ARM SEED: its recipe
     local cap="--time_budget $minutes --seed $2"
@@ -84,12 +86,16 @@ train_run() {  # train_run ARM SEED GPU: until the run ends (a FINISHED mark) or
 }
 
 score_run() {  # score_run ARM SEED GPU: every protocol of a finished run into OUT/eval_NAME.txt, whole or not at all
-    local name dir ar file part paired="" f left
-    name=$(name_of "$1" "$2"); dir="$out/runs/$name"; ar="$out/runs/ar_s$2"
+    local name dir ar base file part paired="" f left
+    name=$(name_of "$1" "$2"); dir="$out/runs/$name"; ar="$out/runs/ar_s$2"; base="$out/runs/full_s$2"
     file="$out/eval_$name.txt"; part="$file.part"
     [ -f "$dir/FINISHED" ] && [ -f "$dir/best.pt" ] && [ ! -f "$file" ] || return 0
-    [ "$1" != ar ] && [ -f "$ar/FINISHED" ] && paired="--paired $ar/best.pt"
+    [ "$1" != ar ] && [ -f "$ar/FINISHED" ] && paired="$ar/best.pt"
     [ -z "$with_ar" ] || [ "$1" = ar ] || [ -n "$paired" ] || return 0  # wait for the ar run
+    case "$1" in ar|full|*"gpu-ar"*) ;; *)  # a lever's run: against its base recipe too, on the same blocks
+        [ -z "$with_full" ] || [ -f "$base/FINISHED" ] || return 0
+        [ -f "$base/FINISHED" ] && paired="$paired $base/best.pt" ;; esac
+    [ -n "$paired" ] && paired="--paired $paired"
     f=$(flags "$1" "$2")
     : > "$part"
     for ctx in ${CONTEXTS:-0 128}; do

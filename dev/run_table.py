@@ -8,8 +8,8 @@ its seeds (the mean paired difference, its standard error and the seed spread), 
 
 Columns, nats/char: "NELBO C" is the run's val NELBO (NLL for the AR run) at context C, "l2r C"
 its exact left-to-right NLL (diffusion and mixed runs), "as AR C" a mixed run's network read as an
-AR model; "− AR" is the paired difference against the AR run on the same blocks, ± its standard
-error over blocks. Over seeds: the mean of the paired differences, ± sqrt(sum se²)/n, and the
+AR model; "− ar", "− full" the paired difference against the AR run, or the base recipe's run, of
+the same seed on the same blocks, ± its standard error over blocks. Over seeds: the mean of the paired differences, ± sqrt(sum se²)/n, and the
 seed spread (half the range between seeds).
 """
 
@@ -30,21 +30,23 @@ from cli import ArgumentParser, UserError, read_jsonl, run_entry_point, shown  #
 
 SECTION = re.compile(r"^== context (\d+) --(order any|order l2r|as-ar)\s*$")
 RESULT = re.compile(r"val (?:NLL|NELBO|left-to-right NLL \(exact\)) ([0-9.]+) ± ([0-9.]+) nats/char")
-PAIRED = re.compile(r"^paired difference .*: ([+-][0-9.]+) ± ([0-9.]+) nats/char")
+PAIRED = re.compile(r"^paired difference .* - (\S+): ([+-][0-9.]+) ± ([0-9.]+) nats/char")
 PROTOCOL = {"order any": "NELBO", "order l2r": "l2r", "as-ar": "as AR"}
 
 
 def read_eval(path):
-    """{(protocol, context): (value, se, paired diff or None, its se)} from one eval_NAME.txt."""
+    """{(protocol, context): (value, se, {reference arm: (paired diff, its se)})} from one
+    eval_NAME.txt; the reference is the arm of the run the difference is taken against."""
     scores, key, found = {}, None, None
     with open(path, encoding="utf-8") as f:
         for line in f:
             if m := SECTION.match(line):
                 key, found = (PROTOCOL[m[2]], int(m[1])), None
             elif key and found is None and (m := RESULT.search(line)):  # the section's first result: --ckpt
-                found = scores[key] = (float(m[1]), float(m[2]), None, None)
+                found = scores[key] = (float(m[1]), float(m[2]), {})
             elif key and found and (m := PAIRED.match(line)):
-                scores[key] = found[:2] + (float(m[1]), float(m[2]))
+                reference = split_name(os.path.basename(os.path.dirname(m[1])))[0]
+                found[2][reference] = (float(m[2]), float(m[3]))
     if not scores:
         raise UserError(f"{shown(path)} has no dev/gpu_plan_arms.sh scores")
     return scores
@@ -67,9 +69,13 @@ def split_name(name):
 
 
 def columns(runs):
-    """The (protocol, context) pairs any run has, in a fixed order."""
-    keys = {k for _, _, scores in runs for k in scores}
-    return sorted(keys, key=lambda k: (["NELBO", "l2r", "as AR"].index(k[0]), k[1]))
+    """[((protocol, context), [reference arms])] that any run has, in a fixed order: the AR run first."""
+    keys = {}
+    for _, _, scores in runs:
+        for key, (_, _, paired) in scores.items():
+            keys.setdefault(key, set()).update(paired)
+    order = sorted(keys, key=lambda k: (["NELBO", "l2r", "as AR"].index(k[0]), k[1]))
+    return [(k, sorted(keys[k], key=lambda r: (r != "ar", r))) for k in order]
 
 
 def fmt(x, se=None, sign=False):
@@ -88,20 +94,20 @@ def table(out):
     runs = [(name, read_run(os.path.join(out, "runs", name)), scores[name]) for name in names]
     cols = columns(runs)
     head = ["run", "seed", "steps", "min", "best step"]
-    for proto, ctx in cols:
-        head += [f"{proto} C={ctx}"] + ([f"− AR C={ctx}"] if proto != "as AR" else [])
+    for (proto, ctx), refs in cols:
+        head += [f"{proto} C={ctx}"] + [f"− {ref} C={ctx}" for ref in refs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     by_arm = {}
     for name, (steps, minutes, best), scores in runs:
         arm, seed = split_name(name)
         cells = [arm, "" if seed is None else str(seed), f"{steps:,}", f"{minutes:.1f}", f"{best:,}" if best else ""]
-        for key in cols:
-            v, se, d, dse = scores.get(key, (None,) * 4)
+        for key, refs in cols:
+            v, se, paired = scores.get(key, (None, None, {}))
             cells.append(fmt(v, se))
-            if key[0] != "as AR":
-                cells.append(fmt(d, dse, sign=True))
-            if d is not None:
-                by_arm.setdefault((arm, key), []).append((d, dse))
+            for ref in refs:
+                cells.append(fmt(*paired.get(ref, (None, None)), sign=True))
+                if ref in paired:
+                    by_arm.setdefault((arm, key, ref), []).append(paired[ref])
         lines.append("| " + " | ".join(cells) + " |")
     if by_arm:
         lines += summary(names, cols, by_arm)
@@ -113,13 +119,14 @@ def table(out):
 
 
 def summary(names, cols, by_arm):
-    """One row per arm: its paired differences against AR over seeds."""
-    lines = ["", "| arm | " + " | ".join(f"{p} − AR C={c}" for p, c in cols if p != "as AR") + " |",
-             "|---|" + "---|" * sum(p != "as AR" for p, _ in cols)]
+    """One row per arm: its paired differences over seeds."""
+    pairs_of = [(key, ref) for key, refs in cols for ref in refs]
+    lines = ["", "| arm | " + " | ".join(f"{p} − {ref} C={c}" for (p, c), ref in pairs_of) + " |",
+             "|---|" + "---|" * len(pairs_of)]
     for arm in dict.fromkeys(split_name(n)[0] for n in names):
         cells = [arm]
-        for key in (k for k in cols if k[0] != "as AR"):
-            pairs = by_arm.get((arm, key), [])
+        for key, ref in pairs_of:
+            pairs = by_arm.get((arm, key, ref), [])
             if not pairs:
                 cells.append("")
                 continue

@@ -36,6 +36,18 @@ def test_evaluate_order_l2r_names_the_number_and_pairs_with_the_ar_model(tiny_ck
     assert " NELBO " in nelbo.stdout and nelbo.returncode == 0
 
 
+def test_evaluate_pairs_with_several_models_on_the_same_blocks(tiny_ckpt, tiny_ar_ckpt, small_data, run_main):
+    r = run_main("evaluate.py", "--ckpt", tiny_ckpt, "--paired", tiny_ar_ckpt, tiny_ckpt, "--mc", "2",
+                 "--context", "16", "--data", small_data, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    first, ar, again, vs_ar, vs_itself = r.stdout.strip().splitlines()
+    value = lambda line: float(line.split(": ")[1].split()[2 if "val" in line else 0])
+    assert vs_ar.startswith("paired difference") and tiny_ar_ckpt in vs_ar.split(": ")[0]
+    assert value(vs_ar) == pytest.approx(value(first) - value(ar), abs=2e-3)
+    assert value(again) == value(first)  # the same masks for every model
+    assert vs_itself.endswith("+0.0000 ± 0.0000 nats/char over " + vs_ar.split(" over ")[1].split()[0] + " blocks")
+
+
 def test_evaluate_checks_every_model_before_scoring_any(tmp_path, tiny_ckpt, data_path, run_main):
     other = torch.load(tiny_ckpt, weights_only=True)
     other["config"]["block_size"] = 16  # rotary tables are not saved: the weights still fit
