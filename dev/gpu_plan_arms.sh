@@ -4,7 +4,7 @@
 # budget, two seeds) and issue 30 item 1 (the block-diffusion spectrum, early-stopped).
 #
 #   bash dev/gpu_plan_arms.sh OUT MINUTES SEEDS ARM...     # train (or go on training), then score
-#   e.g. bash dev/gpu_plan_arms.sh $HOME/arms 15 1,2 ar full lwnone mixed   # 8 runs: every arm, every seed
+#   e.g. bash dev/gpu_plan_arms.sh out/arms 15 1,2 ar full lwnone mixed   # 8 runs: every arm, every seed
 #   python dev/run_table.py OUT                             # the run table, from what OUT holds
 #
 # ARM: a name below, or NAME=FLAGS for any other recipe on top of --preset gpu (or of the --preset
@@ -23,11 +23,12 @@
 # on a GPU of its own, never two at once on one GPU (the budget is a whole GPU's): GPU g takes runs
 # g, g + n, g + 2n, ... of the list (arms in the order given, each at every seed; the ar runs
 # first, which are short and which the others are paired with), one after another. best.pt is
-# each run's best evaluation. A call stops its runs with
-# SIGTERM before CALL_SECONDS (default 540) run out (each saves last.pt) and the next call with the
-# same OUT resumes them, and starts the arms no GPU was free for. So a 15-minute budget takes two
-# calls on a warm machine; keep OUT on the machine between them ($HOME/arms, not $OUT, which is
-# emptied) and copy the logs out at the end of each call.
+# each run's best evaluation. A call stops its runs with SIGTERM before CALL_SECONDS (default 540)
+# run out (each saves last.pt) and the next call with the same OUT resumes them, and starts the
+# runs no GPU was free for. So a 15-minute budget takes two calls on a warm machine (the next call
+# within its 30 s of warmth): keep OUT on the machine between them (out/arms: git-ignored files stay
+# on a warm machine; the run tool's $OUT is emptied) and copy the logs and eval files to $OUT at
+# the end of each call, e.g. `... ; cp out/arms/*.txt out/arms/*.log "$OUT"/`.
 #
 # Scoring (each finished run once, on its GPU after its training, or in a later call):
 #   evaluate.py at CONTEXTS (default "0 128"), --mc ${MC:-32} --seed 1: NELBO (NLL for AR), paired
