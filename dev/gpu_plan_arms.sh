@@ -27,8 +27,9 @@
 # run out (each saves last.pt) and the next call with the same OUT resumes them, and starts the
 # runs no GPU was free for. So a 15-minute budget takes two calls on a warm machine (the next call
 # within its 30 s of warmth): keep OUT on the machine between them (out/arms: git-ignored files stay
-# on a warm machine; the run tool's $OUT is emptied) and copy the logs and eval files to $OUT at
-# the end of each call, e.g. `... ; cp out/arms/*.txt out/arms/*.log "$OUT"/`.
+# on a warm machine; the run tool's $OUT is emptied); COPY_TO="$OUT" packs everything but the
+# checkpoints (logs, log.jsonl files, scores) into COPY_TO/arms_logs.tgz at the end of each call,
+# for dev/run_table.py here.
 #
 # Scoring (each finished run once, on its GPU after its training, or in a later call):
 #   evaluate.py at CONTEXTS (default "0 128"), --mc ${MC:-32} --seed 1: NELBO (NLL for AR), paired
@@ -137,5 +138,6 @@ worker() {  # worker G: runs G, G + n, ... on GPU G, each trained then scored; t
 }
 for ((g = 0; g < ngpu; g++)); do worker $g & done
 wait
+[ -z "${COPY_TO:-}" ] || tar czf "$COPY_TO/arms_logs.tgz" --exclude='*.pt' -C "$out" .
 echo "$(date +%T) call done: $(ls "$out"/runs/*/FINISHED 2>/dev/null | wc -l) runs finished, $(ls "$out"/eval_*.txt 2>/dev/null | wc -l) scored" \
     | tee -a "$out/plan.log"
