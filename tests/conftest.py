@@ -11,6 +11,12 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+def pytest_configure(config):
+    # torch.compile's first use imports torch.utils.mkldnn, which calls torch's own deprecated
+    # torch.jit.script_method (torch 2.13): a warning about torch, not about this repo
+    config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
+
 # the tiny model every sampling and CLI test uses: 2 layers, width 64, context 32
 TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--block_size", "32", "--batch_size", "32",
         "--lr", "5e-3", "--warmup_steps", "20", "--eval_mc", "1", "--device", "cpu", "--seed", "0"]
