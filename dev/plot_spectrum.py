@@ -10,8 +10,10 @@ Each argument is L'=FILE, FILE an evaluate.py output; its first result line (the
 is plotted at its context. A dev/gpu_plan_arms.sh score file (eval_NAME.txt) gives one point per
 context, its NELBO sections':
 
-    python dev/plot_spectrum.py 1=OUT/eval_ar_s1.txt 4=OUT/eval_b4_s1.txt ... 256=OUT/eval_full_s1.txt The runs of RESULTS.md's 2026-12-01 entry kept their evaluations in
-one file (assets/runs/bd_eval_h200.txt), not one per model: there is no figure of them.
+    python dev/plot_spectrum.py 1=OUT/eval_ar_s1.txt 4=OUT/eval_b4_s1.txt ... 256=OUT/eval_full_s1.txt
+
+The runs of RESULTS.md's 2026-12-01 entry kept their evaluations in one file
+(assets/runs/bd_eval_h200.txt), not one per model: there is no figure of them.
 """
 
 if __name__ == "__main__":  # Ctrl-C from the first statement on: exit 130, no traceback (cli.run_entry_point)
@@ -32,10 +34,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from cli import ArgumentParser, UserError, shown, run_entry_point  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run_table import parse_scores  # noqa: E402  (dev/gpu_plan_arms.sh's score files)
+
 RESULT = re.compile(r"val (?:NLL|NELBO) ([0-9.]+) ± ([0-9.]+) nats/char .*\[context (\d+):")
-
-
-SECTION = re.compile(r"^== context \d+ --(.*)$")  # dev/gpu_plan_arms.sh's score files
 
 
 def read_points(arg):
@@ -46,20 +48,20 @@ def read_points(arg):
         raise UserError(f"expected L'=FILE with L' >= 1, got {arg!r}")
     try:
         with open(path, encoding="utf-8") as f:
-            found, section = [], None
-            for line in f:
-                if m := SECTION.match(line):
-                    section = m[1].strip()
-                elif (section in (None, "order any") and (m := RESULT.search(line))
-                      and (not found or section is not None and int(m[3]) not in {int(x[3]) for x in found})):
-                    found.append(m)
+            lines = f.readlines()
     except UnicodeDecodeError:
         raise UserError(f"{path} is not an evaluate.py output (not UTF-8 text)") from None
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
-    if not found:
+    scores = parse_scores(lines)
+    if scores:  # a score file: each context's NELBO (NLL for the AR run) section
+        points = [(int(length), ctx, v, se) for (proto, ctx), (v, se, _) in sorted(scores.items()) if proto == "NELBO"]
+    else:
+        found = next((m for m in map(RESULT.search, lines) if m), None)
+        points = [] if found is None else [(int(length), int(found[3]), float(found[1]), float(found[2]))]
+    if not points:
         raise UserError(f"{path} has no evaluate.py result line")
-    return [(int(length), int(m[3]), float(m[1]), float(m[2])) for m in found]
+    return points
 
 
 def main(argv=None):

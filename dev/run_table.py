@@ -34,19 +34,26 @@ PAIRED = re.compile(r"^paired difference .* - (\S+): ([+-][0-9.]+) ± ([0-9.]+) 
 PROTOCOL = {"order any": "NELBO", "order l2r": "l2r", "as-ar": "as AR"}
 
 
-def read_eval(path):
-    """{(protocol, context): (value, se, {reference arm: (paired diff, its se)})} from one
-    eval_NAME.txt; the reference is the arm of the run the difference is taken against."""
+def parse_scores(lines):
+    """{(protocol, context): (value, se, {reference arm: (paired diff, its se)})} from the lines
+    of a score file (eval_NAME.txt); the reference is the arm of the run the difference is taken
+    against. Empty for lines without the plan's sections (a plain evaluate.py output)."""
     scores, key, found = {}, None, None
+    for line in lines:
+        if m := SECTION.match(line):
+            key, found = (PROTOCOL[m[2]], int(m[1])), None
+        elif key and found is None and (m := RESULT.search(line)):  # the section's first result: --ckpt
+            found = scores[key] = (float(m[1]), float(m[2]), {})
+        elif key and found and (m := PAIRED.match(line)):
+            reference = split_name(os.path.basename(os.path.dirname(m[1])))[0]
+            found[2][reference] = (float(m[2]), float(m[3]))
+    return scores
+
+
+def read_eval(path):
+    """parse_scores of one eval_NAME.txt; a file without scores is one UserError."""
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            if m := SECTION.match(line):
-                key, found = (PROTOCOL[m[2]], int(m[1])), None
-            elif key and found is None and (m := RESULT.search(line)):  # the section's first result: --ckpt
-                found = scores[key] = (float(m[1]), float(m[2]), {})
-            elif key and found and (m := PAIRED.match(line)):
-                reference = split_name(os.path.basename(os.path.dirname(m[1])))[0]
-                found[2][reference] = (float(m[2]), float(m[3]))
+        scores = parse_scores(f)
     if not scores:
         raise UserError(f"{shown(path)} has no dev/gpu_plan_arms.sh scores")
     return scores
