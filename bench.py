@@ -145,17 +145,17 @@ def settings_with_models(args, model, chars, config):
     the weights it names (loaded once each, with their own stored setting under the flags);
     every rule that depends on the checkpoint (--cache exact needs a block model, ...) checked
     before anything is timed."""
-    loaded = {args.ckpt: (model, config)}
+    loaded = {os.path.realpath(args.ckpt): (model, config)}  # one load per file, however it is spelled
     settings = []
     for text in args.settings:
         path, rest = split_ckpt(text)
         path = path or args.ckpt
-        if path not in loaded:
+        if os.path.realpath(path) not in loaded:
             _, other, other_chars, other_config = load_for_sampling(argparse.Namespace(**{**vars(args), "ckpt": path}))
             if other_chars != chars:
                 raise UserError(f"setting {text!r}: {shown(path)} has another vocabulary than {shown(args.ckpt)}")
-            loaded[path] = (other, other_config)
-        weights, base = loaded[path]
+            loaded[os.path.realpath(path)] = (other, other_config)
+        weights, base = loaded[os.path.realpath(path)]
         setting, note = config_for_setting(base, rest)
         try:
             if setting is not None:
@@ -260,8 +260,7 @@ def sample_benchmark(argv):
         if ar is not None:
             record = time_ar(ar, ar_canvas_for(canvas, chars), config, seed, timing)
             record.update(common, batch=batch, n_new=n_new, sampler="autoregressive", ckpt=shown(args.ar),
-                          engine=engine_name(config),
-                          note=None)
+                          engine=engine_name(config), note=None)
             print_record(record, best)
             write_record(log, record)
     if log:
@@ -283,14 +282,16 @@ def time_ar(ar, canvas, config, seed, timing):
     return {"seconds": seconds, "nfe": len(masked_columns(ar, canvas)), "passes_seconds": None}
 
 
-def model_name(record):
-    """The weights' file name without .pt; records written before the ckpt field timed weights/model.pt."""
-    return os.path.splitext(os.path.basename(record.get("ckpt", "weights/model.pt")))[0]
+def sampler_label(record):
+    """A record's sampler with its weights' file name, 'diffusion default (student16)' (records
+    written before the ckpt field timed weights/model.pt); the AR baseline's as it is."""
+    if record["sampler"] == "autoregressive":
+        return record["sampler"]
+    return f"{record['sampler']} ({os.path.splitext(os.path.basename(record.get('ckpt', 'weights/model.pt')))[0]})"
 
 
 def print_record(r, diffusion=None):
-    sampler = r["sampler"] if r["sampler"] == "autoregressive" else f"{r['sampler']} ({model_name(r)})"
-    head = f"batch {r['batch']:>4} | {sampler:<38}"
+    head = f"batch {r['batch']:>4} | {sampler_label(r):<38}"
     if "skipped" in r:
         print(f"{head} skipped: {r['skipped']}", flush=True)
         return
@@ -303,7 +304,7 @@ def print_record(r, diffusion=None):
     else:
         line += f", NFE {r['nfe']}"
     if diffusion is not None:
-        line += f" | {diffusion['sampler']} ({model_name(diffusion)}) {r['seconds'] / diffusion['seconds']:.2f}x as fast"
+        line += f" | {sampler_label(diffusion)} {r['seconds'] / diffusion['seconds']:.2f}x as fast"
     print(f"{line} | {r['engine']}" + (f" ({r['note']})" if r.get("note") else ""), flush=True)
 
 
@@ -365,7 +366,7 @@ def read_results(paths):
     for path in paths:
         for r in read_jsonl(path, "--plot"):
             if "chars_per_s" in r:
-                sampler = r["sampler"] if r["sampler"] == "autoregressive" else f"{r['sampler']} ({model_name(r)})"
+                sampler = sampler_label(r)
                 points = lines.setdefault(f"{sampler} [{r['engine']}] | {r['device_name']}", {})
                 if r["batch"] in points:
                     print(f"bench.py --plot: {sampler} on {r['device_name']} at batch {r['batch']} again in {path}: "

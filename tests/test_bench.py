@@ -169,3 +169,14 @@ def test_a_setting_with_bad_weights_is_a_one_line_error(tmp_path, tiny_ckpt, tin
 def test_a_setting_with_another_vocabulary_is_a_one_line_error(tmp_path, tiny_ckpt, tiny_ar_ckpt, block_ckpt):
     with pytest.raises(SystemExit, match="another vocabulary"):
         sweep(tmp_path, tiny_ckpt, tiny_ar_ckpt, "--settings", f"ckpt={block_ckpt}")
+
+
+def test_weights_named_twice_are_loaded_once(tmp_path, tiny_ckpt, monkeypatch):
+    """ckpt= spelled another way (a relative path to the flags' --ckpt) times the same model."""
+    from sampler import load_for_sampling
+    monkeypatch.chdir(os.path.dirname(tiny_ckpt))
+    args = bench.sample_parser().parse_args(["--sample", "--ckpt", tiny_ckpt, "--device", "cpu", "--steps", "4",
+                                             "--settings", "default", f"ckpt={os.path.basename(tiny_ckpt)},steps=2"])
+    _, model, chars, config = load_for_sampling(args)
+    settings = bench.settings_with_models(args, model, chars, config)
+    assert [s[2] for s in settings] == [model, model] and [s[3].steps for s in settings] == [4, 2]
